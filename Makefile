@@ -1,0 +1,34 @@
+# The two commands a user needs: `make demo` and `make test`. Each creates .venv from the lock file if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The machine's local CPU torch wheel; uv does not look there unless told.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+
+.PHONY: demo test bench clean
+
+$(STAMP): requirements.lock constraints.txt pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv || echo "uv unavailable: installing with pip"
+	if [ -x $(BIN)/uv ]; then \
+		$(BIN)/uv pip install -q --python $(BIN)/python $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
+		$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e . ; \
+	else \
+		$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
+		$(BIN)/pip install -q --no-deps -e . ; \
+	fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xlalign run --model default --corpus demo --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/capture.py
+
+clean:
+	rm -rf $(VENV) out
