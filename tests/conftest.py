@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random-weight models of every supported family, and the real-data paths."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+NTREX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex"
+
+# Sentences of different lengths and scripts, so batches really pad.
+TEXTS = [
+    "The cat sleeps.",
+    "Die Katze schläft auf dem warmen Sofa neben dem Fenster.",
+    "猫は寝ています。",
+    "Кошка спит на диване, а собака играет во дворе с мячом.",
+    "القطة نائمة.",
+    "A",
+    "बिल्ली सो रही है और बाहर बारिश हो रही है।",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(family: str):
+    """The seeded tiny model of ``family`` and its tokenizer (built once per session; tests must not edit it)."""
+    from probes.models import random_model
+
+    return random_model(family)
+
+
+def ntrex_path() -> Path:
+    if not NTREX.is_dir():
+        pytest.fail(f"the NTREX evaluation data is expected at {NTREX} (../shared/data/ntrex next to the repo)")
+    return NTREX
