@@ -165,11 +165,28 @@ def capture(
     index of the text each token belongs to, for streaming statistics. ``head`` sites come out as
     ``(n, heads, head_dim)``; others as ``(n, width)``. With ``pooling=None`` only ``on_tokens`` is fed.
     """
+    device = next(model.parameters()).device
+    work = batches(
+        tokenizer, texts, batch_size=batch_size, max_length=max_length,
+        padding_side=padding_side, exclude_bos=exclude_bos, device=device,
+    )  # fmt: skip
+    return capture_batches(model, work, sites, pooling=pooling, on_tokens=on_tokens, progress=progress)
+
+
+def capture_batches(
+    model: nn.Module,
+    work: Sequence[Batch],
+    sites: Sequence[Site],
+    *,
+    pooling: str | None = "mean",
+    on_tokens: TokenCallback | None = None,
+    progress: bool = False,
+) -> dict[Site, Float[Tensor, "n *dims"]]:
+    """:func:`capture` on batches already tokenised (rows of all batches together must be 0..n-1)."""
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if not sites:
         raise ValueError("capture needs at least one site")
-    device = next(model.parameters()).device
     heads = n_heads(model)
     pooled: dict[Site, list[Tensor]] = {site: [] for site in sites}
     current: list[Batch] = []
@@ -180,14 +197,10 @@ def capture(
         if pooling is not None:
             pooled[site].append(pool(values, batch.token_mask, pooling).cpu())
         if on_tokens is not None:
-            rows = batch.rows.to(device)[:, None].expand(batch.token_mask.shape)
+            rows = batch.rows.to(tensor.device)[:, None].expand(batch.token_mask.shape)
             on_tokens(site, values[batch.token_mask].float(), rows[batch.token_mask])
 
     decoder = model.base_model  # the decoder stack without the LM head
-    work = batches(
-        tokenizer, texts, batch_size=batch_size, max_length=max_length,
-        padding_side=padding_side, exclude_bos=exclude_bos, device=device,
-    )  # fmt: skip
     with torch.inference_mode(), record(model, sites, on_activation, stop=True):
         for batch in tqdm(work, desc="capture", unit="batch", disable=not progress, leave=False):
             current[:] = [batch]

@@ -1,0 +1,74 @@
+"""The xlalign command: capture -> measure -> run, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from probes.metrics import mexa, retrieval_top1
+from probes.sites import Site
+from probes.store import ActivationStore
+from steer.cli import main
+
+SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
+
+
+def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
+    store_dir = tmp_path / "store"
+    assert main(["capture", *SMALL, "--sites", "resid,mlp_act", "--layers", "0,2,4", "--out", str(store_dir)]) == 0
+    store = ActivationStore(store_dir)
+    assert store.sites == sorted([Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(2, "mlp_act"), Site(4, "mlp_act")])
+    csv = tmp_path / "metrics.csv"
+    assert main(["measure", str(store_dir), "--metrics", "retrieval_top1,mexa", "--out", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["layer", "language", "metric", "value"]
+    assert len(table) == 3 * 2 * 2
+    row = table[(table.layer == 2) & (table.language == "jpn") & (table.metric == "mexa")]
+    assert row.value.item() == pytest.approx(mexa(store.get(Site(2, "resid"), "eng"), store.get(Site(2, "resid"), "jpn")))
+    row = table[(table.layer == 4) & (table.language == "deu") & (table.metric == "retrieval_top1")]
+    assert row.value.item() == pytest.approx(
+        retrieval_top1(store.get(Site(4, "resid"), "eng"), store.get(Site(4, "resid"), "deu")))
+
+
+def test_measure_never_overwrites_silently(tmp_path, capsys):
+    store_dir = tmp_path / "store"
+    main(["capture", *SMALL, "--out", str(store_dir)])
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("my notes")
+    assert main(["measure", str(store_dir), "--out", str(csv)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert csv.read_text() == "my notes"
+    assert main(["measure", str(store_dir), "--out", str(csv), "--overwrite"]) == 0
+    assert main(["measure", str(store_dir), "--pivot", "fra", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "pivot language 'fra'" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "![alignment per layer](alignment_per_layer.png)" in report
+    assert (out / "alignment_per_layer.png").read_bytes()[:4] == b"\x89PNG"
+    table = pd.read_csv(out / "metrics.csv")
+    assert set(table.metric) == {"retrieval_top1", "mexa"} and set(table.language) == {"deu", "jpn"}
+    assert sorted(table.layer.unique()) == [0, 1, 2, 3, 4]
+    assert main(["run", *SMALL, "--out", str(out)]) == 0  # a rerun resumes and rewrites its own outputs
+    (out / "thesis.tex").write_text("precious")
+    assert main(["run", *SMALL, "--out", str(out)]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["capture", "--model", "random:llama", "--corpus", "/nonexistent/corpus.tsv", "--out", "x"], "/nonexistent/corpus.tsv"),
+        (["capture", *SMALL, "--sites", "mlp", "--out", "x"], "unknown component 'mlp'"),
+        (["capture", "--model", "random:nope", "--out", "x"], "no tiny random model for family 'nope'"),
+        (["run", *SMALL[:4], "--langs", "deu,jpn", "--out", "x"], "pivot language 'eng'"),
+    ],
+)
+def test_user_errors_exit_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""The embedded Gemma 3 270M on real NTREX data: translations are retrievable in the middle layers."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ntrex_path
+from probes.capture import capture
+from probes.corpus import read_ntrex
+from probes.metrics import retrieval_top1
+from probes.models import DEFAULT_MODEL_NAME, cache_dir, load_model
+from probes.sites import Site, n_layers
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_model("default")
+
+
+@pytest.mark.slow
+def test_default_model_is_cached_gemma3(gemma):
+    model, tokenizer = gemma
+    assert model.config.name_or_path == DEFAULT_MODEL_NAME and model.config.model_type == "gemma3_text"
+    assert n_layers(model) == 18 and model.config.hidden_size == 640
+    assert (cache_dir() / "gemma-3-270m" / "model.safetensors").is_file()
+    assert not list(cache_dir().glob(".convert-*")), "no half-converted model is left behind"
+
+
+@pytest.mark.slow
+def test_retrieval_vs_english_peaks_in_the_middle_layers(gemma):
+    model, tokenizer = gemma
+    corpus = read_ntrex(ntrex_path()).subset(["eng", "deu", "zho-CN"], 100)
+    depth = n_layers(model)
+    sites = [Site(layer, "resid") for layer in range(depth + 1)]
+    pooled = {lang: capture(model, tokenizer, corpus.texts(lang), sites, pooling="mean", progress=False)
+              for lang in corpus.languages}
+    scores = {lang: [retrieval_top1(pooled["eng"][site], pooled[lang][site]) for site in sites] for lang in ("deu", "zho-CN")}
+    best = {lang: max(range(depth + 1), key=values.__getitem__) for lang, values in scores.items()}
+    print({lang: (best[lang], round(scores[lang][best[lang]], 3)) for lang in scores})
+    assert scores["deu"][best["deu"]] >= 0.85
+    assert scores["zho-CN"][best["zho-CN"]] >= 0.75
+    for lang, layer in best.items():
+        assert 0.25 * depth <= layer <= 0.85 * depth, f"{lang}: best layer {layer} of {depth}"

@@ -1,0 +1,98 @@
+"""ActivationStore: equal to a direct capture, resumable bit for bit, and strict about what it mixes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import probes.store
+from conftest import tiny
+from probes.capture import capture
+from probes.corpus import demo_corpus
+from probes.sites import Site
+from probes.store import ActivationStore, StoreError, capture_to_store
+
+SITES = [Site(0, "resid"), Site(2, "resid"), Site(3, "mlp_act"), Site(1, "head")]
+OPTIONS = dict(shard_size=8, batch_size=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return demo_corpus().subset(["eng", "deu", "jpn"], 20)
+
+
+def test_store_equals_direct_capture_per_shard(tmp_path, corpus):
+    model, tokenizer = tiny("llama")
+    store = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "s", pooling="max", **OPTIONS)
+    assert store.languages == ["eng", "deu", "jpn"] and store.sites == sorted(SITES)
+    texts = corpus.texts("jpn")
+    for site in SITES:
+        got = store.get(site, "jpn")
+        parts = [capture(model, tokenizer, texts[i : i + 8], [site], pooling="max", batch_size=3, progress=False)[site]
+                 for i in range(0, len(texts), 8)]
+        assert torch.equal(got, torch.cat(parts))
+    assert store.get(Site(1, "head"), "eng").shape == (20, 4, 16)
+
+
+def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, monkeypatch):
+    model, tokenizer = tiny("gpt2")
+    reference = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "full", **OPTIONS)
+
+    calls = []
+    real_capture = probes.store.capture
+
+    def interrupt_on_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_capture(*args, **kwargs)
+
+    monkeypatch.setattr(probes.store, "capture", interrupt_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "resumed", **OPTIONS)
+    partial = ActivationStore(tmp_path / "resumed")
+    assert partial.missing_shards("eng") == [] and partial.missing_shards("deu") == [1, 2]
+    with pytest.raises(StoreError, match="incomplete"):
+        partial.get(SITES[0], "deu")
+
+    calls.clear()
+    resumed = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "resumed", **OPTIONS)
+    assert len(calls) == 9 - 4, "only the missing shards are computed"
+    for lang in corpus.languages:
+        for index in range(3):
+            assert resumed._shard(lang, index).read_bytes() == reference._shard(lang, index).read_bytes()
+    assert not list((tmp_path / "resumed").rglob("*.tmp"))
+
+
+def test_mixing_models_poolings_or_corpora_is_an_error(tmp_path, corpus):
+    model, tokenizer = tiny("llama")
+    out = tmp_path / "s"
+    capture_to_store(model, tokenizer, corpus, SITES, out, **OPTIONS)
+    with pytest.raises(StoreError, match="pooling: store has 'mean', this capture has 'last'"):
+        capture_to_store(model, tokenizer, corpus, SITES, out, pooling="last", **OPTIONS)
+    other_model, other_tokenizer = tiny("qwen2")
+    with pytest.raises(StoreError, match="model: store has"):
+        capture_to_store(other_model, other_tokenizer, corpus, SITES, out, **OPTIONS)
+    changed = demo_corpus().subset(["eng", "deu", "jpn"], 21)
+    with pytest.raises(StoreError, match="language 'eng'.*different corpus text.*20 sentences.*21 sentences"):
+        capture_to_store(model, tokenizer, changed, SITES, out, **OPTIONS)
+    with pytest.raises(StoreError, match="sites"):
+        capture_to_store(model, tokenizer, corpus, SITES[:2], out, **OPTIONS)
+    # A new language with the same settings extends the store.
+    capture_to_store(model, tokenizer, demo_corpus().subset(["kor"], 20), SITES, out, **OPTIONS)
+    assert ActivationStore(out).languages == ["eng", "deu", "jpn", "kor"]
+
+
+def test_store_errors_name_what_is_missing(tmp_path, corpus):
+    (tmp_path / "notes.txt").write_text("mine")
+    model, tokenizer = tiny("llama")
+    with pytest.raises(StoreError, match="not an activation store"):
+        capture_to_store(model, tokenizer, corpus, SITES, tmp_path, **OPTIONS)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(StoreError, match="no meta.json"):
+        ActivationStore(tmp_path / "absent")
+    store = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "s", **OPTIONS)
+    with pytest.raises(StoreError, match="site mlp_out.2 was not captured"):
+        store.get(Site(2, "mlp_out"), "eng")
+    with pytest.raises(StoreError, match="language 'fra' not in store"):
+        store.get(SITES[0], "fra")
