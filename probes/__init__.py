@@ -12,9 +12,6 @@ _EXPORTS = {
     "load_corpus": "probes.corpus",
     "load_model": "probes.models",
     "Site": "probes.sites",
-    "capture": "probes.capture",
-    "record": "probes.capture",
-    "pool": "probes.capture",
     "ActivationStore": "probes.store",
 }
 

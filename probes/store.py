@@ -175,7 +175,7 @@ def _open_or_create(out: Path, settings: dict, wanted: dict, corpus_name: str) -
         out.mkdir(parents=True, exist_ok=True)
         meta = {**settings, "languages": {}, "corpus": corpus_name, "version": __version__}
     meta["languages"] = {**meta["languages"], **wanted}
-    write_text(out / META, json.dumps(meta, indent=2, sort_keys=True))
+    write_text(out / META, json.dumps(meta, indent=2))
     return meta
 
 

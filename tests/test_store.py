@@ -38,12 +38,12 @@ def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, mon
     model, tokenizer = tiny("gpt2")
     reference = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "full", **OPTIONS)
 
-    calls = []
+    calls, interrupt = [], [True]
     real_capture = probes.store.capture
 
     def interrupt_on_fifth(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 5 and interrupt:
             raise KeyboardInterrupt
         return real_capture(*args, **kwargs)
 
@@ -56,6 +56,7 @@ def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, mon
         partial.get(SITES[0], "deu")
 
     calls.clear()
+    interrupt.clear()
     resumed = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "resumed", **OPTIONS)
     assert len(calls) == 9 - 4, "only the missing shards are computed"
     for lang in corpus.languages:
