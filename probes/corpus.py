@@ -159,9 +159,6 @@ class ParallelCorpus:
             f"languages=[{' '.join(self.languages)}]{documents})"
         )
 
-    def __reduce__(self) -> tuple:  # MappingProxyType cannot be pickled; rebuild from a plain dict
-        return (type(self), (self.ids, dict(self.texts_by_language), self.documents, self.name))
-
     def texts(self, lang: str) -> list[str]:
         """The texts of one language, aligned with :attr:`ids`."""
         (language,) = self._resolve([lang])
