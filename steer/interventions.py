@@ -1,0 +1,144 @@
+"""Interventions: small frozen objects that edit one component's tensor at some layers.
+
+An intervention names its ``component`` and ``layers`` and implements ``edit(layer, x)``, returning the
+edited tensor for every token of ``x`` (``(batch, tokens, width)``; ``head`` sites see
+``(batch, tokens, heads, head_dim)``). Which tokens keep the edit is the schedule's business
+(:mod:`steer.schedule`), so an intervention never sees padding or decode steps. An MoE router
+intervention implements the same protocol on the ``router`` component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    component: str
+
+    @property
+    def layers(self) -> tuple[int, ...]: ...
+
+    def edit(self, layer: int, x: Tensor) -> Tensor: ...
+
+
+def _frozen_tensors(mapping: dict) -> dict[int, Tensor]:
+    return {int(layer): torch.as_tensor(value).detach() for layer, value in mapping.items()}
+
+
+@dataclass(frozen=True)
+class AddVector:
+    """h <- h + alpha * v[layer] (CAA / ActAdd; shift vectors)."""
+
+    vectors: dict[int, Float[Tensor, " width"]]
+    alpha: float = 1.0
+    component: str = "resid"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.vectors))
+
+    def edit(self, layer: int, x: Tensor) -> Tensor:
+        return x + self.alpha * self.vectors[layer].to(x)
+
+
+@dataclass(frozen=True)
+class SetNeurons:
+    """units[layer] <- values[layer] (finding experts: pivot on_p50 at every position)."""
+
+    units: dict[int, Int[Tensor, " k"]]
+    values: dict[int, Float[Tensor, " k"]]
+    component: str = "mlp_act"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", _frozen_tensors(self.units))
+        object.__setattr__(self, "values", _frozen_tensors(self.values))
+        for layer, units in self.units.items():
+            if self.values.get(layer) is None or self.values[layer].shape != units.shape:
+                raise ValueError(f"SetNeurons layer {layer}: {tuple(units.shape)} units need as many values")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.units))
+
+    def edit(self, layer: int, x: Tensor) -> Tensor:
+        out = x.clone()
+        out[..., self.units[layer].to(x.device)] = self.values[layer].to(x)
+        return out
+
+
+@dataclass(frozen=True)
+class ZeroNeurons:
+    """units[layer] <- 0 (LAPE deactivation; by default on ``mlp_gate``, the activation LAPE counts)."""
+
+    units: dict[int, Int[Tensor, " k"]]
+    component: str = "mlp_gate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", _frozen_tensors(self.units))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.units))
+
+    def edit(self, layer: int, x: Tensor) -> Tensor:
+        out = x.clone()
+        out[..., self.units[layer].to(x.device)] = 0
+        return out
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """INCLINE: ``mode="code"`` h <- h + sigma * (h W) (the released code's rule);
+    ``mode="interpolate"`` h <- (1 - sigma) * h + sigma * (h W)."""
+
+    maps: dict[int, Float[Tensor, "width width"]]
+    sigma: float = 1.0
+    mode: str = "code"
+    component: str = "resid"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("code", "interpolate"):
+            raise ValueError(f"LinearMap mode={self.mode!r}: use 'code' or 'interpolate'")
+        object.__setattr__(self, "maps", _frozen_tensors(self.maps))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.maps))
+
+    def edit(self, layer: int, x: Tensor) -> Tensor:
+        mapped = x @ self.maps[layer].to(x)
+        if self.mode == "code":
+            return x + self.sigma * mapped
+        return (1 - self.sigma) * x + self.sigma * mapped
+
+
+@dataclass(frozen=True)
+class HeadShift:
+    """CLAIM: add alpha * vectors[layer][h] to the output of each chosen head h (before o_proj)."""
+
+    heads: dict[int, Int[Tensor, " k"]]
+    vectors: dict[int, Float[Tensor, "k head_dim"]]
+    alpha: float = 1.0
+    component: str = field(default="head", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", _frozen_tensors(self.heads))
+        object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.heads))
+
+    def edit(self, layer: int, x: Tensor) -> Tensor:
+        out = x.clone()
+        out[..., self.heads[layer].to(x.device), :] += self.alpha * self.vectors[layer].to(x)
+        return out
