@@ -10,11 +10,15 @@ intervention implements the same protocol on the ``router`` component.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from probes.directions import LinearMap as FittedMap
+    from probes.directions import ShiftVector
 
 
 @runtime_checkable
@@ -41,6 +45,11 @@ class AddVector:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
+
+    @classmethod
+    def from_shift(cls, shift: ShiftVector, alpha: float = 1.0) -> AddVector:
+        """Add a fitted shift vector (it points from its language towards the pivot)."""
+        return cls(shift.vectors, alpha, shift.component)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -97,25 +106,38 @@ class ZeroNeurons:
 
 @dataclass(frozen=True)
 class LinearMap:
-    """INCLINE: ``mode="code"`` h <- h + sigma * (h W) (the released code's rule);
-    ``mode="interpolate"`` h <- (1 - sigma) * h + sigma * (h W)."""
+    """INCLINE: ``mode="code"`` h <- h + sigma * m(h) (the released code's rule);
+    ``mode="interpolate"`` h <- (1 - sigma) * h + sigma * m(h), with m(h) = (h - source_mean) W + target_mean
+    (the means are zero for INCLINE maps and the centring means for Procrustes maps)."""
 
     maps: dict[int, Float[Tensor, "width width"]]
     sigma: float = 1.0
     mode: str = "code"
     component: str = "resid"
+    source_mean: dict[int, Float[Tensor, " width"]] = field(default_factory=dict)
+    target_mean: dict[int, Float[Tensor, " width"]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("code", "interpolate"):
             raise ValueError(f"LinearMap mode={self.mode!r}: use 'code' or 'interpolate'")
-        object.__setattr__(self, "maps", _frozen_tensors(self.maps))
+        for name in ("maps", "source_mean", "target_mean"):
+            object.__setattr__(self, name, _frozen_tensors(getattr(self, name)))
+
+    @classmethod
+    def from_map(cls, fitted: FittedMap, sigma: float = 1.0, mode: str = "code") -> LinearMap:
+        """Apply a fitted INCLINE or Procrustes map (:class:`probes.directions.LinearMap`)."""
+        return cls(fitted.matrices, sigma, mode, fitted.component, fitted.mean_source, fitted.mean_pivot)
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.maps))
 
     def edit(self, layer: int, x: Tensor) -> Tensor:
-        mapped = x @ self.maps[layer].to(x)
+        source = self.source_mean.get(layer)
+        target = self.target_mean.get(layer)
+        mapped = (x if source is None else x - source.to(x)) @ self.maps[layer].to(x)
+        if target is not None:
+            mapped = mapped + target.to(x)
         if self.mode == "code":
             return x + self.sigma * mapped
         return (1 - self.sigma) * x + self.sigma * mapped
@@ -133,6 +155,15 @@ class HeadShift:
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", _frozen_tensors(self.heads))
         object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
+
+    @classmethod
+    def from_shift(cls, shift: ShiftVector, alpha: float = 1.0) -> HeadShift:
+        """Shift the heads whose vectors are non-zero in a ``head`` shift vector (e.g. a CLAIM top-k)."""
+        if shift.component != "head":
+            raise ValueError(f"HeadShift needs a 'head' shift vector, not a {shift.component!r} one")
+        heads = {layer: v.abs().sum(-1).nonzero().flatten() for layer, v in shift.vectors.items()}
+        heads = {layer: h for layer, h in heads.items() if len(h)}
+        return cls(heads, {layer: shift.vectors[layer][h] for layer, h in heads.items()}, alpha)
 
     @property
     def layers(self) -> tuple[int, ...]:

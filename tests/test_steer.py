@@ -212,3 +212,27 @@ def test_next_token_loss_matches_a_direct_computation_and_ignores_padding():
         total += out.loss.item() * (ids.shape[1] - 1)
         count += ids.shape[1] - 1
     assert loss == pytest.approx(total / count, rel=1e-5)
+
+
+def test_interventions_take_fitted_artifacts_directly():
+    from probes.directions import LinearMap as FittedMap
+    from probes.directions import ShiftVector, fit_procrustes
+
+    model, _ = tiny("llama")
+    gen = torch.Generator().manual_seed(5)
+    source, target = torch.randn(40, WIDTH, generator=gen), torch.randn(40, WIDTH, generator=gen)
+    W, mean_source, mean_pivot = fit_procrustes(source, target)
+    identity = {"model": {}, "params": {"center": True, "normalize": True}}
+    fitted = FittedMap({2: W}, "resid", "procrustes", "deu", "eng", identity["params"], identity["model"],
+                       {2: mean_source}, {2: mean_pivot})
+    x = torch.randn(2, 5, WIDTH, generator=gen)
+    for mode, expected in (("code", x + 0.3 * fitted.transform(2, x)),
+                           ("interpolate", 0.7 * x + 0.3 * fitted.transform(2, x))):
+        torch.testing.assert_close(LinearMap.from_map(fitted, sigma=0.3, mode=mode).edit(2, x), expected)
+
+    vectors = torch.zeros(4, HEAD_DIM)
+    vectors[1] = 1.0
+    heads = HeadShift.from_shift(ShiftVector({3: vectors}, "head", "eng", "deu", "claim", {}, {}), alpha=2.0)
+    assert heads.layers == (3,) and heads.heads[3].tolist() == [1]
+    shift = ShiftVector({1: torch.ones(WIDTH)}, "resid", "eng", "deu", "mean", {}, {})
+    assert torch.equal(AddVector.from_shift(shift, 0.5).edit(1, torch.zeros(WIDTH)), torch.full((WIDTH,), 0.5))
