@@ -1,20 +1,29 @@
 """Alignment metrics as pure functions over pooled sentence matrices, and a tidy per-layer table.
 
 Rows of the two matrices are the same sentences (row i of the pivot is the translation of row i of the
-other language). Every table has the columns ``layer, language, metric, value``.
+other language). Vectors of any shape per sentence are flattened. Every table has the columns
+``layer, language, metric, value`` (plus ``ci_low, ci_high`` with bootstrap intervals).
+
+Metrics that are a mean over sentences (MEXA, retrieval, the matched-random gap, neuron overlap) take
+``per_sentence=True`` to return the per-sentence scores instead; :func:`bootstrap_ci` resamples those.
 """
 
 from __future__ import annotations
 
+import inspect
+from functools import partial
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from probes.sites import Site
 from probes.store import ActivationStore
+
+# Elements per comparison block in strong_alignment_ap: bounds its working memory to a few tens of MB.
+_BLOCK = 2**22
 
 
 def cosine_matrix(a: Float[Tensor, "n d"], b: Float[Tensor, "m d"]) -> Float[Tensor, "n m"]:
@@ -24,47 +33,301 @@ def cosine_matrix(a: Float[Tensor, "n d"], b: Float[Tensor, "m d"]) -> Float[Ten
     return a @ b.T
 
 
-def mexa(pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"]) -> float:
-    """MEXA alignment (Kargaran et al. 2024): the fraction of sentences i whose translation similarity
-    S[i, i] is strictly greater than every other entry of row i and of column i of the cosine matrix."""
-    sims = cosine_matrix(pivot, other)
+def _mean(scores: Tensor) -> float:
+    return scores.double().mean().item()
+
+
+def _strict_hits(sims: Float[Tensor, "n n"]) -> Bool[Tensor, "n"]:
+    """MEXA's rule: S[i, i] is strictly greater than every other entry of row i and of column i."""
     diagonal = sims.diagonal()
     off = sims.clone().fill_diagonal_(float("-inf"))
-    beats_row = diagonal > off.amax(dim=1)
-    beats_column = diagonal > off.amax(dim=0)
-    return (beats_row & beats_column).double().mean().item()
+    return (diagonal > off.amax(dim=1)) & (diagonal > off.amax(dim=0))
 
 
-def retrieval_top1(pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"]) -> float:
+def _topk_hits(scores: Float[Tensor, "n n"], k: int) -> Bool[Tensor, "n"]:
+    """Whether fewer than ``k`` candidates score at least as high as the translation (ties count against it)."""
+    rivals = (scores >= scores.diagonal()[:, None]).sum(dim=1) - 1
+    return rivals < k
+
+
+def _ratio_margin(sims: Float[Tensor, "n m"], k: int) -> Float[Tensor, "n m"]:
+    """Ratio margin (Artetxe & Schwenk 2019): cos(x, y) / (mean cos of x's k nearest candidates / 2
+    + mean cos of y's k nearest queries / 2)."""
+    query_neighbours = sims.topk(min(k, sims.shape[1]), dim=1).values.mean(dim=1)
+    candidate_neighbours = sims.topk(min(k, sims.shape[0]), dim=0).values.mean(dim=0)
+    return sims / ((query_neighbours[:, None] + candidate_neighbours[None, :]) / 2)
+
+
+def mexa(
+    pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"], *, per_sentence: bool = False
+) -> float | Bool[Tensor, "n"]:
+    """MEXA alignment (Kargaran et al. 2024): the fraction of sentences i whose translation similarity
+    S[i, i] is strictly greater than every other entry of row i and of column i of the cosine matrix."""
+    hits = _strict_hits(cosine_matrix(pivot, other))
+    return hits if per_sentence else _mean(hits)
+
+
+def retrieval_topk(
+    pivot: Float[Tensor, "n d"],
+    other: Float[Tensor, "n d"],
+    k: int = 1,
+    *,
+    margin: bool = False,
+    margin_k: int = 4,
+    per_sentence: bool = False,
+) -> float | Bool[Tensor, "n"]:
+    """Bitext retrieval accuracy: the fraction of ``other`` sentences whose translation is among the ``k``
+    best-scoring pivot sentences. A pivot sentence tied with the translation counts as ranked above it.
+
+    The score is cosine, or with ``margin=True`` the ratio margin of Artetxe & Schwenk (2019) over
+    ``margin_k`` nearest neighbours in each direction (their default 4), which discounts "hub" pivot
+    sentences that are near everything. The margin assumes positive similarities, as with LASER.
+    """
+    scores = cosine_matrix(other, pivot)
+    if margin:
+        scores = _ratio_margin(scores, margin_k)
+    hits = _topk_hits(scores, k)
+    return hits if per_sentence else _mean(hits)
+
+
+def retrieval_top1(
+    pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"], *, per_sentence: bool = False
+) -> float | Bool[Tensor, "n"]:
     """Bitext retrieval accuracy: the fraction of ``other`` sentences whose nearest pivot sentence (cosine)
     is their translation."""
-    sims = cosine_matrix(other, pivot)
-    return (sims.argmax(dim=1) == torch.arange(len(sims))).double().mean().item()
+    return retrieval_topk(pivot, other, per_sentence=per_sentence)
 
 
-def retrieval_top1_reverse(pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"]) -> float:
+def retrieval_top1_reverse(
+    pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"], *, per_sentence: bool = False
+) -> float | Bool[Tensor, "n"]:
     """Retrieval in the other direction: pivot sentences as queries, ``other`` as candidates."""
-    return retrieval_top1(other, pivot)
+    return retrieval_topk(other, pivot, per_sentence=per_sentence)
 
 
-PAIR_METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "mexa": mexa,
-    "retrieval_top1": retrieval_top1,
-    "retrieval_top1_reverse": retrieval_top1_reverse,
+def strong_alignment_ap(matrices: dict[str, Float[Tensor, "n d"]]) -> dict[str, Float[Tensor, "n"]]:
+    """Average precision of every query in the LAReQA strong-alignment setting (Roy et al. 2020).
+
+    All sentences of all languages form one pool. Each sentence is a query; its relevant items are its
+    translations in the other languages; the rest of the pool (same-language sentences included) ranks by
+    cosine, the query itself left out. Returns, per language, the AP of each of its sentences as a query.
+    Ties are resolved as in ``sklearn.metrics.average_precision_score``: precision at a relevant item counts
+    every item scoring at least as high.
+    """
+    languages = list(matrices)
+    sizes = {language: tuple(matrix.shape) for language, matrix in matrices.items()}
+    if len(languages) < 2 or len({shape[0] for shape in sizes.values()}) != 1:
+        raise ValueError(f"strong alignment needs two or more languages with the same sentences; got {sizes}")
+    n_languages, n = len(languages), len(matrices[languages[0]])
+    pool = torch.cat([matrices[language].flatten(1) for language in languages])
+    queries = torch.arange(len(pool))
+    # Pool positions of each query's translations: sentence q % n in every language but q's own.
+    positions = torch.arange(n_languages)[None, :] * n + (queries % n)[:, None]
+    relevant = positions[torch.arange(n_languages)[None, :] != (queries // n)[:, None]].view(len(pool), -1)
+    ap = []
+    for block in queries.split(max(1, _BLOCK // (len(pool) * (n_languages - 1)))):
+        sims = cosine_matrix(pool[block], pool)
+        sims[torch.arange(len(block)), block] = float("-inf")
+        targets = sims.gather(1, relevant[block])
+        ranked_at_or_above = (sims[:, None, :] >= targets[:, :, None]).sum(dim=2)
+        relevant_at_or_above = (targets[:, None, :] >= targets[:, :, None]).sum(dim=2)
+        ap.append((relevant_at_or_above / ranked_at_or_above).mean(dim=1))
+    return dict(zip(languages, torch.cat(ap).split(n)))
+
+
+def strong_alignment_map(matrices: dict[str, Float[Tensor, "n d"]]) -> float:
+    """LAReQA strong-alignment mean average precision over every query of every language."""
+    return _mean(torch.cat(list(strong_alignment_ap(matrices).values())))
+
+
+def strong_alignment_map_by_language(matrices: dict[str, Float[Tensor, "n d"]]) -> dict[str, float]:
+    """Strong-alignment mAP over the queries of each language, in the pool of all ``matrices``."""
+    return {language: _mean(ap) for language, ap in strong_alignment_ap(matrices).items()}
+
+
+def matched_random_gap(
+    pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"], *, per_sentence: bool = False
+) -> dict[str, float] | dict[str, Float[Tensor, "n"]]:
+    """Matched-vs-random similarity (Liu et al. 2025): ``matched`` = mean cosine of translation pairs,
+    ``random`` = mean cosine of all non-translation cross-language pairs (exact, not sampled), ``gap`` =
+    matched - random. Only the gap measures alignment; a shared offset raises both means.
+
+    Per sentence, ``random`` is the mean cosine of sentence i (in either language) with the non-translations
+    in the other language, so that every per-sentence series averages to the overall value.
+    """
+    sims = cosine_matrix(pivot, other)
+    matched = sims.diagonal()
+    random = (sims.sum(dim=1) + sims.sum(dim=0) - 2 * matched) / (2 * (len(sims) - 1))
+    scores = {"matched": matched, "random": random, "gap": matched - random}
+    return scores if per_sentence else {name: _mean(values) for name, values in scores.items()}
+
+
+def _centred_gram(x: Float[Tensor, "n d"]) -> Float[Tensor, "n n"]:
+    """Gram matrix of the column-centred rows. Centring is exact for CKA (it ignores a constant shift) and keeps
+    the expanded HSIC of :func:`linear_cka` well conditioned."""
+    x = x.double().flatten(1)
+    x = x - x.mean(dim=0)
+    return x @ x.T
+
+
+def linear_cka(
+    x: Float[Tensor, "n d"], y: Float[Tensor, "n e"], *, weights: Float[Tensor, "b n"] | None = None
+) -> float | Float[Tensor, "b"]:
+    """Linear CKA (Kornblith et al. 2019) between two representations of the same sentences:
+    HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K, L the linear Gram matrices, HSIC(K, L) = tr(KHLH).
+
+    ``weights`` (sentence multiplicities, one row per resample) gives the CKA of each resample at once, from
+    the same Gram matrices; that is how :func:`bootstrap_ci` resamples it.
+    """
+    k, l = _centred_gram(x), _centred_gram(y)
+    w = torch.ones(1, len(k), dtype=torch.float64) if weights is None else weights.double()
+    m = w.sum(dim=1)
+
+    def hsic(a: Tensor, b: Tensor) -> Tensor:  # tr(A H B H) of the resample, written with multiplicities
+        wa, wb = w @ a, w @ b
+        return (
+            ((w @ (a * b)) * w).sum(dim=1)
+            - 2 * (w * wa * wb).sum(dim=1) / m
+            + (w * wa).sum(dim=1) * (w * wb).sum(dim=1) / m**2
+        )
+
+    cka = hsic(k, l) / (hsic(k, k) * hsic(l, l)).sqrt()
+    return cka.item() if weights is None else cka
+
+
+def _state_similarity(
+    pivot_states: Float[Tensor, "n neurons"], other_states: Float[Tensor, "n neurons"], binary: bool, threshold: float
+) -> Float[Tensor, "n n"]:
+    """Jaccard of thresholded neuron states (two empty states count as identical), or cosine of fractions."""
+    if not binary:
+        return cosine_matrix(pivot_states, other_states)
+    a = (pivot_states.flatten(1) > threshold).double()
+    b = (other_states.flatten(1) > threshold).double()
+    both = a @ b.T
+    either = a.sum(dim=1)[:, None] + b.sum(dim=1)[None, :] - both
+    return torch.where(either > 0, both / either, 1.0)
+
+
+def neuron_overlap(
+    pivot_states: Float[Tensor, "n neurons"],
+    other_states: Float[Tensor, "n neurons"],
+    *,
+    binary: bool = True,
+    threshold: float = 0.5,
+    per_sentence: bool = False,
+) -> float | Float[Tensor, "n"]:
+    """Neuron-state overlap (NeuronXA, Huang et al. 2025), as we read the paper (no code was released).
+
+    Inputs are, per sentence, the fraction of its tokens on which each FFN neuron (``mlp_gate``) is > 0,
+    e.g. mean pooling of ``(acts > 0).float()``. With ``binary`` a neuron is on for a sentence when that
+    fraction is > ``threshold``, and a translation pair scores the Jaccard index of the two on-sets;
+    otherwise the cosine of the two fraction vectors. The score is the mean over translation pairs.
+    """
+    overlap = _state_similarity(pivot_states, other_states, binary, threshold).diagonal()
+    return overlap if per_sentence else _mean(overlap)
+
+
+def neuron_overlap_retrieval(
+    pivot_states: Float[Tensor, "n neurons"],
+    other_states: Float[Tensor, "n neurons"],
+    *,
+    binary: bool = True,
+    threshold: float = 0.5,
+    per_sentence: bool = False,
+) -> float | Bool[Tensor, "n"]:
+    """NeuronXA in MEXA's strict-retrieval form: MEXA's rule applied to the :func:`neuron_overlap` similarity
+    of every pivot sentence with every other sentence (our reading of the paper)."""
+    hits = _strict_hits(_state_similarity(pivot_states, other_states, binary, threshold))
+    return hits if per_sentence else _mean(hits)
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float | Tensor],
+    *matrices: Float[Tensor, "n ..."],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a metric over sentences.
+
+    Each resample draws n sentence indices with replacement, the same indices for every matrix. ``metric_fn``
+    is evaluated in the first of these ways that applies:
+
+    - it returns per-sentence scores (1-D, length n; e.g. ``partial(mexa, per_sentence=True)``): they are
+      computed once, and each resample averages them;
+    - it takes ``weights`` (sentence multiplicities, shape ``(n_boot, n)``; e.g. :func:`linear_cka`): one call
+      returns all ``n_boot`` values;
+    - otherwise it is recomputed on each resample of the matrices.
+
+    Give mean-over-sentence metrics in the per-sentence form: recomputing them on a resample would put exact
+    copies of a translation among its rivals (MEXA's strict rule then fails every repeated sentence).
+    """
+    n = len(matrices[0])
+    shapes = [tuple(matrix.shape) for matrix in matrices]
+    if any(shape[0] != n for shape in shapes):
+        raise ValueError(f"bootstrap_ci needs matrices of the same sentences; got shapes {shapes}")
+    rows = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    ones = torch.ones(n_boot, n, dtype=torch.float64)
+    counts = torch.zeros_like(ones).scatter_add_(1, rows, ones)
+    value = metric_fn(*matrices)
+    if isinstance(value, Tensor) and value.ndim == 1:
+        if len(value) != n:
+            raise ValueError(f"metric_fn returned {len(value)} per-sentence scores for {n} sentences")
+        estimates = counts @ value.double() / n
+    elif "weights" in inspect.signature(metric_fn).parameters:
+        estimates = metric_fn(*matrices, weights=counts)
+    else:
+        estimates = torch.tensor([float(metric_fn(*(m[r] for m in matrices))) for r in rows], dtype=torch.float64)
+    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(estimates.double(), quantiles)
+    return low.item(), high.item()
+
+
+def _gap(pivot: Tensor, other: Tensor) -> Float[Tensor, "n"]:
+    return matched_random_gap(pivot, other, per_sentence=True)["gap"]
+
+
+# name -> fn(pivot, other): per-sentence scores whose mean is the metric, or a float.
+PAIR_METRICS: dict[str, Callable[[Tensor, Tensor], float | Tensor]] = {
+    "mexa": partial(mexa, per_sentence=True),
+    "retrieval_top1": partial(retrieval_top1, per_sentence=True),
+    "retrieval_top1_reverse": partial(retrieval_top1_reverse, per_sentence=True),
+    "matched_random_gap": _gap,
+    "cka": linear_cka,
 }
+# name -> fn({language: matrix}): per-sentence scores of each language, from one pool of all languages.
+POOL_METRICS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {"strong_map": strong_alignment_ap}
+# Like PAIR_METRICS, over neuron-activity fractions (an mlp_gate store of (acts > 0) means), not activations.
+NEURON_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "neuron_overlap": partial(neuron_overlap, per_sentence=True),
+    "neuron_overlap_retrieval": partial(neuron_overlap_retrieval, per_sentence=True),
+}
+# What metrics=('all',) measures, in table order.
+ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka")
 
 
 def measure_store(
     store: ActivationStore,
     *,
     pivot: str = "eng",
-    metrics: Sequence[str] = ("retrieval_top1", "mexa"),
+    metrics: str | Sequence[str] = ("retrieval_top1", "mexa"),
     component: str = "resid",
+    ci: bool = False,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Every metric, per layer of ``component`` and per language against ``pivot``, as a tidy table."""
-    unknown = [name for name in metrics if name not in PAIR_METRICS]
+    """Every metric, per layer of ``component`` and per language against ``pivot``, as a tidy table.
+
+    ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``. ``strong_map`` pools every language of the
+    store at that layer and reports the mAP over each language's queries. ``matched_random_gap`` reports the
+    gap. With ``ci`` the table adds ``ci_low, ci_high``, from :func:`bootstrap_ci` over sentences.
+    """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    names = ALL_METRICS if "all" in metrics else metrics
+    unknown = [name for name in names if name not in ALL_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(PAIR_METRICS)}")
+        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(ALL_METRICS)}, or 'all'")
     if pivot not in store.languages:
         raise ValueError(f"pivot language {pivot!r} is not in {store.path}; it has {', '.join(store.languages)}")
     layers = [site.layer for site in store.sites if site.component == component]
@@ -73,11 +336,20 @@ def measure_store(
     rows = []
     for layer in layers:
         site = Site(layer, component)
-        reference = store.get(site, pivot)
+        matrices = {language: store.get(site, language).flatten(1) for language in store.languages}
+        pooled = {name: POOL_METRICS[name](matrices) for name in names if name in POOL_METRICS}
         for language in store.languages:
             if language == pivot:
                 continue
-            vectors = store.get(site, language)
-            for name in metrics:
-                rows.append((layer, language, name, PAIR_METRICS[name](reference, vectors)))
-    return pd.DataFrame(rows, columns=["layer", "language", "metric", "value"])
+            for name in names:
+                if name in pooled:
+                    fn, args = (lambda scores: scores), (pooled[name][language],)
+                else:
+                    fn, args = PAIR_METRICS[name], (matrices[pivot], matrices[language])
+                result = fn(*args)
+                row = (layer, language, name, _mean(result) if isinstance(result, Tensor) else result)
+                if ci:
+                    row += bootstrap_ci(fn, *args, n_boot=n_boot, level=level, seed=seed)
+                rows.append(row)
+    columns = ["layer", "language", "metric", "value"] + (["ci_low", "ci_high"] if ci else [])
+    return pd.DataFrame(rows, columns=columns)
