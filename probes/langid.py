@@ -113,3 +113,31 @@ class LanguageIDProbe:
             rows.extend((layer, lang, "langid_recall", float(r)) for lang, r in zip(names, recalls))
         self.scores_ = pd.DataFrame(rows, columns=["layer", "language", "metric", "value"])
         return self
+
+
+class LanguageIdentifier:
+    """Which language a text is in: character 1-4-gram TF-IDF and a linear classifier, trained on a corpus.
+
+    Used to check the output language of generations (``predict``) and, for language-gated steering, the
+    language of a prompt.
+    """
+
+    def __init__(self, ngram_range: tuple[int, int] = (1, 4), C: float = 10.0) -> None:
+        self.ngram_range = ngram_range
+        self.C = C
+
+    def fit(self, corpus) -> LanguageIdentifier:
+        """Train on every text of every language of a :class:`~probes.corpus.ParallelCorpus`."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = [text for lang in corpus.languages for text in corpus.texts(lang)]
+        labels = [lang for lang in corpus.languages for _ in corpus.texts(lang)]
+        self.pipeline_ = make_pipeline(
+            TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, sublinear_tf=True),
+            LogisticRegression(C=self.C, max_iter=2000),
+        ).fit(texts, labels)
+        self.languages_ = tuple(self.pipeline_.classes_)
+        return self
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return list(self.pipeline_.predict(list(texts)))

@@ -29,10 +29,10 @@ PlanItem = Intervention | tuple[Intervention, Schedule]
 class SteerHandle:
     """Hooks that apply a plan until :meth:`remove` is called."""
 
-    def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | None = None):
+    def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | str | None = None):
         self.model = model
         self.plan = [item if isinstance(item, tuple) else (item, Schedule()) for item in plan]
-        self.languages = tuple(languages) if languages is not None else None
+        self.set_languages(languages)
         self._heads = n_heads(model)
         self._ctx: StepContext | None = None
         self._selected: dict[int, Tensor] = {}
@@ -51,9 +51,9 @@ class SteerHandle:
             self.remove()
             raise
 
-    def set_languages(self, languages: Sequence[str] | None) -> None:
-        """The language of each example of the next forward passes (for language-gated schedules)."""
-        self.languages = tuple(languages) if languages is not None else None
+    def set_languages(self, languages: Sequence[str] | str | None) -> None:
+        """The language of each example of the next forward passes (one code: all examples), for gating."""
+        self.languages = languages if languages is None or isinstance(languages, str) else tuple(languages)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -123,7 +123,9 @@ class SteerHandle:
 
 
 @contextmanager
-def steer(model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | None = None) -> Iterator[SteerHandle]:
+def steer(
+    model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | str | None = None
+) -> Iterator[SteerHandle]:
     """Apply ``plan`` to ``model`` inside the block; the hooks are removed on exit, whatever happens."""
     handle = SteerHandle(model, plan, languages=languages)
     try:

@@ -1,15 +1,42 @@
-"""Side-effect measurements for interventions: next-token loss on held-out text."""
+"""Closed-loop evaluation: alignment and side effects with an intervention on vs off, on held-out sentences.
+
+For each language and setting, every alignment metric is computed per layer between the (unsteered) pivot
+sentences and the language's sentences with the intervention off and on; the confidence interval of the
+change comes from a paired bootstrap over sentences. Side effects: next-token loss on the language's and on
+the pivot's held-out text (the pivot runs with the same, language-gated plan: it must stay untouched), and
+the output-language fidelity of greedy continuations, judged by a character n-gram identifier.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
+import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 from tqdm.auto import tqdm
 
-from probes.capture import batches
+from probes.capture import batches, capture
+from probes.corpus import ParallelCorpus
+from probes.langid import LanguageIdentifier
+from probes.metrics import PAIR_METRICS, bootstrap_ci
+from probes.sites import Site, n_layers
+from steer.apply import PlanItem, steer
+
+COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
+EVAL_METRICS = ("mexa", "retrieval_top1")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of one method: ``plan(language)`` builds the (language-gated) plan for a language."""
+
+    method: str
+    setting: str
+    layer: int  # the first layer the plan edits; summaries average the layers from here on
+    plan: Callable[[str], Sequence[PlanItem]]
 
 
 def next_token_loss(
@@ -30,3 +57,104 @@ def next_token_loss(
             total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
             count += int(scored.sum())
     return total / count
+
+
+def continuations(
+    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (left-padded batches), decoded without the prompt."""
+    device = next(model.parameters()).device
+    out = [""] * len(prompts)
+    for batch in batches(tokenizer, prompts, batch_size=batch_size, padding_side="left", device=device):
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        for row, text in zip(batch.rows.tolist(), texts):
+            out[row] = text
+    return out
+
+
+@dataclass
+class _Baseline:
+    pooled: dict[Site, Tensor]
+    loss: float
+    fidelity: float
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    test: ParallelCorpus,
+    settings: Sequence[Setting],
+    *,
+    languages: Sequence[str],
+    pivot: str = "eng",
+    identifier: LanguageIdentifier | None = None,
+    metrics: Sequence[str] = EVAL_METRICS,
+    pooling: str = "mean",
+    n_boot: int = 1000,
+    n_prompts: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every setting for every language, on the held-out ``test`` corpus, as a tidy table (:data:`COLUMNS`).
+
+    Per layer and metric: off, on, delta and a 95% paired-bootstrap interval of the delta. Per setting also
+    ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
+    that layer), ``loss_target``, ``loss_pivot`` and, when an ``identifier`` is given, ``lang_fidelity``.
+    """
+    sites = [Site(layer, "resid") for layer in range(n_layers(model) + 1)]
+
+    def pooled(texts: Sequence[str]) -> dict[Site, Tensor]:
+        return capture(model, tokenizer, texts, sites, pooling=pooling, batch_size=batch_size, progress=False)
+
+    def fidelity(lang: str) -> float:
+        if identifier is None:
+            return float("nan")
+        outputs = continuations(model, tokenizer, test.texts(lang)[:n_prompts], batch_size=batch_size)
+        return sum(found == lang for found in identifier.predict(outputs)) / len(outputs)
+
+    reference = pooled(test.texts(pivot))
+    pivot_loss = next_token_loss(model, tokenizer, test.texts(pivot))
+    rows = []
+    for lang in tqdm(languages, desc="evaluate", unit="language", disable=not progress):
+        texts = test.texts(lang)
+        off = _Baseline(pooled(texts), next_token_loss(model, tokenizer, texts), fidelity(lang))
+        for setting in settings:
+            plan = setting.plan(lang)
+            with steer(model, plan, languages=lang) as handle:
+                on = _Baseline(pooled(texts), next_token_loss(model, tokenizer, texts), fidelity(lang))
+                handle.set_languages(pivot)
+                on_pivot_loss = next_token_loss(model, tokenizer, test.texts(pivot))
+            head = (setting.method, setting.setting, lang)
+            rows += _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
+            rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
+            rows.append((*head, setting.layer, "loss_pivot", pivot_loss, on_pivot_loss, on_pivot_loss - pivot_loss, None, None))
+            if identifier is not None:
+                rows.append((*head, setting.layer, "lang_fidelity", off.fidelity, on.fidelity, on.fidelity - off.fidelity, None, None))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _alignment_rows(head, first_layer, reference, off, on, metrics, n_boot) -> list[tuple]:
+    rows = []
+    for metric in metrics:
+        score = PAIR_METRICS[metric]
+        per_layer_off, per_layer_on = [], []
+        for site in sorted(reference):
+            before, after = score(reference[site], off[site]).double(), score(reference[site], on[site]).double()
+            rows.append(_paired_row(head, site.layer, metric, before, after, n_boot))
+            if site.layer >= first_layer:
+                per_layer_off.append(before)
+                per_layer_on.append(after)
+        mean_off, mean_on = torch.stack(per_layer_off).mean(0), torch.stack(per_layer_on).mean(0)
+        rows.append(_paired_row(head, first_layer, f"{metric}_mean_after", mean_off, mean_on, n_boot))
+    return rows
+
+
+def _paired_row(head, layer: int, metric: str, before: Tensor, after: Tensor, n_boot: int) -> tuple:
+    """off, on, delta and the bootstrap interval of the delta, from per-sentence scores."""
+    low, high = bootstrap_ci(lambda a, b: b - a, before, after, n_boot=n_boot)
+    return (*head, layer, metric, before.mean().item(), after.mean().item(), (after - before).mean().item(), low, high)

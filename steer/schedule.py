@@ -33,7 +33,7 @@ class StepContext:
     decode_step: Int[Tensor, "batch tokens"]  # 0 for prompt tokens, s >= 1 for generated ones
     prompt_mask: Bool[Tensor, "batch prompt_tokens"]  # the prompt's padded layout, for token-mask schedules
     columns: Int[Tensor, " tokens"]  # column of each token in the padded full sequence
-    languages: tuple[str, ...] | None  # language of each example, for gating
+    languages: tuple[str, ...] | str | None  # language of each example (or one for all), for gating
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class Schedule:
         batch = ctx.valid.shape[0]
         if self.languages is None:
             return torch.ones(batch, dtype=torch.bool, device=ctx.valid.device)
+        if isinstance(ctx.languages, str):
+            return torch.full((batch,), ctx.languages in self.languages, device=ctx.valid.device)
         if ctx.languages is None or len(ctx.languages) != batch:
             raise ScheduleError(
                 f"schedule gated on languages {list(self.languages)} needs the language of each of the {batch} "

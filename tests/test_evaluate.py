@@ -1,0 +1,73 @@
+"""Closed-loop evaluation: on/off numbers equal direct computations; gating keeps the pivot untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny
+from probes.capture import capture
+from probes.corpus import demo_corpus
+from probes.langid import LanguageIdentifier
+from probes.metrics import mexa
+from probes.sites import Site
+from steer.apply import steer
+from steer.evaluate import COLUMNS, Setting, continuations, evaluate, next_token_loss
+from steer.interventions import AddVector
+from steer.schedule import Schedule
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return demo_corpus().subset(["eng", "deu", "rus"], 24)
+
+
+def shift_setting(alpha: float) -> Setting:
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    return Setting("shift", f"alpha={alpha}", 2,
+                   lambda lang: [(AddVector({2: vector}, alpha), Schedule(languages=(lang,)))])
+
+
+def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus):
+    model, tokenizer = tiny("llama")
+    identifier = LanguageIdentifier().fit(corpus)
+    table = evaluate(model, tokenizer, corpus, [shift_setting(0.0), shift_setting(3.0)], languages=["deu", "rus"],
+                     identifier=identifier, n_boot=200, n_prompts=4, progress=False)
+    assert list(table.columns) == COLUMNS
+    zero = table[table.setting == "alpha=0.0"]
+    assert (zero.delta.abs() < 1e-12).all(), "a zero vector changes nothing"
+    strong = table[(table.setting == "alpha=3.0") & (table.language == "rus")]
+    assert (strong[strong.metric == "loss_pivot"].delta == 0).all(), "English runs are gated out"
+    assert strong[strong.metric == "loss_target"].delta.item() != 0
+    # 'on' at layer 3 equals MEXA computed by hand from a steered capture.
+    site = Site(3, "resid")
+    english = capture(model, tokenizer, corpus.texts("eng"), [site], progress=False)[site]
+    with steer(model, shift_setting(3.0).plan("rus"), languages="rus"):
+        russian = capture(model, tokenizer, corpus.texts("rus"), [site], progress=False)[site]
+    row = strong[(strong.metric == "mexa") & (strong.layer == 3)]
+    assert row.on.item() == pytest.approx(mexa(english, russian))
+    assert row.ci_low.item() <= row.delta.item() <= row.ci_high.item()
+    layers = strong[(strong.metric == "mexa") & (strong.layer >= 2)]
+    summary = strong[strong.metric == "mexa_mean_after"]
+    assert summary.on.item() == pytest.approx(layers.on.mean())
+    assert set(strong.metric) >= {"lang_fidelity", "retrieval_top1", "retrieval_top1_mean_after"}
+
+
+def test_language_identifier_and_continuations(corpus):
+    train, test = demo_corpus().subset(["eng", "deu", "rus", "jpn"]).split(test_fraction=0.25)
+    identifier = LanguageIdentifier().fit(train)
+    for lang in test.languages:
+        predicted = identifier.predict(test.texts(lang))
+        assert sum(p == lang for p in predicted) / len(predicted) >= 0.95, lang
+    model, tokenizer = tiny("qwen3")
+    prompts = corpus.texts("deu")[:5]
+    batched = continuations(model, tokenizer, prompts, max_new_tokens=4, batch_size=5)
+    single = [continuations(model, tokenizer, [p], max_new_tokens=4)[0] for p in prompts]
+    assert batched == single
+
+
+def test_next_token_loss_is_padding_proof(corpus):
+    model, tokenizer = tiny("gemma3_text")
+    texts = corpus.texts("deu")[:6]
+    assert next_token_loss(model, tokenizer, texts, batch_size=6) == pytest.approx(
+        next_token_loss(model, tokenizer, texts, batch_size=1), rel=1e-6)
