@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from probes.sites import Site, blocks, hook, n_heads, tap
 
-POOLINGS = ("mean", "weighted", "last", "max")
+POOLINGS = ("mean", "weighted", "last", "max", "active")
 
 TokenCallback = Callable[[Site, Float[Tensor, "tokens *dims"], Int[Tensor, " tokens"]], None]
 
@@ -38,7 +38,8 @@ def pool(
 
     ``mean``: plain mean. ``weighted`` (MEXA): weights 1, 2, ..., T over the kept tokens, normalised to sum 1.
     ``last``: the last kept token (not index -1: with right padding it sits at ``mask.sum(1) - 1``).
-    ``max``: elementwise max (Suau et al.). Pad positions never enter, even if they hold NaN or inf.
+    ``max``: elementwise max (Suau et al.). ``active``: the fraction of tokens where each unit is > 0
+    (NeuronXA's neuron states, on ``mlp_gate``). Pad positions never enter, even if they hold NaN or inf.
     """
     hidden = hidden.float()
     extra = (1,) * (hidden.dim() - 2)
@@ -49,7 +50,9 @@ def pool(
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = torch.where(mask, positions, -1).amax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if method == "mean":
+    if method == "active":
+        hidden = (hidden > 0).float()
+    if method in ("mean", "active"):
         weights = mask.float()
     elif method == "weighted":
         weights = mask.float().cumsum(dim=1) * mask

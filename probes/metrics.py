@@ -302,8 +302,8 @@ NEURON_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "neuron_overlap": partial(neuron_overlap, per_sentence=True),
     "neuron_overlap_retrieval": partial(neuron_overlap_retrieval, per_sentence=True),
 }
-# What metrics=('all',) measures, in table order.
-ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka")
+# What metrics=('all',) measures, in table order (stores of pooled activations; langid_acc: language 'all').
+ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka", "langid_acc")
 
 
 def measure_store(
@@ -319,20 +319,27 @@ def measure_store(
 ) -> pd.DataFrame:
     """Every metric, per layer of ``component`` and per language against ``pivot``, as a tidy table.
 
-    ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``. ``strong_map`` pools every language of the
-    store at that layer and reports the mAP over each language's queries. ``matched_random_gap`` reports the
-    gap. With ``ci`` the table adds ``ci_low, ci_high``, from :func:`bootstrap_ci` over sentences.
+    ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``; on a store captured with ``pooling='active'``
+    (fractions of tokens where each unit is > 0, e.g. of ``mlp_gate``) the names come from
+    :data:`NEURON_METRICS` instead. ``strong_map`` pools every language of the store at that layer and
+    reports the mAP over each language's queries. ``matched_random_gap`` reports the gap. ``langid_acc`` is
+    the cross-validated accuracy of a language-ID probe over all languages (``language`` = ``'all'``). With
+    ``ci`` the table adds ``ci_low, ci_high``, from :func:`bootstrap_ci` over sentences.
     """
+    activity = store.meta["pooling"] == "active"
+    available = tuple(NEURON_METRICS) if activity else ALL_METRICS
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    names = ALL_METRICS if "all" in metrics else metrics
-    unknown = [name for name in names if name not in ALL_METRICS]
+    names = available if "all" in metrics else metrics
+    unknown = [name for name in names if name not in available]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(ALL_METRICS)}, or 'all'")
+        hint = "" if activity else " (neuron metrics need a store captured with --sites mlp_gate --pooling active)"
+        raise ValueError(f"unknown metrics {unknown} for {store.path}; available: {', '.join(available)}, or 'all'{hint}")
     if pivot not in store.languages:
         raise ValueError(f"pivot language {pivot!r} is not in {store.path}; it has {', '.join(store.languages)}")
     layers = [site.layer for site in store.sites if site.component == component]
     if not layers:
         raise ValueError(f"{store.path} has no {component!r} sites; it has {', '.join(map(str, store.sites))}")
+    pair_metrics = NEURON_METRICS if activity else PAIR_METRICS
     rows = []
     for layer in layers:
         site = Site(layer, component)
@@ -342,14 +349,22 @@ def measure_store(
             if language == pivot:
                 continue
             for name in names:
+                if name == "langid_acc":
+                    continue
                 if name in pooled:
                     fn, args = (lambda scores: scores), (pooled[name][language],)
                 else:
-                    fn, args = PAIR_METRICS[name], (matrices[pivot], matrices[language])
+                    fn, args = pair_metrics[name], (matrices[pivot], matrices[language])
                 result = fn(*args)
                 row = (layer, language, name, _mean(result) if isinstance(result, Tensor) else result)
                 if ci:
                     row += bootstrap_ci(fn, *args, n_boot=n_boot, level=level, seed=seed)
                 rows.append(row)
     columns = ["layer", "language", "metric", "value"] + (["ci_low", "ci_high"] if ci else [])
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    if "langid_acc" in names:
+        from probes.langid import LanguageIDProbe
+
+        scores = LanguageIDProbe().fit(store, component=component).scores_
+        table = pd.concat([table, scores[scores["metric"] == "langid_acc"]], ignore_index=True)
+    return table

@@ -44,6 +44,8 @@ def test_pool_reference_values():
     assert pool(hidden, mask, "weighted").flatten().tolist() == pytest.approx([(1 + 4 + 12) / 6, (3 + 10 + 21) / 6])
     assert pool(hidden, mask, "last").flatten().tolist() == [4.0, 7.0]
     assert pool(hidden, mask, "max").flatten().tolist() == [4.0, 7.0]
+    signed = torch.tensor([[[-1.0], [2.0], [0.0], [5.0]], [[9.0], [3.0], [-5.0], [-7.0]]])
+    assert pool(signed, mask, "active").flatten().tolist() == pytest.approx([1 / 3, 1 / 3])
 
 
 def run_with_hidden_states(model, tokenizer, texts):

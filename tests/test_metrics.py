@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, jaccard_score
 import probes.metrics
 from conftest import tiny
 from probes.corpus import demo_corpus
+from probes.langid import LanguageIDProbe
 from probes.metrics import (
     ALL_METRICS,
     PAIR_METRICS,
@@ -340,8 +341,13 @@ def store(tmp_path_factory):
 def test_measure_store_equals_the_pure_functions(store):
     table = measure_store(store, metrics="all", ci=True, n_boot=50)
     assert list(table.columns) == ["layer", "language", "metric", "value", "ci_low", "ci_high"]
-    assert len(table) == 3 * 2 * len(ALL_METRICS)
-    assert table.groupby("layer").size().to_dict() == {0: 12, 2: 12, 4: 12}
+    pair_rows = table[table.metric != "langid_acc"]
+    assert len(pair_rows) == 3 * 2 * (len(ALL_METRICS) - 1)
+    assert pair_rows.groupby("layer").size().to_dict() == {0: 12, 2: 12, 4: 12}
+    langid = table[table.metric == "langid_acc"]
+    assert list(langid.layer) == [0, 2, 4] and set(langid.language) == {"all"}
+    direct = LanguageIDProbe().fit(store).scores_
+    assert langid.value.tolist() == pytest.approx(direct[direct.metric == "langid_acc"].value.tolist())
     for layer in (0, 2, 4):
         vectors = {language: store.get(Site(layer, "resid"), language) for language in ("eng", "deu", "jpn")}
         strong = strong_alignment_map_by_language(vectors)
@@ -355,12 +361,12 @@ def test_measure_store_equals_the_pure_functions(store):
                 "matched_random_gap": matched_random_gap(pivot, other)["gap"],
                 "cka": linear_cka(pivot, other),
             }
-            rows = table[(table.layer == layer) & (table.language == language)].set_index("metric")
+            rows = pair_rows[(pair_rows.layer == layer) & (pair_rows.language == language)].set_index("metric")
             assert rows["value"].to_dict() == pytest.approx(expected)
             for name in ("mexa", "cka"):
                 interval = bootstrap_ci(PAIR_METRICS[name], pivot, other, n_boot=50)
                 assert (rows.loc[name, "ci_low"], rows.loc[name, "ci_high"]) == pytest.approx(interval)
-    assert (table.ci_low <= table.ci_high).all()
+    assert (pair_rows.ci_low <= pair_rows.ci_high).all()
     assert table.value.between(-1, 1).all() and table.value.nunique() > 10
 
 
@@ -383,3 +389,18 @@ def test_measure_store_errors_say_what_is_wrong(store):
         measure_store(store, component="mlp_out")
     with pytest.raises(ValueError, match=r"unknown metrics \['neuron_overlap'\]"):
         measure_store(store, metrics=["mexa", "neuron_overlap"])
+
+
+def test_measure_store_on_an_activity_store_gives_neuron_overlap(tmp_path):
+    model, tokenizer = tiny("llama")
+    corpus = demo_corpus().subset(["eng", "deu"], 12)
+    sites = [Site(1, "mlp_gate"), Site(3, "mlp_gate")]
+    activity = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "a", pooling="active", progress=False)
+    table = measure_store(activity, metrics="all", component="mlp_gate")
+    assert set(table.metric) == {"neuron_overlap", "neuron_overlap_retrieval"}
+    fractions = activity.get(Site(3, "mlp_gate"), "deu")
+    assert 0 < fractions.mean() < 1 and fractions.min() >= 0 and fractions.max() <= 1 + 1e-6
+    row = table[(table.layer == 3) & (table.metric == "neuron_overlap")]
+    assert row.value.item() == pytest.approx(neuron_overlap(activity.get(Site(3, "mlp_gate"), "eng"), fractions))
+    with pytest.raises(ValueError, match="available: neuron_overlap"):
+        measure_store(activity, metrics="mexa", component="mlp_gate")
