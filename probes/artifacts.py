@@ -40,21 +40,30 @@ def save_artifact(path: str | os.PathLike, kind: str, tensors: dict[str, Tensor]
 
 def load_artifact(path: str | os.PathLike, kind: str) -> tuple[dict[str, Tensor], dict]:
     """Read an artifact of ``kind``; the error says what the file holds instead."""
+    meta, tensors = _read(path, with_tensors=True)
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    return tensors, meta
+
+
+def artifact_kind(path: str | os.PathLike) -> str:
+    """The kind of artifact stored at ``path`` ('NeuronSet', 'ShiftVector', 'LinearMap', ...)."""
+    return _read(path, with_tensors=False)[0].get("kind", "?")
+
+
+def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict, dict[str, Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
     try:
         with safe_open(path, framework="pt") as handle:
             header = (handle.metadata() or {}).get(_KEY)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if with_tensors else {}
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ArtifactError(f"{path} is not a readable safetensors file: {error}") from None
     if header is None:
         raise ArtifactError(f"{path} is a safetensors file without xlalign metadata")
-    meta = json.loads(header)
-    if meta.get("kind") != kind:
-        raise ArtifactError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
-    return tensors, meta
+    return json.loads(header), tensors
 
 
 def check_model(meta: dict, model, *, where: str = "artifact") -> None:

@@ -220,3 +220,24 @@ def capture_batches(
         result[site] = torch.empty_like(stacked)
         result[site][order] = stacked
     return result
+
+
+def capture_by_layer(
+    model: nn.Module,
+    tokenizer,
+    corpus,
+    component: str,
+    layers: Sequence[int],
+    languages: Sequence[str],
+    *,
+    pooling: str = "mean",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[int, dict[str, Float[Tensor, "n *dims"]]]:
+    """Pooled ``component`` activations of every language of a parallel corpus: ``{layer: {language: (n, ...)}}``."""
+    sites = [Site(layer, component) for layer in layers]
+    by_language = {
+        lang: capture(model, tokenizer, corpus.texts(lang), sites, pooling=pooling, batch_size=batch_size, progress=progress)
+        for lang in languages
+    }
+    return {site.layer: {lang: by_language[lang][site] for lang in languages} for site in sites}

@@ -159,15 +159,17 @@ class ShiftVector:
         component: str = "resid",
         method: str = "mean",
         layers: list[int] | None = None,
+        model: dict | None = None,
         **params,
     ) -> ShiftVector:
-        """Shift vectors on every (or the given) ``component`` layer of ``store``; ``params`` as in :func:`shift`."""
+        """Shift vectors on every (or the given) ``component`` layer of ``store`` (or of pooled activations
+        ``{layer: {language: (n, ...)}}``, then with ``model``'s identity); ``params`` as in :func:`shift`."""
         data = dict(iter_layers(store, component, [pivot, language], layers))
         vectors = fit_shift_vectors(
             {layer: by[pivot] for layer, by in data.items()}, {layer: by[language] for layer, by in data.items()},
             method, **params,
         )  # fmt: skip
-        return cls(vectors, component, pivot, language, method, dict(params), store.meta["model"])
+        return cls(vectors, component, pivot, language, method, dict(params), model or store.meta["model"])
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         tensors = {str(Site(layer, self.component)): v for layer, v in self.vectors.items()}
@@ -385,8 +387,10 @@ class LinearMap:
         ridge: float = 0.0,
         center: bool = True,
         normalize: bool = True,
+        model: dict | None = None,
     ) -> LinearMap:
-        """Fit a map on every (or the given) ``component`` layer of ``store`` (rows are translation pairs)."""
+        """Fit a map on every (or the given) ``component`` layer of ``store`` (rows are translation pairs), or
+        of pooled activations ``{layer: {language: (n, d)}}``, then with ``model``'s identity."""
         if component not in MAP_COMPONENTS or method not in MAP_METHODS:
             raise ValueError(f"component must be one of {MAP_COMPONENTS} and method one of {MAP_METHODS}")
         matrices, mean_source, mean_pivot = {}, {}, {}
@@ -398,7 +402,8 @@ class LinearMap:
                     by_language[language], by_language[pivot], center, normalize
                 )
         params = {"ridge": ridge} if method == "incline" else {"center": center, "normalize": normalize}
-        return cls(matrices, component, method, language, pivot, params, store.meta["model"], mean_source, mean_pivot)
+        return cls(matrices, component, method, language, pivot, params, model or store.meta["model"], mean_source,
+                   mean_pivot)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         tensors = {f"W.{layer}": W for layer, W in self.matrices.items()}

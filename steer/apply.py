@@ -8,6 +8,9 @@ removed, also after an exception; no weight or attribute of the model is changed
 Works for plain forward passes and inside ``model.generate`` (greedy or sampling, with or without KV cache,
 left or right padding): the schedule's view of each token (prompt position or decode step) is derived from
 the attention mask and cache length, so cached and uncached generation are steered identically.
+
+``router`` interventions see an MoE gate's logits ``(batch, tokens, experts)``; the top-k of the tokens they
+change is recomputed by the family's own rule (:func:`probes.routing.edit_router`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from probes.routing import edit_router
 from probes.sites import Site, hook, n_heads, tap
 from steer.interventions import Intervention
 from steer.schedule import Schedule, StepContext
@@ -46,7 +50,7 @@ class SteerHandle:
                 for layer in intervention.layers:
                     module, side = tap(model, Site(layer, intervention.component))
                     edit = self._editor(intervention, schedule, layer)
-                    self._handles.append(hook(module, side, edit))
+                    self._handles.append(edit_router(module, edit) if side == "router" else hook(module, side, edit))
         except BaseException:
             self.remove()
             raise

@@ -19,6 +19,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from probes.directions import LinearMap as FittedMap
     from probes.directions import ShiftVector
+    from probes.neurons import NeuronSet
 
 
 @runtime_checkable
@@ -73,6 +74,14 @@ class SetNeurons:
         for layer, units in self.units.items():
             if self.values.get(layer) is None or self.values[layer].shape != units.shape:
                 raise ValueError(f"SetNeurons layer {layer}: {tuple(units.shape)} units need as many values")
+
+    @classmethod
+    def from_neurons(cls, neurons: NeuronSet, language: str, value: str = "on_p50") -> SetNeurons:
+        """Set ``language``'s units (e.g. the pivot's AP experts) to their stored ``value`` at every position."""
+        rows, values = neurons.neurons[language], neurons.values[language][value]
+        layers = torch.unique(rows[:, 0]).tolist()
+        units = {layer: rows[rows[:, 0] == layer, 1] for layer in layers}
+        return cls(units, {layer: values[rows[:, 0] == layer].float() for layer in layers}, neurons.component)
 
     @property
     def layers(self) -> tuple[int, ...]:

@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from probes.capture import capture
+from probes.capture import capture_by_layer
 from probes.corpus import ParallelCorpus
-from probes.directions import HeadProbe, ShiftVector, fit_incline, fit_procrustes, fit_shift_vectors
+from probes.directions import HeadProbe, ShiftVector
 from probes.directions import LinearMap as FittedMap
 from probes.models import model_identity
 from probes.neurons import LAPE, APExperts, NeuronSet
@@ -50,12 +50,17 @@ def fit_methods(
     languages: Sequence[str],
     pivot: str = "eng",
     methods: Sequence[str] = METHODS,
+    lape_languages: Sequence[str] | None = None,
     n_heads: int = 8,
     ap_k: int = 100,
     batch_size: int = 16,
     progress: bool = True,
 ) -> Findings:
-    """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``)."""
+    """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``).
+
+    LAPE compares activation probabilities across ``lape_languages`` (default: pivot and ``languages``);
+    more languages make its entropy more telling.
+    """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -65,37 +70,27 @@ def fit_methods(
     everyone = [pivot, *languages]
 
     def pooled(component: str, layers: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
-        sites = [Site(layer, component) for layer in layers]
-        by_language = {
-            lang: capture(model, tokenizer, train.texts(lang), sites, batch_size=batch_size, progress=progress)
-            for lang in everyone
-        }
-        return {site.layer: {lang: by_language[lang][site] for lang in everyone} for site in sites}
+        return capture_by_layer(model, tokenizer, train, component, layers, everyone, batch_size=batch_size,
+                                progress=progress)  # fmt: skip
 
     if {"shift", "incline", "procrustes"} & set(methods):
         resid = pooled("resid", range(1, depth + 1))
         for lang in languages:
-            pairs = {layer: (by[lang], by[pivot]) for layer, by in resid.items()}
             if "shift" in methods:
-                vectors = fit_shift_vectors({l: p for l, (_, p) in pairs.items()}, {l: x for l, (x, _) in pairs.items()})
-                found.shifts[lang] = ShiftVector(vectors, "resid", pivot, lang, "mean", {}, identity)
+                found.shifts[lang] = ShiftVector.from_store(resid, lang, pivot=pivot, model=identity)
             if "incline" in methods:
-                maps = {layer: fit_incline(x, p) for layer, (x, p) in pairs.items()}
-                found.incline[lang] = FittedMap(maps, "resid", "incline", lang, pivot, {"ridge": 0.0}, identity)
+                found.incline[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method="incline", model=identity)
             if "procrustes" in methods:
-                fits = {layer: fit_procrustes(x, p) for layer, (x, p) in pairs.items()}
-                found.procrustes[lang] = FittedMap(
-                    {l: f[0] for l, f in fits.items()}, "resid", "procrustes", lang, pivot,
-                    {"center": True, "normalize": True}, identity,
-                    {l: f[1] for l, f in fits.items()}, {l: f[2] for l, f in fits.items()},
-                )  # fmt: skip
+                found.procrustes[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method="procrustes", model=identity)
     if "heads" in methods:
         middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
         heads = pooled("head", middle)
         for lang in languages:
             found.heads[lang] = HeadProbe().fit(heads, lang, pivot=pivot).shift_vector(n_heads, model=model)
     if "lape" in methods:
-        found.lape = LAPE().fit_from_model(model, tokenizer, train, everyone, batch_size=batch_size, progress=progress).neurons_
+        lape = LAPE().fit_from_model(model, tokenizer, train, list(lape_languages or everyone), batch_size=batch_size,
+                                     progress=progress)  # fmt: skip
+        found.lape = lape.neurons_
     if "ap" in methods:
         sites = [Site(layer, "mlp_act") for layer in range(1, depth + 1)]
         found.ap = APExperts(k=ap_k).fit_from_model(
@@ -130,10 +125,9 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
         out.append(Setting("lape", "zero own neurons", 1, lambda lang: [
             (ZeroNeurons(found.lape.units(lang)), gated(lang))] if lang in found.lape.languages else []))
     if found.ap is not None:
-        units, values = _by_layer(found.ap, pivot, "on_p50")
-        first = min(units) if units else 1
-        out.append(Setting("ap", f"set {pivot} experts to on_p50", first, lambda lang: [
-            (SetNeurons(units, values, found.ap.component), gated(lang))]))
+        experts = SetNeurons.from_neurons(found.ap, pivot)
+        out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang: [
+            (experts, gated(lang))]))
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
         out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang: [
@@ -146,8 +140,3 @@ def _procrustes_at(fitted: FittedMap, layer: int, sigma: float) -> LinearMap:
     return LinearMap({layer: fitted.matrices[layer]}, sigma, "interpolate", fitted.component,
                      {layer: fitted.mean_source[layer]}, {layer: fitted.mean_pivot[layer]})
 
-
-def _by_layer(neurons: NeuronSet, language: str, value: str):
-    rows, values = neurons.neurons[language], neurons.values[language][value]
-    layers = torch.unique(rows[:, 0]).tolist()
-    return ({int(l): rows[rows[:, 0] == l, 1] for l in layers}, {int(l): values[rows[:, 0] == l].float() for l in layers})

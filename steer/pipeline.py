@@ -1,95 +1,155 @@
-"""The main job: capture -> measure -> figures and report.md (steering and evaluation join in later)."""
+"""The main job: capture -> measure -> find -> steer -> evaluate on held-out -> report.md with figures."""
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from probes.atomic import atomic_path, write_text
-from probes.corpus import load_corpus
+from probes.atomic import write_text
+from probes.corpus import ParallelCorpus, load_corpus
+from probes.langid import LanguageIdentifier
 from probes.metrics import measure_store
 from probes.models import load_model
-from probes.plots import alignment_per_layer
+from probes.plots import alignment_per_layer, before_after, best_settings, langid_per_layer, neurons_per_layer, pareto
 from probes.sites import Site, n_layers
 from probes.store import capture_to_store
+from steer.apply import steer
+from steer.evaluate import continuations, evaluate
+from steer.methods import METHODS, fit_methods, settings
+from steer.report import alignment_section, header, language_specific_section, save_figure, steering_section
 
-RUN_METRICS = ("retrieval_top1", "mexa")
-_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "report.md"}
+_RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md"}
+_EVALUATION_OUTPUTS = {"evaluation.csv", "generations.csv", "before_after.png", "pareto.png", "lape_neurons.png"}
 
 
 class RunError(ValueError):
     """A run that cannot start (its output directory holds someone else's files, a missing pivot, ...)."""
 
 
+def _claim(out: Path, allowed: set[str]) -> None:
+    """Refuse an output directory that holds files this job did not write (nothing the user saved is lost)."""
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed) if out.is_dir() else []
+    if foreign:
+        raise RunError(f"{out} holds files that xlalign did not write ({', '.join(foreign[:5])}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_pivot(parallel: ParallelCorpus, pivot: str) -> None:
+    if pivot not in parallel.languages:
+        raise RunError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+
+
 def run(
     out: str | Path,
     *,
     model: str = "default",
-    corpus: str = "demo",
-    langs: Sequence[str] | None = None,
-    max_sentences: int | None = None,
+    corpus: ParallelCorpus | str = "demo",
     pivot: str = "eng",
     pooling: str = "mean",
+    steer_langs: Sequence[str] | None = None,
+    methods: Sequence[str] = METHODS,
+    test_fraction: float = 0.2,
     batch_size: int = 16,
     progress: bool = True,
 ) -> Path:
-    """Capture every layer's residual stream, measure alignment with ``pivot``, write figure and report.
+    """Measure alignment per layer for every language, then fit, steer and evaluate ``steer_langs``.
 
-    Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs; a directory
-    holding other files is refused, so nothing the user saved is overwritten. Returns the report's path.
+    ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
+    Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
     """
     out = Path(out)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUTPUTS) if out.is_dir() else []
-    if foreign:
-        raise RunError(f"{out} holds files that xlalign run did not write ({', '.join(foreign[:5])}); choose another --out")
-    parallel = load_corpus(corpus, langs=langs, max_sentences=max_sentences)
-    if pivot not in parallel.languages:
-        raise RunError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+    _claim(out, _RUN_OUTPUTS | _EVALUATION_OUTPUTS)
+    parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    _check_pivot(parallel, pivot)
     network, tokenizer = load_model(model)
     sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)]
-    store = capture_to_store(
-        network, tokenizer, parallel, sites, out / "store", pooling=pooling, batch_size=batch_size, progress=progress
-    )
-    table = measure_store(store, pivot=pivot, metrics=RUN_METRICS)
+    store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
+                             batch_size=batch_size, progress=progress)  # fmt: skip
+    table = measure_store(store, pivot=pivot, metrics="all")
     write_text(out / "metrics.csv", table.to_csv(index=False))
-    title = f"{network.config.name_or_path}: alignment with {pivot} ({pooling} pooling, {len(parallel)} sentences)"
-    with atomic_path(out / "alignment_per_layer.png") as temporary:
-        alignment_per_layer(table, RUN_METRICS, title=title).savefig(temporary, format="png", dpi=110)
+    name = str(network.config.name_or_path)
+    title = f"{name}: alignment with {pivot} ({pooling} pooling, {len(parallel)} sentences)"
+    alignment = save_figure(alignment_per_layer(table, ("retrieval_top1", "mexa"), title=title), out / "alignment_per_layer.png")
+    langid = save_figure(langid_per_layer(table), out / "langid_per_layer.png")
+    if steer_langs is None:
+        mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
+        steer_langs = mexa.sort_values().index[:3].tolist()
+    steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
+                                    methods=methods, test_fraction=test_fraction, batch_size=batch_size,
+                                    progress=progress)  # fmt: skip
+    lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
+                   pivot=pivot, pooling=pooling)  # fmt: skip
+    lines += alignment_section(table[table["language"] != "all"], alignment)
+    lines += language_specific_section(table, langid, neurons) + steering
     report = out / "report.md"
-    write_text(report, render_report(table, model=str(network.config.name_or_path), corpus=parallel.name,
-                                     n_sentences=len(parallel), pivot=pivot, pooling=pooling))
+    write_text(report, "\n".join(lines))
     return report
 
 
-def render_report(table: pd.DataFrame, *, model: str, corpus: str, n_sentences: int, pivot: str, pooling: str) -> str:
-    """report.md: what was run, the figure, and per-language summaries."""
-    languages = sorted(table["language"].unique())
-    retrieval = table[table["metric"] == "retrieval_top1"].pivot(index="layer", columns="language", values="value")
-    mexa = table[table["metric"] == "mexa"].pivot(index="layer", columns="language", values="value")
-    best_layers = retrieval.mean(axis=1).sort_values(ascending=False).index[:3].tolist()
-    lines = [
-        "# xlalign report",
-        "",
-        f"- model: `{model}`",
-        f"- corpus: `{corpus}`, {n_sentences} parallel sentences, languages: {', '.join([pivot, *languages])}",
-        f"- pivot: `{pivot}`; pooling: `{pooling}`; layer 0 = embedding output, layer i = output of block i",
-        f"- command: `{shlex.join(['xlalign', *sys.argv[1:]])}`",
-        "",
-        "![alignment per layer](alignment_per_layer.png)",
-        "",
-        f"Most aligned layers (mean retrieval top-1 over languages): {', '.join(map(str, best_layers))}.",
-        "",
-        "| language | best layer (retrieval) | retrieval top-1 there | MEXA mean over layers | MEXA max over layers |",
-        "|---|---|---|---|---|",
-    ]
-    for language in languages:
-        best = int(retrieval[language].idxmax())
-        lines.append(
-            f"| {language} | {best} | {retrieval[language][best]:.3f} | {mexa[language].mean():.3f} | {mexa[language].max():.3f} |"
-        )
-    lines += ["", "Full per-layer values: `metrics.csv` (columns layer, language, metric, value).", ""]
-    return "\n".join(lines)
+def evaluate_job(
+    out: str | Path,
+    *,
+    model: str = "default",
+    corpus: ParallelCorpus | str = "demo",
+    pivot: str = "eng",
+    methods: Sequence[str] = METHODS,
+    test_fraction: float = 0.2,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Path:
+    """``xlalign evaluate``: the closed loop for every non-pivot language of the corpus; returns report.md."""
+    out = Path(out)
+    _claim(out, _EVALUATION_OUTPUTS | {"report.md"})
+    parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    _check_pivot(parallel, pivot)
+    network, tokenizer = load_model(model)
+    languages = [lang for lang in parallel.languages if lang != pivot]
+    steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot, methods=methods,
+                              test_fraction=test_fraction, batch_size=batch_size, progress=progress)  # fmt: skip
+    lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
+                   languages=parallel.languages, pivot=pivot, pooling="mean") + steering  # fmt: skip
+    report = out / "report.md"
+    write_text(report, "\n".join(lines))
+    return report
+
+
+def closed_loop(
+    model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
+    methods: Sequence[str], test_fraction: float, batch_size: int, progress: bool, n_generations: int = 2,
+) -> tuple[list[str], str | None]:  # fmt: skip
+    """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
+    Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    train, test = parallel.split(test_fraction=test_fraction)
+    found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
+                        lape_languages=train.languages, batch_size=batch_size, progress=progress)  # fmt: skip
+    grid = settings(found, pivot=pivot)
+    identifier = LanguageIdentifier().fit(train)
+    evaluation = evaluate(model, tokenizer, test, grid, languages=languages, pivot=pivot, identifier=identifier,
+                          batch_size=batch_size, progress=progress)  # fmt: skip
+    write_text(out / "evaluation.csv", evaluation.to_csv(index=False))
+    best = best_settings(evaluation).sort_values("gain").iloc[-1]
+    chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
+    generations = _generations(model, tokenizer, test, chosen, languages, n_generations)
+    write_text(out / "generations.csv", generations.to_csv(index=False))
+    figures = {
+        "before_after": save_figure(before_after(evaluation), out / "before_after.png"),
+        "pareto": save_figure(pareto(evaluation), out / "pareto.png"),
+    }
+    neurons = None
+    if found.lape is not None:
+        neurons = save_figure(neurons_per_layer(found.lape.count_per_layer(), "LAPE neurons per layer"), out / "lape_neurons.png")
+    section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)
+    return section, neurons
+
+
+def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int) -> pd.DataFrame:
+    rows = []
+    for lang in languages:
+        prompts = test.texts(lang)[:n]
+        off = continuations(model, tokenizer, prompts)
+        with steer(model, setting.plan(lang), languages=lang):
+            on = continuations(model, tokenizer, prompts)
+        rows += [(lang, f"{setting.method}: {setting.setting}", p, a, b) for p, a, b in zip(prompts, off, on)]
+    return pd.DataFrame(rows, columns=["language", "setting", "prompt", "off", "on"])

@@ -7,6 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from a second thread, and on a loaded 2-core machine OpenMP threads that wait on
+# each other slow them down tenfold.
+torch.set_num_threads(1)
 
 # The shared evaluation data lies beside the repository; XLALIGN_NTREX points elsewhere.
 NTREX = Path(os.environ.get("XLALIGN_NTREX") or Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex")

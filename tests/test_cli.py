@@ -5,10 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from probes.metrics import mexa, retrieval_top1
+from probes.metrics import ALL_METRICS, mexa, retrieval_top1
 from probes.sites import Site
 from probes.store import ActivationStore
 from steer.cli import main
+from steer.evaluate import COLUMNS
+from steer.methods import METHODS
 
 SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
 
@@ -51,8 +53,17 @@ def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path,
     assert "![alignment per layer](alignment_per_layer.png)" in report
     assert (out / "alignment_per_layer.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(out / "metrics.csv")
-    assert set(table.metric) == {"retrieval_top1", "mexa"} and set(table.language) == {"deu", "jpn"}
+    assert set(table.metric) == set(ALL_METRICS) and set(table.language) == {"deu", "jpn", "all"}
     assert sorted(table.layer.unique()) == [0, 1, 2, 3, 4]
+    for figure in ("langid_per_layer", "lape_neurons", "before_after", "pareto"):
+        assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
+    assert "Most aligned layers" in report and "Most language-specific layers" in report
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    assert list(evaluation.columns) == COLUMNS
+    assert set(evaluation.method) == set(METHODS) and set(evaluation.language) == {"deu", "jpn"}
+    assert (evaluation[evaluation.metric == "loss_pivot"].delta == 0).all()
+    generations = pd.read_csv(out / "generations.csv")
+    assert len(generations) == 4 and "| language | setting | prompt | off | on |" in report
     assert main(["run", *SMALL, "--out", str(out)]) == 0  # a rerun resumes and rewrites its own outputs
     (out / "thesis.tex").write_text("precious")
     assert main(["run", *SMALL, "--out", str(out)]) == 2
