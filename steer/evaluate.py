@@ -97,6 +97,7 @@ def evaluate(
     pooling: str = "mean",
     n_boot: int = 1000,
     n_prompts: int = 16,
+    n_loss: int | None = 64,
     batch_size: int = 16,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -104,7 +105,9 @@ def evaluate(
 
     Per layer and metric: off, on, delta and a 95% paired-bootstrap interval of the delta. Per setting also
     ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
-    that layer), ``loss_target``, ``loss_pivot`` and, when an ``identifier`` is given, ``lang_fidelity``.
+    that layer), ``loss_target``, ``loss_pivot`` (on the first ``n_loss`` texts: the LM head of a large
+    vocabulary dominates the cost) and, when an ``identifier`` is given, ``lang_fidelity`` (greedy
+    continuations of the first ``n_prompts`` texts).
     """
     sites = [Site(layer, "resid") for layer in range(n_layers(model) + 1)]
 
@@ -117,18 +120,21 @@ def evaluate(
         outputs = continuations(model, tokenizer, test.texts(lang)[:n_prompts], batch_size=batch_size)
         return sum(found == lang for found in identifier.predict(outputs)) / len(outputs)
 
+    def loss(lang: str) -> float:
+        return next_token_loss(model, tokenizer, test.texts(lang)[:n_loss])
+
     reference = pooled(test.texts(pivot))
-    pivot_loss = next_token_loss(model, tokenizer, test.texts(pivot))
+    pivot_loss = loss(pivot)
     rows = []
     for lang in tqdm(languages, desc="evaluate", unit="language", disable=not progress):
         texts = test.texts(lang)
-        off = _Baseline(pooled(texts), next_token_loss(model, tokenizer, texts), fidelity(lang))
+        off = _Baseline(pooled(texts), loss(lang), fidelity(lang))
         for setting in settings:
             plan = setting.plan(lang)
             with steer(model, plan, languages=lang) as handle:
-                on = _Baseline(pooled(texts), next_token_loss(model, tokenizer, texts), fidelity(lang))
+                on = _Baseline(pooled(texts), loss(lang), fidelity(lang))
                 handle.set_languages(pivot)
-                on_pivot_loss = next_token_loss(model, tokenizer, test.texts(pivot))
+                on_pivot_loss = loss(pivot)
             head = (setting.method, setting.setting, lang)
             rows += _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
             rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))

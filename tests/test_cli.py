@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from probes.directions import ShiftVector
 from probes.metrics import ALL_METRICS, mexa, retrieval_top1
+from probes.neurons import NeuronSet
 from probes.sites import Site
 from probes.store import ActivationStore
 from steer.cli import main
@@ -83,3 +85,46 @@ def test_user_errors_exit_2_with_a_clear_message(argv, message, capsys, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
+    neurons = tmp_path / "lape.safetensors"
+    assert main(["find", "neurons", "--method", "lape", *SMALL, "--out", str(neurons)]) == 0
+    found = NeuronSet.load(neurons)
+    assert found.method == "LAPE" and len(found) > 0
+    assert main(["find", "neurons", "--method", "lape", *SMALL, "--out", str(neurons)]) == 2  # never overwrites
+    assert main(["find", "neurons", "--method", "ap", "--k", "5", *SMALL, "--out", str(tmp_path / "ap.safetensors")]) == 0
+    assert NeuronSet.load(tmp_path / "ap.safetensors").neurons["eng"].shape == (5, 2)
+
+    matrix = tmp_path / "matrix.csv"
+    assert main(["ablate", str(neurons), *SMALL, "--sentences", "0:6", "--out", str(matrix)]) == 0
+    table = pd.read_csv(matrix)
+    assert list(table.columns) == ["zeroed", "evaluated", "loss_before", "loss_after"]
+    assert set(table.evaluated) == {"eng", "deu", "jpn"} and set(table.zeroed) <= set(found.languages)
+    assert table.groupby("evaluated").loss_before.nunique().eq(1).all()
+
+    for kind, method in (("shift", "mean"), ("shift", "claim"), ("map", "incline"), ("map", "procrustes")):
+        out = tmp_path / f"{kind}-{method}"
+        assert main(["find", kind, "--method", method, "--k", "2", *SMALL, "--out", str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == [f"{kind}.deu.safetensors", f"{kind}.jpn.safetensors"]
+        capsys.readouterr()
+        artifact = out / f"{kind}.jpn.safetensors"
+        assert main(["steer", "--artifact", str(artifact), "--model", "random:llama", "--prompt", "Guten Morgen",
+                     "--strength", "4", "--max-new-tokens", "3"]) == 0
+        assert "off:" in capsys.readouterr().out
+    shift = ShiftVector.load(tmp_path / "shift-claim" / "shift.deu.safetensors")
+    assert shift.component == "head"
+    assert main(["steer", "--artifact", str(neurons), "--model", "random:qwen2", "--language", "eng",
+                 "--prompt", "x"]) == 2
+    assert "made on model 'random:llama'" in capsys.readouterr().err
+
+
+def test_evaluate_writes_the_table_and_report(tmp_path):
+    out = tmp_path / "eval"
+    argv = ["evaluate", *SMALL[:4], "--langs", "eng,deu", "--max-sentences", "20", "--methods", "shift,procrustes",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
+    assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "lang_fidelity"} <= set(evaluation.metric)
+    assert "(pareto.png)" in (out / "report.md").read_text()

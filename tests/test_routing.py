@@ -1,0 +1,325 @@
+"""MoE routing: traces are what the model used, padding-proof, store-compatible; router steering provably
+changes routing and is cache-proof; routing metrics match hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from conftest import TEXTS, tiny
+from probes.capture import batches, capture
+from probes.models import MOE_FAMILIES, load_model, model_identity
+from probes.routing import RULES, record_routing, trace_batches, trace_router
+from probes.routing_metrics import (
+    expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap, universal_experts,
+    usage_heatmap, divergence_heatmap,
+)  # fmt: skip
+from probes.sites import Site, SiteError, first_tensor, hook, router_layers, tap, width
+from probes.store import ActivationStore, capture_to_store
+from steer.apply import steer
+from steer.routing import BanExperts, ForceExperts, RouterBias, middle_layers, promote_pivot_experts
+from steer.schedule import Schedule
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a loaded machine threads spin: run this module on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def points(model):
+    return {layer: tap(model, Site(layer, "router"))[0] for layer in router_layers(model)}
+
+
+def prompt_batch(tokenizer, texts, side="left"):
+    (batch,) = batches(tokenizer, texts, batch_size=len(texts), padding_side=side)
+    order = batch.rows.argsort()
+    return batch.input_ids[order], batch.attention_mask[order]
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_rules_reproduce_every_gate_bit_for_bit(family):
+    """The top-k that steering recomputes is exactly what each family's gate computes."""
+    model, tokenizer = tiny(family)
+    ids, mask = prompt_batch(tokenizer, TEXTS, side="right")
+    seen = []
+    handles = [
+        point.gate.register_forward_hook(lambda m, args, out, p=point: seen.append((p, m, args[0], out)))
+        for point in points(model).values()
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == len(router_layers(model))
+    for point, gate, hidden, (logits, weights, top) in seen:  # logits are the raw linear output, no softmax
+        raw = torch.nn.functional.linear(hidden.reshape(-1, gate.weight.shape[1]), gate.weight, getattr(gate, "bias", None))
+        torch.testing.assert_close(logits, raw, msg=f"{family} router.{point.layer}: logits are not raw")
+        new_weights, new_ids = RULES[point.spec.rule](gate, logits)
+        assert torch.equal(new_ids, top), f"{family} router.{point.layer}"
+        assert torch.equal(new_weights.to(weights.dtype), weights), f"{family} router.{point.layer}"
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_trace_reproduces_the_moe_block_output(family):
+    """Re-running the block's experts with the traced top-k ids and weights gives the block's output."""
+    model, tokenizer = tiny(family)
+    (batch,) = batches(tokenizer, TEXTS, batch_size=len(TEXTS), padding_side="right")
+    io = {}
+    handles = []
+    for layer, point in points(model).items():
+        handles.append(point.block.register_forward_hook(
+            lambda _m, args, out, layer=layer: io.__setitem__(layer, (args[0], first_tensor(out)))
+        ))  # fmt: skip
+    try:
+        trace = trace_batches(model, [batch])
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = batch.rows[:, None].expand(batch.token_mask.shape)[batch.token_mask]
+    positions = (batch.attention_mask.cumsum(dim=1) - 1)[batch.token_mask]
+    order = torch.argsort(rows * 1000 + positions)  # the trace's token order: text, then position
+    assert torch.equal(trace.text, rows[order]) and torch.equal(trace.position, positions[order])
+    for layer, point in points(model).items():
+        hidden, output = (value[batch.token_mask][order] for value in io[layer])
+        with torch.no_grad():
+            rebuilt = point.experts(hidden, trace.ids[layer], trace.weights[layer])
+            if point.shared_expert is not None:
+                shared = trace.shared[layer][:, None] if point.shared_gate is not None else 1.0
+                rebuilt = rebuilt + shared * point.shared_expert(hidden)
+        diff = (rebuilt - output).abs().max().item()
+        assert diff <= 1e-5, f"{family} router.{layer}: max abs diff {diff}"
+        assert (point.shared_gate is not None) == (layer in trace.shared)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_batched_equals_one_by_one_and_pads_never_appear(family, padding_side):
+    model, tokenizer = tiny(family)
+    batched = trace_router(model, tokenizer, TEXTS, batch_size=len(TEXTS), padding_side=padding_side)
+    single = trace_router(model, tokenizer, TEXTS, batch_size=1)
+    lengths = [len(tokenizer(text)["input_ids"]) for text in TEXTS]
+    assert len(batched.text) == sum(lengths), "exactly the non-pad tokens"
+    assert batched.text.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert batched.position.tolist() == [p for n in lengths for p in range(n)]
+    for layer in router_layers(model):
+        assert torch.equal(batched.ids[layer], single.ids[layer]), f"{family} router.{layer}"
+        for name in ("logits", "probs", "weights"):
+            diff = (getattr(batched, name)[layer] - getattr(single, name)[layer]).abs().max().item()
+            assert diff <= 1e-5, f"{family} {padding_side} router.{layer} {name}: max abs diff {diff}"
+        torch.testing.assert_close(batched.probs[layer].sum(-1), torch.ones(len(batched.text)))
+    no_bos = trace_router(model, tokenizer, TEXTS, exclude_bos=True)
+    assert len(no_bos.text) == sum(lengths) - len(TEXTS)
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "gpt_oss"])
+def test_router_site_streams_into_capture_and_the_store(family, tmp_path):
+    from probes.corpus import demo_corpus
+
+    model, tokenizer = tiny(family)
+    sites = [Site(layer, "router") for layer in router_layers(model)]
+    pooled = capture(model, tokenizer, TEXTS, sites, batch_size=3, progress=False)
+    trace = trace_router(model, tokenizer, TEXTS)
+    for site in sites:
+        assert pooled[site].shape == (len(TEXTS), 3, width(model, "router"))
+        torch.testing.assert_close(pooled[site], trace.pooled(site.layer))
+    torch.testing.assert_close(trace.importance(sites[0].layer, "prob"), trace.pooled(sites[0].layer)[:, 0])
+    corpus = demo_corpus().subset(["eng", "deu"], n=5)
+    store = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "store", progress=False)
+    reread = ActivationStore(store.path).get(sites[-1], "deu")
+    torch.testing.assert_close(reread, trace_router(model, tokenizer, corpus.texts("deu")).pooled(sites[-1].layer))
+    with pytest.raises(SiteError, match="read-only"):
+        handle = hook(*tap(model, sites[0]), lambda view: view * 2)
+        try:
+            model(**tokenizer(TEXTS[:1], return_tensors="pt"))
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_routing_is_independent_of_output_router_logits(family):
+    model, tokenizer = tiny(family)
+    ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="right")
+    runs = {}
+    for flag in (False, True):
+        seen = {}
+        with torch.no_grad(), record_routing(model, lambda layer, r: seen.__setitem__(layer, r)):
+            out = model(input_ids=ids, attention_mask=mask, output_router_logits=flag)
+        runs[flag] = seen
+        if flag:  # the model's own report is the raw gate logits we trace, layer by layer
+            for reported, layer in zip(out.router_logits, router_layers(model)):
+                torch.testing.assert_close(reported.float().view(seen[layer].logits.shape), seen[layer].logits)
+    for layer in router_layers(model):
+        for name in ("logits", "probs", "ids", "weights"):
+            assert torch.equal(getattr(runs[False][layer], name), getattr(runs[True][layer], name))
+
+
+def routed(model, ids, mask, plan=(), languages=None):
+    seen = {}
+    with torch.no_grad(), steer(model, list(plan), languages=languages):
+        with record_routing(model, lambda layer, r: seen.__setitem__(layer, r)):
+            model(input_ids=ids, attention_mask=mask)
+    return seen
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_force_experts_puts_the_expert_in_every_steered_top_k(family):
+    model, tokenizer = tiny(family)
+    ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="left")
+    layers = router_layers(model)
+    plain = routed(model, ids, mask)
+    forced = {layer: (3 + layer) % 8 for layer in layers}  # DeepSeek-V3 needs a large eps: see steer.routing
+    plan = [(ForceExperts({l: [e] for l, e in forced.items()}, eps=4.0), Schedule(prefill=(1, 4)))]
+    steered = routed(model, ids, mask, plan)
+    positions = mask.cumsum(dim=1) - 1
+    chosen = mask.bool() & (positions >= 1) & (positions < 4)
+    for layer, expert in forced.items():
+        has = (steered[layer].ids == expert).any(dim=-1)
+        assert has[chosen].all(), f"{family} router.{layer}: forced expert {expert} missing at steered tokens"
+        assert not (plain[layer].ids == expert).any(dim=-1)[chosen].all(), "the test must force a change"
+    first = layers[0]  # upstream of any edit, the unsteered tokens route as before
+    assert torch.equal(steered[first].ids[mask.bool() & ~chosen], plain[first].ids[mask.bool() & ~chosen])
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_large_negative_bias_and_ban_remove_an_expert(family):
+    model, tokenizer = tiny(family)
+    ids, mask = prompt_batch(tokenizer, TEXTS, side="right")
+    valid = mask.bool()
+    plain = routed(model, ids, mask)
+    favourite = {layer: int(torch.bincount(r.ids[valid].flatten(), minlength=8).argmax()) for layer, r in plain.items()}
+    experts = {layer: [expert] for layer, expert in favourite.items()}
+    for intervention in (RouterBias(experts, -1e4), BanExperts(experts, eps=4.0)):  # eps: for DeepSeek-V3
+        steered = routed(model, ids, mask, [intervention])
+        for layer, expert in favourite.items():
+            assert not (steered[layer].ids[valid] == expert).any(), f"{family} {intervention} router.{layer}"
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_cached_and_uncached_generation_agree_under_router_steering(family):
+    model, tokenizer = tiny(family)
+    texts = TEXTS[:3]
+    ids, mask = prompt_batch(tokenizer, texts, side="left")
+    layers = router_layers(model)
+    options = dict(
+        max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+        output_logits=True,
+    )  # fmt: skip
+    plan = [
+        (RouterBias({layer: [1, 5] for layer in layers}, 3.0), Schedule(languages=("deu", "jpn"))),
+        (ForceExperts({layers[-1]: [2]}), Schedule(prefill="last", decode=2)),
+    ]
+    plain = model.generate(input_ids=ids, attention_mask=mask, **options)
+    with steer(model, plan, languages=["eng", "deu", "jpn"]):
+        cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **options)
+        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **options)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for step, (a, b, c) in enumerate(zip(cached.logits, uncached.logits, plain.logits)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{family} decode step {step}")
+    change = max((a - c).abs().max().item() for a, c in zip(cached.logits, plain.logits))
+    assert change > 1e-4, f"{family}: router steering must change the next-token logits"
+
+
+def test_language_gating_and_hook_hygiene():
+    model, tokenizer = tiny("mixtral")
+    ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="right")
+    before = hook_count(model)
+    plain = routed(model, ids, mask)
+    gate = Schedule(languages=("deu",))
+    steered = routed(model, ids, mask, [(RouterBias({1: [0]}, 5.0), gate)], languages=["eng", "deu", "jpn", "rus"])
+    changed = [bool((steered[1].logits[row] != plain[1].logits[row]).any()) for row in range(4)]
+    assert changed == [False, True, False, False]
+    with pytest.raises(RuntimeError, match="inside"):
+        with steer(model, [ForceExperts({2: [1]})]), record_routing(model, lambda *_: None):
+            raise RuntimeError("inside")
+    with pytest.raises(ValueError, match="out of range for 8 experts"):
+        routed(model, ids, mask, [BanExperts({1: [9]})])
+    assert hook_count(model) == before
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_every_moe_family_has_router_sites_and_sizes(family):
+    model, _ = tiny(family)
+    assert width(model, "router") == 8 and width(model, "resid") == 64 and width(model, "head") == 16
+    assert len(router_layers(model)) >= 3 and model_identity(model)["model_type"] == family
+    for layer, point in points(model).items():
+        assert point.layer == layer and point.n_experts == 8
+        assert (point.shared_expert is not None) == (family in ("qwen2_moe", "deepseek_v3"))
+
+
+def test_sites_know_which_layers_route():
+    model, _ = tiny("qwen2_moe")  # layer 4 has a dense MLP
+    assert router_layers(model) == [1, 2, 3] and width(model, "router") == 8
+    with pytest.raises(SiteError, match="dense MLP, no router; routed layers: \\[1, 2, 3\\]"):
+        tap(model, Site(4, "router"))
+    with pytest.raises(SiteError, match="'mlp_act' does not exist"):
+        tap(model, Site(1, "mlp_act"))
+    assert load_model("random:olmoe")[0].config.model_type == "olmoe"
+    dense, _ = tiny("llama")
+    assert router_layers(dense) == []
+    with pytest.raises(SiteError, match="has no MoE router"):
+        trace_router(dense, _, TEXTS[:1])
+
+
+def test_divergence_and_overlap_match_hand_computation():
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    q = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    assert jsd(p, q).tolist() == pytest.approx([math.log(2), 0.0], abs=1e-12)
+    r = torch.tensor([0.7, 0.1, 0.1, 0.1], dtype=torch.float64)
+    m = (p[0] + r) / 2
+    kl = lambda a, b: float((a[a > 0] * (a[a > 0] / b[a > 0]).log()).sum())  # noqa: E731
+    assert jsd(p[:1], r[None]).item() == pytest.approx(0.5 * kl(p[0], m) + 0.5 * kl(r, m), rel=1e-9)
+    table = routing_divergence({3: {"eng": p, "deu": q, "fra": p.clone()}}, ci=True, n_boot=200)
+    value = table.set_index(["language", "metric"])["value"]
+    assert value["deu", "jsd"] == pytest.approx(math.log(2) / 2)
+    assert value["fra", "jsd"] == pytest.approx(0.0) and value["fra", "jsd_norm"] == pytest.approx(0.0)
+    entropy_p = (math.log(2) + math.log(4)) / 2  # both sides have the same mean entropy
+    assert value["deu", "jsd_norm"] == pytest.approx((math.log(2) / 2) / (math.log(4) - entropy_p))
+    assert list(table.columns) == ["layer", "language", "metric", "value", "ci_low", "ci_high"]
+    assert set_overlap(p, q, 2).tolist() == [0.0, 1.0]  # uniform rows: topk picks the same first two
+    overlap = expert_set_overlap({3: {"eng": p, "deu": q}}, k=2)
+    assert overlap["value"].item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="router.3: deu has shape"):
+        routing_divergence({3: {"eng": p, "deu": q[:1]}})
+
+
+def test_language_and_universal_experts_and_figures():
+    eng = torch.tensor([[0.6, 0.6, 0.4, 0.4]]).repeat(4, 1) / 1.0
+    deu = torch.tensor([[0.6, 0.1, 0.9, 0.4]]).repeat(4, 1)
+    jpn = torch.tensor([[0.5, 0.1, 0.4, 1.0]]).repeat(4, 1)
+    usage = expert_usage({2: {"eng": eng, "deu": deu, "jpn": jpn}, 3: {"eng": eng, "deu": eng, "jpn": eng}})
+    assert len(usage) == 2 * 3 * 4 and set(usage["metric"]) == {"usage"}
+    specific = language_experts(usage, threshold=0.3)
+    assert set(zip(specific["layer"], specific["expert"], specific["language"])) == {(2, 1, "eng"), (2, 2, "deu"), (2, 3, "jpn")}
+    lape = language_experts(usage, method="entropy", fraction=0.5, quantile=0.9)
+    assert set(lape["language"]) <= {"deu", "jpn"} and len(lape) >= 1
+    universal = universal_experts(usage, ratio=0.8)
+    assert set(zip(universal["layer"], universal["expert"])) == {(2, 0), (3, 0), (3, 1)}
+    table = routing_divergence({2: {"eng": eng, "deu": deu}, 3: {"eng": eng, "deu": deu}})
+    assert isinstance(divergence_heatmap(table), Figure) and isinstance(usage_heatmap(usage), Figure)
+
+
+def test_promote_pivot_experts_biases_the_most_used_experts_in_the_middle_layers():
+    usage = {layer: torch.arange(8.0).roll(layer) for layer in range(1, 7)}
+    bias = promote_pivot_experts(usage, n_experts=2, delta=2.0)
+    assert middle_layers(range(1, 7)) == [3, 4] and bias.layers == (3, 4)
+    assert sorted(bias.experts[3].tolist()) == [1, 2] and bias.delta == 2.0
+    assert promote_pivot_experts(usage, layers=[1]).layers == (1,)
+    with pytest.raises(ValueError, match="no usage for layers \\[9\\]"):
+        promote_pivot_experts(usage, layers=[9])
+    x = torch.zeros(1, 2, 8)
+    assert bias.edit(3, x)[0, 0].tolist() == [0, 2, 2, 0, 0, 0, 0, 0]
+    assert ForceExperts({1: [4]}, eps=0.5).edit(1, torch.arange(8.0)[None, None])[0, 0, 4] == 7.5
+    assert BanExperts({1: [7]}, eps=0.5).edit(1, torch.arange(8.0)[None, None])[0, 0, 7] == -0.5
