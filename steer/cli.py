@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--pivot", default="eng")
         command.add_argument("--methods", type=_csv, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
         command.add_argument("--test-fraction", type=float, default=0.2)
+        command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
+        command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
         command.add_argument("--out", required=True, type=Path)
         if name == "run":
             command.add_argument("--steer-langs", type=_csv, help="languages to steer (default: the 3 least aligned)")
@@ -284,8 +286,8 @@ def _evaluate(args) -> int:
     from steer.pipeline import evaluate_job
 
     report = evaluate_job(args.out, model=args.model, corpus=_corpus(args), pivot=args.pivot, methods=args.methods,
-                          test_fraction=args.test_fraction, batch_size=args.batch_size,
-                          progress=not args.no_progress)  # fmt: skip
+                          test_fraction=args.test_fraction, n_loss=args.loss_sentences, n_prompts=args.prompts,
+                          batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
     print(f"report: {report}")
     return 0
 
@@ -295,7 +297,8 @@ def _run(args) -> int:
 
     report = run(args.out, model=args.model, corpus=_corpus(args), pivot=args.pivot, pooling=args.pooling,
                  steer_langs=args.steer_langs, methods=args.methods, test_fraction=args.test_fraction,
-                 batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+                 n_loss=args.loss_sentences, n_prompts=args.prompts, batch_size=args.batch_size,
+                 progress=not args.no_progress)  # fmt: skip
     print(f"report: {report}")
     return 0
 

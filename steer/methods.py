@@ -109,18 +109,16 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
         return Schedule(languages=(lang,), **schedule)
 
     if found.shifts:
-        for layer in sorted({early, middle}):
-            for alpha in (0.5, 1.0):
-                out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
-                    (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated(lang))]))
+        for layer, alpha in sorted({(early, 1.0), (middle, 0.5), (middle, 1.0)}):
+            out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
+                (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated(lang))]))
     if found.incline:
         for mode in ("code", "interpolate"):
             out.append(Setting("incline", f"all layers,last token,mode={mode},sigma=0.5", 1, lambda lang, mode=mode: [
                 (LinearMap.from_map(found.incline[lang], 0.5, mode), gated(lang, prefill="last", decode="none"))]))
     if found.procrustes:
-        for sigma in (0.5, 1.0):
-            out.append(Setting("procrustes", f"layer={middle},interpolate,sigma={sigma}", middle, lambda lang, sigma=sigma: [
-                (_procrustes_at(found.procrustes[lang], middle, sigma), gated(lang))]))
+        out.append(Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang: [
+            (_procrustes_at(found.procrustes[lang], middle, 1.0), gated(lang))]))
     if found.lape is not None:
         out.append(Setting("lape", "zero own neurons", 1, lambda lang: [
             (ZeroNeurons(found.lape.units(lang)), gated(lang))] if lang in found.lape.languages else []))

@@ -51,6 +51,8 @@ def run(
     steer_langs: Sequence[str] | None = None,
     methods: Sequence[str] = METHODS,
     test_fraction: float = 0.2,
+    n_loss: int = 32,
+    n_prompts: int = 8,
     batch_size: int = 16,
     progress: bool = True,
 ) -> Path:
@@ -77,8 +79,8 @@ def run(
         mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
         steer_langs = mexa.sort_values().index[:3].tolist()
     steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
-                                    methods=methods, test_fraction=test_fraction, batch_size=batch_size,
-                                    progress=progress)  # fmt: skip
+                                    methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
+                                    batch_size=batch_size, progress=progress)  # fmt: skip
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling)  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
@@ -96,6 +98,8 @@ def evaluate_job(
     pivot: str = "eng",
     methods: Sequence[str] = METHODS,
     test_fraction: float = 0.2,
+    n_loss: int = 32,
+    n_prompts: int = 8,
     batch_size: int = 16,
     progress: bool = True,
 ) -> Path:
@@ -107,7 +111,8 @@ def evaluate_job(
     network, tokenizer = load_model(model)
     languages = [lang for lang in parallel.languages if lang != pivot]
     steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot, methods=methods,
-                              test_fraction=test_fraction, batch_size=batch_size, progress=progress)  # fmt: skip
+                              test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts, batch_size=batch_size,
+                              progress=progress)  # fmt: skip
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
                    languages=parallel.languages, pivot=pivot, pooling="mean") + steering  # fmt: skip
     report = out / "report.md"
@@ -117,7 +122,8 @@ def evaluate_job(
 
 def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
-    methods: Sequence[str], test_fraction: float, batch_size: int, progress: bool, n_generations: int = 2,
+    methods: Sequence[str], test_fraction: float, n_loss: int, n_prompts: int, batch_size: int, progress: bool,
+    n_generations: int = 2,
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
     Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
@@ -127,7 +133,7 @@ def closed_loop(
     grid = settings(found, pivot=pivot)
     identifier = LanguageIdentifier().fit(train)
     evaluation = evaluate(model, tokenizer, test, grid, languages=languages, pivot=pivot, identifier=identifier,
-                          batch_size=batch_size, progress=progress)  # fmt: skip
+                          n_loss=n_loss, n_prompts=n_prompts, batch_size=batch_size, progress=progress)  # fmt: skip
     write_text(out / "evaluation.csv", evaluation.to_csv(index=False))
     best = best_settings(evaluation).sort_values("gain").iloc[-1]
     chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
