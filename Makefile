@@ -28,7 +28,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python -m benchmarks.capture
+	$(BIN)/python -m benchmarks.steer
+	$(BIN)/python -m benchmarks.stats_memory
 
 clean:
 	rm -rf $(VENV) out

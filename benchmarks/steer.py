@@ -1,0 +1,77 @@
+"""Steered generate (one AddVector, one LinearMap) against plain generate, interleaved in one run.
+
+Every round times plain and steered greedy generation of the same left-padded batch, alternating which goes
+first; the table reports medians and the run ends with ``RATIO steered_generate_vs_plain[<model>] <value>``
+(steered time / plain time; target <= 1.03). Run as a module from the repository root
+(``python -m benchmarks.steer``) so that ``steer`` names the package, not this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from probes.capture import batches
+from probes.corpus import demo_corpus
+from probes.models import load_model
+from probes.sites import n_layers
+from steer.apply import steer
+from steer.interventions import AddVector, LinearMap
+from steer.schedule import Schedule
+
+
+def plan_for(model) -> list:
+    width, middle = model.config.hidden_size, n_layers(model) // 2
+    generator = torch.Generator().manual_seed(0)
+    vector = torch.randn(width, generator=generator) * 0.1
+    matrix = torch.eye(width) + 0.01 * torch.randn(width, width, generator=generator)
+    return [
+        (AddVector({middle: vector}), Schedule()),
+        (LinearMap({middle + 1: matrix}, sigma=0.5, mode="interpolate"), Schedule(prefill="last", decode="none")),
+    ]
+
+
+def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
+    texts = demo_corpus().texts("deu")[:8]
+    (batch,) = batches(tokenizer, texts, batch_size=len(texts), padding_side="left")
+    options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    plan = plan_for(model)
+
+    def plain():
+        return model.generate(**options)
+
+    def steered():
+        with steer(model, plan):
+            return model.generate(**options)
+
+    plain(), steered()  # warm-up
+    times: dict[str, list[float]] = {"plain": [], "steered": []}
+    for r in range(rounds):
+        order = [("plain", plain), ("steered", steered)]
+        for key, fn in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    print(f"\n{name}: batch {tuple(batch.input_ids.shape)}, {new_tokens} new tokens, {rounds} interleaved rounds")
+    for key, values in times.items():
+        print(f"{key:<10}{statistics.median(values):>10.3f} s")
+    return statistics.median(times["steered"]) / statistics.median(times["plain"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--model", default="default", help="a load_model spec (default: the embedded Gemma 3 270M)")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    ratio = bench(args.model, *load_model(args.model), args.rounds, args.new_tokens)
+    print(f"\nRATIO steered_generate_vs_plain[{args.model}] {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
