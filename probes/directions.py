@@ -169,7 +169,8 @@ class ShiftVector:
             {layer: by[pivot] for layer, by in data.items()}, {layer: by[language] for layer, by in data.items()},
             method, **params,
         )  # fmt: skip
-        return cls(vectors, component, pivot, language, method, dict(params), model or store.meta["model"])
+        identity = model if model is not None else store.meta["model"]
+        return cls(vectors, component, pivot, language, method, dict(params), identity)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         tensors = {str(Site(layer, self.component)): v for layer, v in self.vectors.items()}
@@ -402,8 +403,8 @@ class LinearMap:
                     by_language[language], by_language[pivot], center, normalize
                 )
         params = {"ridge": ridge} if method == "incline" else {"center": center, "normalize": normalize}
-        return cls(matrices, component, method, language, pivot, params, model or store.meta["model"], mean_source,
-                   mean_pivot)
+        identity = model if model is not None else store.meta["model"]
+        return cls(matrices, component, method, language, pivot, params, identity, mean_source, mean_pivot)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         tensors = {f"W.{layer}": W for layer, W in self.matrices.items()}

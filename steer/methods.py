@@ -15,13 +15,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from probes.capture import capture_by_layer
+from probes.capture import capture
 from probes.corpus import ParallelCorpus
 from probes.directions import HeadProbe, ShiftVector
 from probes.directions import LinearMap as FittedMap
 from probes.models import model_identity
 from probes.neurons import LAPE, APExperts, NeuronSet
 from probes.sites import Site, n_layers
+from probes.stats import NeuronStats
 from steer.evaluate import Setting
 from steer.interventions import AddVector, HeadShift, LinearMap, SetNeurons, ZeroNeurons
 from steer.schedule import Schedule
@@ -58,44 +59,60 @@ def fit_methods(
 ) -> Findings:
     """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``).
 
-    LAPE compares activation probabilities across ``lape_languages`` (default: pivot and ``languages``);
-    more languages make its entropy more telling.
+    One forward pass per language feeds every method: pooled ``resid`` (shift, INCLINE, Procrustes), ``head``
+    in the middle layers (CLAIM), ``mlp_act`` (AP experts) and streaming ``mlp_gate`` counts (LAPE). LAPE
+    compares activation probabilities across ``lape_languages`` (default: pivot and ``languages``); more
+    languages make its entropy more telling.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     depth = n_layers(model)
-    identity = model_identity(model)
-    found = Findings(depth)
+    every_layer = range(1, depth + 1)
+    middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
+    wanted = {
+        "resid": every_layer if {"shift", "incline", "procrustes"} & set(methods) else (),
+        "head": middle if "heads" in methods else (),
+        "mlp_act": every_layer if "ap" in methods else (),
+    }
+    pooled_sites = [Site(layer, component) for component, layers in wanted.items() for layer in layers]
     everyone = [pivot, *languages]
+    lape_languages = list(lape_languages or everyone) if "lape" in methods else []
+    stats = NeuronStats(bins=0)
+    pooled: dict[str, dict[Site, torch.Tensor]] = {}
+    for lang in dict.fromkeys([*everyone, *lape_languages]):
+        sites = pooled_sites if lang in everyone else []
+        if lang in lape_languages:
+            sites = sites + [Site(layer, "mlp_gate") for layer in every_layer]
 
-    def pooled(component: str, layers: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
-        return capture_by_layer(model, tokenizer, train, component, layers, everyone, batch_size=batch_size,
-                                progress=progress)  # fmt: skip
+        def count_active(site: Site, values: torch.Tensor, _rows, lang=lang) -> None:
+            if site.component == "mlp_gate":
+                stats.add(site, lang, values)
 
-    if {"shift", "incline", "procrustes"} & set(methods):
-        resid = pooled("resid", range(1, depth + 1))
-        for lang in languages:
-            if "shift" in methods:
-                found.shifts[lang] = ShiftVector.from_store(resid, lang, pivot=pivot, model=identity)
-            if "incline" in methods:
-                found.incline[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method="incline", model=identity)
-            if "procrustes" in methods:
-                found.procrustes[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method="procrustes", model=identity)
-    if "heads" in methods:
-        middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
-        heads = pooled("head", middle)
-        for lang in languages:
-            found.heads[lang] = HeadProbe().fit(heads, lang, pivot=pivot).shift_vector(n_heads, model=model)
+        pooled[lang] = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
+                               batch_size=batch_size, progress=progress)  # fmt: skip
+
+    def by_layer(component: str) -> dict[int, dict[str, torch.Tensor]]:
+        return {layer: {lang: pooled[lang][Site(layer, component)] for lang in everyone} for layer in wanted[component]}
+
+    found = Findings(depth)
+    identity = model_identity(model)
+    resid = by_layer("resid")
+    for lang in languages:
+        if "shift" in methods:
+            found.shifts[lang] = ShiftVector.from_store(resid, lang, pivot=pivot, model=identity)
+        for method, maps in (("incline", found.incline), ("procrustes", found.procrustes)):
+            if method in methods:
+                maps[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method=method, model=identity)
+        if "heads" in methods:
+            found.heads[lang] = HeadProbe().fit(by_layer("head"), lang, pivot=pivot).shift_vector(n_heads, model=model)
     if "lape" in methods:
-        lape = LAPE().fit_from_model(model, tokenizer, train, list(lape_languages or everyone), batch_size=batch_size,
-                                     progress=progress)  # fmt: skip
-        found.lape = lape.neurons_
+        found.lape = LAPE().fit(stats, languages=lape_languages, model=model).neurons_
     if "ap" in methods:
-        sites = [Site(layer, "mlp_act") for layer in range(1, depth + 1)]
-        found.ap = APExperts(k=ap_k).fit_from_model(
-            model, tokenizer, train, sites, everyone, batch_size=batch_size, progress=progress
-        ).neurons_
+        responses = {Site(layer, "mlp_act"): torch.cat([pooled[lang][Site(layer, "mlp_act")] for lang in everyone])
+                     for layer in every_layer}  # fmt: skip
+        labels = [lang for lang in everyone for _ in train.texts(lang)]
+        found.ap = APExperts(k=ap_k).fit(responses, labels, model=model).neurons_
     return found
 
 

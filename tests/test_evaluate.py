@@ -71,3 +71,23 @@ def test_next_token_loss_is_padding_proof(corpus):
     texts = corpus.texts("deu")[:6]
     assert next_token_loss(model, tokenizer, texts, batch_size=6) == pytest.approx(
         next_token_loss(model, tokenizer, texts, batch_size=1), rel=1e-6)
+
+
+def test_one_pass_fitting_equals_each_finder_run_alone(corpus):
+    from probes.capture import capture_by_layer
+    from probes.directions import ShiftVector
+    from probes.neurons import LAPE, APExperts
+    from steer.methods import fit_methods
+
+    model, tokenizer = tiny("qwen2")
+    found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["shift", "lape", "ap"],
+                        lape_languages=["eng", "deu", "rus"], ap_k=7, progress=False)
+    lape = LAPE().fit_from_model(model, tokenizer, corpus, ["eng", "deu", "rus"], progress=False).neurons_
+    assert found.lape.languages == lape.languages
+    assert all(torch.equal(found.lape.neurons[lang], lape.neurons[lang]) for lang in lape.languages)
+    sites = [Site(layer, "mlp_act") for layer in range(1, 5)]
+    ap = APExperts(k=7).fit_from_model(model, tokenizer, corpus, sites, ["eng", "deu"], progress=False).neurons_
+    assert torch.equal(found.ap.neurons["eng"], ap.neurons["eng"])
+    data = capture_by_layer(model, tokenizer, corpus, "resid", [2], ["eng", "deu"], progress=False)
+    expected = ShiftVector.from_store(data, "deu", model={})
+    torch.testing.assert_close(found.shifts["deu"].vectors[2], expected.vectors[2])
