@@ -134,8 +134,31 @@ _TINY_BY_FAMILY: dict[str, dict] = {
     "bloom": {"hidden_size": 64, "n_layer": 4, "n_head": 4},
     "xglm": {"d_model": 64, "num_layers": 4, "attention_heads": 4, "ffn_dim": 128},
     "gpt2": {"n_embd": 64, "n_layer": 4, "n_head": 4, "n_inner": 128, "n_positions": 256},
-}
-RANDOM_FAMILIES = tuple(_TINY_BY_FAMILY)
+    # Mixture-of-experts: 8 experts of width 32, top-2. Qwen2-MoE's last and DeepSeek-V3's first layer are
+    # dense, so code meets MoE models with unrouted layers; Qwen3-MoE renormalises its top-k, Qwen2-MoE not.
+    "mixtral": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "olmoe": {"intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2},
+    "qwen2_moe": {
+        "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64, "num_experts": 8,
+        "num_experts_per_tok": 2, "mlp_only_layers": [3],
+    },
+    "qwen3_moe": {
+        "head_dim": 16, "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
+    },
+    "gpt_oss": {
+        "head_dim": 16, "intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": 8,
+    },
+    "granitemoe": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "phimoe": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "deepseek_v3": {
+        "num_key_value_heads": 4, "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
+        "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1, "n_shared_experts": 1, "kv_lora_rank": 16,
+        "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "head_dim": 8,
+    },
+}  # fmt: skip
+MOE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "gpt_oss", "granitemoe", "phimoe", "deepseek_v3")
+# Dense families have every component; MoE families have a router and no per-neuron MLP sites.
+RANDOM_FAMILIES = tuple(family for family in _TINY_BY_FAMILY if family not in MOE_FAMILIES)
 _ALIASES = {"gemma3": "gemma3_text"}
 
 
@@ -146,7 +169,7 @@ def random_model(family: str, *, dtype: torch.dtype | None = None, seed: int = 0
 
     family = _ALIASES.get(family, family)
     if family not in _TINY_BY_FAMILY:
-        raise ModelError(f"no tiny random model for family {family!r}; available: {', '.join(RANDOM_FAMILIES)}")
+        raise ModelError(f"no tiny random model for family {family!r}; available: {', '.join(_TINY_BY_FAMILY)}")
     tokenizer = demo_tokenizer()
     special = dict(
         vocab_size=len(tokenizer),
@@ -159,6 +182,9 @@ def random_model(family: str, *, dtype: torch.dtype | None = None, seed: int = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+        for module in model.modules():  # DeepSeek-V3's selection bias starts at zero: make it matter
+            if isinstance(getattr(module, "e_score_correction_bias", None), torch.Tensor):
+                module.e_score_correction_bias.normal_(0.0, 0.02)
     model.config.name_or_path = f"random:{family}"
     return model.eval(), tokenizer
 

@@ -4,6 +4,12 @@ A :class:`Site` is ``(layer, component)``. Layers count decoder blocks from 1; `
 embedding output (the input of block 1), ``Site(i, "resid")`` the output of block ``i``. One declarative
 :class:`ArchTable` per model family turns a site into a module and a side of it (its input or its
 output); nothing else in the code base knows module names.
+
+MoE families have a ``router`` component: a :class:`RouterTap` names the gate, the rule by which it turns
+logits into top-k (:data:`probes.routing.RULES`), and the block's experts. :func:`tap` returns a
+:class:`RouterPoint` for it; :func:`hook` on side ``"router"`` reads a ``(batch, tokens, 3, experts)`` routing
+view (probabilities, top-k renormalised weights, top-k indicator; see :mod:`probes.routing`), and
+:func:`probes.routing.edit_router` writes router logits before top-k.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 COMPONENTS = ("resid", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router")
-Side = Literal["input", "output"]
+Side = Literal["input", "output", "router"]
 
 
 class SiteError(ValueError):
@@ -57,6 +63,37 @@ class Tap:
 
 
 @dataclass(frozen=True)
+class RouterTap(Tap):
+    """An MoE gate inside one block (side ``"router"``). ``path``: the gate module; ``rule``: how it turns
+    logits into top-k ids and weights (a key of :data:`probes.routing.RULES`); ``block``: the MoE block that
+    calls it; ``experts``, ``shared_expert`` and ``shared_gate`` (a sigmoid gate on the shared expert) complete
+    the block."""
+
+    rule: str = "softmax_topk"
+    block: str = "mlp"
+    experts: str = "mlp.experts"
+    shared_expert: str | None = None
+    shared_gate: str | None = None
+
+
+@dataclass(frozen=True)
+class RouterPoint:
+    """The modules of one block's MoE layer, as :func:`tap` returns them for a ``router`` site."""
+
+    layer: int
+    block: nn.Module
+    gate: nn.Module
+    experts: nn.Module
+    spec: RouterTap
+    shared_expert: nn.Module | None = None
+    shared_gate: nn.Module | None = None
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.gate.weight.shape[0])
+
+
+@dataclass(frozen=True)
 class ArchTable:
     """How one model family is laid out. Paths are relative to the causal-LM model (blocks) or the block."""
 
@@ -64,10 +101,10 @@ class ArchTable:
     final_norm: str
     attn_out: Tap
     mlp_out: Tap
-    mlp_act: Tap
-    mlp_gate: Tap
+    mlp_act: Tap | None  # None in MoE families: their experts have no single per-neuron module
+    mlp_gate: Tap | None
     head: Tap
-    router: Tap | None = None
+    router: RouterTap | None = None
     resid: Tap = Tap("", "output")
 
 
@@ -80,6 +117,19 @@ def _llama_like(attn_out: str = "self_attn", mlp_out: str = "mlp") -> ArchTable:
         mlp_act=Tap("mlp.down_proj", "input"),
         mlp_gate=Tap("mlp.act_fn", "output"),
         head=Tap("self_attn.o_proj", "input"),
+    )
+
+
+def _moe(router: RouterTap, block: str = "mlp") -> ArchTable:
+    return ArchTable(
+        blocks="model.layers",
+        final_norm="model.norm",
+        attn_out=Tap("self_attn", "output"),
+        mlp_out=Tap(block, "output"),
+        mlp_act=None,
+        mlp_gate=None,
+        head=Tap("self_attn.o_proj", "input"),
+        router=router,
     )
 
 
@@ -123,6 +173,29 @@ ARCHITECTURES: dict[str, ArchTable] = {
         mlp_gate=Tap("mlp.act", "output"),
         head=Tap("attn.c_proj", "input"),
     ),
+    # Mixture-of-experts families. What each gate returns, checked against transformers 5.23:
+    # softmax_topk: softmax(logits) -> top-k -> renormalised (Mixtral always; OLMoE, Qwen: norm_topk_prob).
+    # topk_softmax: top-k of the logits -> softmax over those k (GPT-OSS: logits carry a bias; Granite).
+    # sigmoid_group: sigmoid scores + selection bias, group-limited top-k (DeepSeek-V3).
+    # sparsemixer: Phi-MoE's masked two-step argmax. Qwen2-MoE adds a sigmoid-gated shared expert,
+    # DeepSeek-V3 an ungated one; both families have dense-MLP layers without a router.
+    "mixtral": _moe(RouterTap("mlp.gate", "router")),
+    "olmoe": _moe(RouterTap("mlp.gate", "router")),
+    "qwen2_moe": _moe(
+        RouterTap("mlp.gate", "router", shared_expert="mlp.shared_expert", shared_gate="mlp.shared_expert_gate")
+    ),
+    "qwen3_moe": _moe(RouterTap("mlp.gate", "router")),
+    "gpt_oss": _moe(RouterTap("mlp.router", "router", rule="topk_softmax")),
+    # Granite scales attn_out and mlp_out by config.residual_multiplier before adding them to the stream.
+    "granitemoe": _moe(
+        RouterTap(
+            "block_sparse_moe.router", "router", rule="topk_softmax", block="block_sparse_moe",
+            experts="block_sparse_moe.experts",
+        ),
+        block="block_sparse_moe",
+    ),
+    "phimoe": _moe(RouterTap("mlp.router", "router", rule="sparsemixer")),
+    "deepseek_v3": _moe(RouterTap("mlp.gate", "router", rule="sigmoid_group", shared_expert="mlp.shared_experts")),
 }
 
 
@@ -152,8 +225,24 @@ def n_heads(model: nn.Module) -> int:
     return int(getattr(config, "num_attention_heads", None) or config.n_head)
 
 
-def tap(model: nn.Module, site: Site) -> tuple[nn.Module, Side]:
-    """The module and side that hold ``site`` in ``model``."""
+def router_layers(model: nn.Module) -> list[int]:
+    """The layers (counted from 1) whose block has an MoE router; empty for dense models."""
+    spec = arch_table(model).router
+    if spec is None:
+        return []
+    return [i + 1 for i, block in enumerate(blocks(model)) if _has(block, spec.path)]
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def tap(model: nn.Module, site: Site) -> tuple[nn.Module | RouterPoint, Side]:
+    """The module and side that hold ``site`` in ``model`` (for ``router``: a :class:`RouterPoint`)."""
     table = arch_table(model)
     layers = blocks(model)
     if site.layer > len(layers):
@@ -164,13 +253,33 @@ def tap(model: nn.Module, site: Site) -> tuple[nn.Module, Side]:
     if where is None:
         raise SiteError(f"{site}: component {site.component!r} does not exist in a {model.config.model_type} model")
     block = layers[site.layer - 1]
+    if isinstance(where, RouterTap):
+        return _router_point(model, site, block, where), where.side
     return (block.get_submodule(where.path) if where.path else block), where.side
+
+
+def _router_point(model: nn.Module, site: Site, block: nn.Module, spec: RouterTap) -> RouterPoint:
+    if not _has(block, spec.path):
+        raise SiteError(
+            f"{site}: block {site.layer} of this {model.config.model_type} model has a dense MLP, no router; "
+            f"routed layers: {router_layers(model)}"
+        )
+    optional = {name: getattr(spec, name) for name in ("shared_expert", "shared_gate")}
+    return RouterPoint(
+        site.layer, block.get_submodule(spec.block), block.get_submodule(spec.path), block.get_submodule(spec.experts),
+        spec, **{name: block.get_submodule(path) for name, path in optional.items() if path},
+    )
 
 
 def width(model: nn.Module, component: str) -> int:
     """Size of the last dimension of a component's tensor (for ``head``: the per-head size)."""
     if component in ("resid", "attn_out", "mlp_out"):
         return int(model.config.hidden_size)
+    if component == "router":
+        layers = router_layers(model)
+        if not layers:
+            raise SiteError(f"component 'router' does not exist in a {model.config.model_type} model (not MoE)")
+        return tap(model, Site(layers[0], "router"))[0].n_experts
     module, _ = tap(model, Site(1, "mlp_act" if component == "mlp_gate" else component))
     size = _in_features(module)
     return size // n_heads(model) if component == "head" else size
@@ -190,8 +299,15 @@ def first_tensor(value: object) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value  # type: ignore[index,return-value]
 
 
-def hook(module: nn.Module, side: Side, fn: Hook) -> torch.utils.hooks.RemovableHandle:
-    """Register ``fn`` on one side of ``module``. ``fn`` sees the hidden-state tensor; a returned tensor replaces it."""
+def hook(module: nn.Module | RouterPoint, side: Side, fn: Hook) -> torch.utils.hooks.RemovableHandle:
+    """Register ``fn`` on one side of ``module``. ``fn`` sees the hidden-state tensor; a returned tensor replaces it.
+
+    On side ``"router"`` (a :class:`RouterPoint`) ``fn`` reads the routing view and may not return a tensor.
+    """
+    if side == "router":
+        from probes.routing import read_router_view
+
+        return read_router_view(module, fn)
     if side == "output":
 
         def on_output(_module, _args, output):

@@ -118,15 +118,14 @@ def fit_methods(
 
 def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
     """The evaluated grid: a few strengths and layers per method, every plan gated to its language."""
-    depth = found.layers
-    middle, early = max(1, depth // 2), max(1, depth // 3)
+    middle = max(1, found.layers // 2)
     out: list[Setting] = []
 
     def gated(lang: str, **schedule) -> Schedule:
         return Schedule(languages=(lang,), **schedule)
 
     if found.shifts:
-        for layer, alpha in sorted({(early, 1.0), (middle, 0.5), (middle, 1.0)}):
+        for layer, alpha in ((middle, 0.5), (middle, 1.0)):
             out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
                 (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated(lang))]))
     if found.incline:

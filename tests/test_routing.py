@@ -14,23 +14,14 @@ from probes.capture import batches, capture
 from probes.models import MOE_FAMILIES, load_model, model_identity
 from probes.routing import RULES, record_routing, trace_batches, trace_router
 from probes.routing_metrics import (
-    expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap, universal_experts,
-    usage_heatmap, divergence_heatmap,
+    divergence_heatmap, expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap,
+    universal_experts, usage_heatmap,
 )  # fmt: skip
 from probes.sites import Site, SiteError, first_tensor, hook, router_layers, tap, width
 from probes.store import ActivationStore, capture_to_store
 from steer.apply import steer
 from steer.routing import BanExperts, ForceExperts, RouterBias, middle_layers, promote_pivot_experts
 from steer.schedule import Schedule
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded machine threads spin: run this module on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def points(model):
@@ -65,7 +56,8 @@ def test_rules_reproduce_every_gate_bit_for_bit(family):
             handle.remove()
     assert len(seen) == len(router_layers(model))
     for point, gate, hidden, (logits, weights, top) in seen:  # logits are the raw linear output, no softmax
-        raw = torch.nn.functional.linear(hidden.reshape(-1, gate.weight.shape[1]), gate.weight, getattr(gate, "bias", None))
+        flat = hidden.reshape(-1, gate.weight.shape[1])
+        raw = torch.nn.functional.linear(flat, gate.weight, getattr(gate, "bias", None))
         torch.testing.assert_close(logits, raw, msg=f"{family} router.{point.layer}: logits are not raw")
         new_weights, new_ids = RULES[point.spec.rule](gate, logits)
         assert torch.equal(new_ids, top), f"{family} router.{point.layer}"
@@ -208,7 +200,7 @@ def test_large_negative_bias_and_ban_remove_an_expert(family):
 
 
 @pytest.mark.parametrize("family", MOE_FAMILIES)
-def test_cached_and_uncached_generation_agree_under_router_steering(family):
+def test_generation_under_router_steering_is_cache_and_batch_proof(family):
     model, tokenizer = tiny(family)
     texts = TEXTS[:3]
     ids, mask = prompt_batch(tokenizer, texts, side="left")
@@ -222,10 +214,19 @@ def test_cached_and_uncached_generation_agree_under_router_steering(family):
         (ForceExperts({layers[-1]: [2]}), Schedule(prefill="last", decode=2)),
     ]
     plain = model.generate(input_ids=ids, attention_mask=mask, **options)
-    with steer(model, plan, languages=["eng", "deu", "jpn"]):
+    languages = ["eng", "deu", "jpn"]
+    with steer(model, plan, languages=languages) as handle:
         cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **options)
         uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **options)
+        singles = []
+        for text, language in zip(texts, languages):
+            handle.set_languages([language])
+            one_ids, one_mask = prompt_batch(tokenizer, [text])
+            one = model.generate(input_ids=one_ids, attention_mask=one_mask, **options)
+            singles.append(one.sequences[0, one_ids.shape[1] :])
     assert torch.equal(cached.sequences, uncached.sequences)
+    for row, single in enumerate(singles):
+        assert torch.equal(cached.sequences[row, ids.shape[1] :], single), f"{family}: batched != one-by-one, row {row}"
     for step, (a, b, c) in enumerate(zip(cached.logits, uncached.logits, plain.logits)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{family} decode step {step}")
     change = max((a - c).abs().max().item() for a, c in zip(cached.logits, plain.logits))
@@ -302,7 +303,8 @@ def test_language_and_universal_experts_and_figures():
     usage = expert_usage({2: {"eng": eng, "deu": deu, "jpn": jpn}, 3: {"eng": eng, "deu": eng, "jpn": eng}})
     assert len(usage) == 2 * 3 * 4 and set(usage["metric"]) == {"usage"}
     specific = language_experts(usage, threshold=0.3)
-    assert set(zip(specific["layer"], specific["expert"], specific["language"])) == {(2, 1, "eng"), (2, 2, "deu"), (2, 3, "jpn")}
+    found = set(zip(specific["layer"], specific["expert"], specific["language"]))
+    assert found == {(2, 1, "eng"), (2, 2, "deu"), (2, 3, "jpn")}
     lape = language_experts(usage, method="entropy", fraction=0.5, quantile=0.9)
     assert set(lape["language"]) <= {"deu", "jpn"} and len(lape) >= 1
     universal = universal_experts(usage, ratio=0.8)
