@@ -148,6 +148,14 @@ def expert_set_overlap(
     return _table(rows, ci)
 
 
+def measure_routing(store: ActivationStore, pivot: str = "eng", *, k: int = 2, ci: bool = False, n_boot: int = 1000) -> pd.DataFrame:
+    """The routing metrics of a mean-pooled ``router`` store, per layer and language: ``jsd``, ``jsd_norm``
+    (expert importance) and ``topk_jaccard`` (the ``k`` most important experts), as one tidy table."""
+    importance = router_matrices(store, "prob")
+    return pd.concat([routing_divergence(importance, pivot, ci=ci, n_boot=n_boot),
+                      expert_set_overlap(importance, pivot, k=k, ci=ci, n_boot=n_boot)], ignore_index=True)  # fmt: skip
+
+
 def expert_usage(usage: Matrices) -> pd.DataFrame:
     """Per layer, language and expert: the mean over sentences of a ``selected`` (or other) router channel.
 

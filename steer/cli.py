@@ -24,17 +24,18 @@ def _span(text: str) -> tuple[int, int]:
     return int(start), int(stop)
 
 
-def parse_sites(spec: str, n_layers: int, layers: Sequence[int] | None = None) -> list:
-    """``'resid,mlp_act'`` -> those components at every layer (``resid`` from 0); ``'resid.7'`` -> one site."""
-    from probes.sites import Site, SiteError
+def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list:
+    """``'resid,mlp_act'`` -> those components at every layer (``resid`` from 0, ``router`` where the model has
+    one); ``'resid.7'`` -> one site."""
+    from probes.sites import Site, SiteError, n_layers, router_layers
 
     sites = []
     for item in _csv(spec):
         if "." in item:
             sites.append(Site.parse(item))
         elif item in COMPONENTS:
-            first = 0 if item == "resid" else 1
-            sites += [Site(layer, item) for layer in range(first, n_layers + 1) if layers is None or layer in layers]
+            every = router_layers(model) if item == "router" else range(0 if item == "resid" else 1, n_layers(model) + 1)
+            sites += [Site(layer, item) for layer in every if layers is None or layer in layers]
         else:
             raise SiteError(f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER")
     return sites
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("store", type=Path)
     measure.add_argument("--pivot", default="eng")
     measure.add_argument("--metrics", type=_csv, default=["retrieval_top1", "mexa"], help="names, or 'all'")
-    measure.add_argument("--component", default="resid", choices=COMPONENTS)
+    measure.add_argument("--component", default="resid", choices=COMPONENTS,
+                         help="router: routing divergence (jsd, jsd_norm) and top-k expert overlap")
     measure.add_argument("--ci", action="store_true", help="add 95%% bootstrap intervals (ci_low, ci_high)")
     measure.add_argument("--n-boot", type=int, default=1000)
     measure.add_argument("--out", required=True, type=Path, help="CSV file: layer,language,metric,value")
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         model_and_corpus(command, pooling=name == "run")
         command.add_argument("--pivot", default="eng")
-        command.add_argument("--methods", type=_csv, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
+        command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")
         command.add_argument("--test-fraction", type=float, default=0.2)
         command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
         command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
@@ -143,12 +145,11 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
 
 def _capture(args) -> int:
     from probes.models import load_model
-    from probes.sites import n_layers
     from probes.store import capture_to_store
 
     corpus = _corpus(args)
     model, tokenizer = load_model(args.model)
-    sites = parse_sites(args.sites, n_layers(model), args.layers)
+    sites = parse_sites(args.sites, model, args.layers)
     store = capture_to_store(model, tokenizer, corpus, sites, args.out, pooling=args.pooling,
                              batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
     print(f"{store.path}: {len(sites)} sites x {len(store.languages)} languages x {len(corpus)} sentences")
@@ -161,8 +162,14 @@ def _measure(args) -> int:
     from probes.store import ActivationStore
 
     _refuse_overwrite(args.out, args.overwrite)
-    table = measure_store(ActivationStore(args.store), pivot=args.pivot, metrics=args.metrics,
-                          component=args.component, ci=args.ci, n_boot=args.n_boot)  # fmt: skip
+    store = ActivationStore(args.store)
+    if args.component == "router":
+        from probes.routing_metrics import measure_routing
+
+        table = measure_routing(store, args.pivot, ci=args.ci, n_boot=args.n_boot)
+    else:
+        table = measure_store(store, pivot=args.pivot, metrics=args.metrics, component=args.component, ci=args.ci,
+                              n_boot=args.n_boot)  # fmt: skip
     write_text(args.out, table.to_csv(index=False))
     print(f"{args.out}: {len(table)} rows")
     return 0

@@ -3,8 +3,9 @@
 Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``incline`` (least-squares maps at
 every layer, last prompt token, both rules), ``procrustes`` (orthogonal map at one layer), ``lape``
 (zero the language's LAPE neurons), ``ap`` (set the pivot's AP expert units to their median response) and
-``heads`` (CLAIM: shift the most language-specific heads). Every plan is gated to the language it was fitted
-for, so pivot inputs run untouched.
+``heads`` (CLAIM: shift the most language-specific heads) and, in MoE models, ``router`` (Bandarkar et al.:
+promote the pivot's most used experts in the middle layers). Every plan is gated to the language it was
+fitted for, so pivot inputs run untouched.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from probes.directions import HeadProbe, ShiftVector
 from probes.directions import LinearMap as FittedMap
 from probes.models import model_identity
 from probes.neurons import LAPE, APExperts, NeuronSet
-from probes.sites import Site, n_layers
+from probes.routing import ROUTER_CHANNELS
+from probes.sites import Site, arch_table, n_layers, router_layers
 from probes.stats import NeuronStats
 from steer.evaluate import Setting
 from steer.interventions import AddVector, HeadShift, LinearMap, SetNeurons, ZeroNeurons
+from steer.routing import promote_pivot_experts
 from steer.schedule import Schedule
 
-METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads")
+METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router")
+
+
+def available_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> list[str]:
+    """``methods`` that apply to ``model``: LAPE and AP need per-neuron MLP sites (dense models), ``router``
+    needs an MoE router."""
+    table = arch_table(model)
+    missing = {"lape": table.mlp_gate is None, "ap": table.mlp_act is None, "router": not router_layers(model)}
+    return [method for method in methods if not missing.get(method, False)]
 
 
 @dataclass
@@ -41,6 +52,7 @@ class Findings:
     heads: dict[str, ShiftVector] = field(default_factory=dict)
     lape: NeuronSet | None = None
     ap: NeuronSet | None = None
+    router_usage: dict[int, torch.Tensor] = field(default_factory=dict)  # the pivot's expert usage per layer
 
 
 def fit_methods(
@@ -67,6 +79,9 @@ def fit_methods(
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    impossible = sorted(set(methods) - set(available_methods(model, methods)))
+    if impossible:
+        raise ValueError(f"methods {impossible} do not apply to a {model.config.model_type} model")
     depth = n_layers(model)
     every_layer = range(1, depth + 1)
     middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
@@ -74,6 +89,7 @@ def fit_methods(
         "resid": every_layer if {"shift", "incline", "procrustes"} & set(methods) else (),
         "head": middle if "heads" in methods else (),
         "mlp_act": every_layer if "ap" in methods else (),
+        "router": router_layers(model) if "router" in methods else (),
     }
     pooled_sites = [Site(layer, component) for component, layers in wanted.items() for layer in layers]
     everyone = [pivot, *languages]
@@ -113,6 +129,8 @@ def fit_methods(
                      for layer in every_layer}  # fmt: skip
         labels = [lang for lang in everyone for _ in train.texts(lang)]
         found.ap = APExperts(k=ap_k).fit(responses, labels, model=model).neurons_
+    selected = ROUTER_CHANNELS.index("selected")
+    found.router_usage = {layer: pooled[pivot][Site(layer, "router")][:, selected].mean(0) for layer in wanted["router"]}
     return found
 
 
@@ -142,6 +160,11 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
         experts = SetNeurons.from_neurons(found.ap, pivot)
         out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang: [
             (experts, gated(lang))]))
+    if found.router_usage:
+        promote = promote_pivot_experts(found.router_usage, n_experts=2, delta=2.0)
+        layers = "-".join(map(str, promote.layers))
+        out.append(Setting("router", f"promote top-2 {pivot} experts,layers={layers},delta=2.0",
+                           min(promote.layers), lambda lang: [(promote, gated(lang))]))
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
         out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang: [

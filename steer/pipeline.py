@@ -13,14 +13,18 @@ from probes.langid import LanguageIdentifier
 from probes.metrics import measure_store
 from probes.models import load_model
 from probes.plots import alignment_per_layer, before_after, best_settings, langid_per_layer, neurons_per_layer, pareto
-from probes.sites import Site, n_layers
+from probes.routing_metrics import divergence_heatmap, expert_usage, measure_routing, router_matrices, usage_heatmap
+from probes.sites import Site, n_layers, router_layers
 from probes.store import capture_to_store
 from steer.apply import steer
 from steer.evaluate import continuations, evaluate
-from steer.methods import METHODS, fit_methods, settings
-from steer.report import alignment_section, header, language_specific_section, save_figure, steering_section
+from steer.methods import available_methods, fit_methods, settings
+from steer.report import (
+    alignment_section, header, language_specific_section, routing_section, save_figure, steering_section,
+)  # fmt: skip
 
-_RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md"}
+_RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md",
+                "routing_divergence.png", "expert_usage.png"}
 _EVALUATION_OUTPUTS = {"evaluation.csv", "generations.csv", "before_after.png", "pareto.png", "lape_neurons.png"}
 
 
@@ -49,7 +53,7 @@ def run(
     pivot: str = "eng",
     pooling: str = "mean",
     steer_langs: Sequence[str] | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
@@ -66,15 +70,22 @@ def run(
     parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
     _check_pivot(parallel, pivot)
     network, tokenizer = load_model(model)
-    sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)]
+    routed = router_layers(network)
+    sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
     store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
                              batch_size=batch_size, progress=progress)  # fmt: skip
     table = measure_store(store, pivot=pivot, metrics="all")
-    write_text(out / "metrics.csv", table.to_csv(index=False))
+    routing = measure_routing(store, pivot) if routed and pooling == "mean" else None
+    write_text(out / "metrics.csv", pd.concat([table, routing]).to_csv(index=False))
     name = str(network.config.name_or_path)
     title = f"{name}: alignment with {pivot} ({pooling} pooling, {len(parallel)} sentences)"
     alignment = save_figure(alignment_per_layer(table, ("retrieval_top1", "mexa"), title=title), out / "alignment_per_layer.png")
     langid = save_figure(langid_per_layer(table), out / "langid_per_layer.png")
+    if routing is not None:
+        divergence = save_figure(divergence_heatmap(routing, title=f"{name}: routing divergence from {pivot}"),
+                                 out / "routing_divergence.png")  # fmt: skip
+        usage = expert_usage(router_matrices(store, "selected"))
+        usage_figure = save_figure(usage_heatmap(usage, title="expert usage per language"), out / "expert_usage.png")
     if steer_langs is None:
         mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
         steer_langs = mexa.sort_values().index[:3].tolist()
@@ -84,7 +95,10 @@ def run(
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling)  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
-    lines += language_specific_section(table, langid, neurons) + steering
+    lines += language_specific_section(table, langid, neurons)
+    if routing is not None:
+        lines += routing_section(routing, divergence, usage_figure)
+    lines += steering
     report = out / "report.md"
     write_text(report, "\n".join(lines))
     return report
@@ -96,7 +110,7 @@ def evaluate_job(
     model: str = "default",
     corpus: ParallelCorpus | str = "demo",
     pivot: str = "eng",
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
@@ -122,12 +136,13 @@ def evaluate_job(
 
 def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
-    methods: Sequence[str], test_fraction: float, n_loss: int, n_prompts: int, batch_size: int, progress: bool,
+    methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, batch_size: int, progress: bool,
     n_generations: int = 2,
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
     Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
+    methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
                         lape_languages=train.languages, batch_size=batch_size, progress=progress)  # fmt: skip
     grid = settings(found, pivot=pivot)

@@ -73,6 +73,26 @@ def language_specific_section(table: pd.DataFrame, langid_figure: str, neurons_f
     return lines
 
 
+def routing_section(routing: pd.DataFrame, divergence_figure: str, usage_figure: str) -> list[str]:
+    """MoE routing: divergence of expert importance from the pivot per layer and language, expert usage."""
+    jsd = routing[routing["metric"] == "jsd"].pivot(index="layer", columns="language", values="value")
+    by_layer = jsd.mean(axis=1).sort_values()
+    n = max(1, min(3, len(by_layer) // 2))
+    return [
+        "## Routing (mixture of experts)",
+        "",
+        divergence_figure,
+        "",
+        f"Routing closest to the pivot's (mean JSD over languages) in layers "
+        f"{', '.join(map(str, by_layer.index[:n].tolist()))}; farthest in "
+        f"{', '.join(map(str, by_layer.index[-n:].tolist()))}. "
+        f"Most divergent language: {jsd.mean().idxmax()}; least: {jsd.mean().idxmin()}.",
+        "",
+        usage_figure,
+        "",
+    ]
+
+
 def steering_section(
     evaluation: pd.DataFrame, figures: dict[str, str], generations: pd.DataFrame, *, n_test: int, pivot: str
 ) -> list[str]:

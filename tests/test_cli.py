@@ -62,7 +62,7 @@ def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path,
     assert "Most aligned layers" in report and "Most language-specific layers" in report
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
-    assert set(evaluation.method) == set(METHODS) and set(evaluation.language) == {"deu", "jpn"}
+    assert set(evaluation.method) == set(METHODS) - {"router"} and set(evaluation.language) == {"deu", "jpn"}
     assert (evaluation[evaluation.metric == "loss_pivot"].delta == 0).all()
     generations = pd.read_csv(out / "generations.csv")
     assert len(generations) == 4 and "| language | setting | prompt | off | on |" in report
@@ -128,3 +128,27 @@ def test_evaluate_writes_the_table_and_report(tmp_path):
     assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
     assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "lang_fidelity"} <= set(evaluation.metric)
     assert "(pareto.png)" in (out / "report.md").read_text()
+
+
+def test_moe_routing_from_the_command_line(tmp_path, capsys):
+    small = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu,rus", "--max-sentences", "16",
+             "--no-progress"]
+    store_dir = tmp_path / "store"
+    assert main(["capture", *small, "--sites", "router,resid", "--out", str(store_dir)]) == 0
+    store = ActivationStore(store_dir)
+    routers = [site.layer for site in store.sites if site.component == "router"]
+    assert routers == [1, 2, 3], "Qwen2-MoE's tiny model has a dense MLP in its last layer"
+    csv = tmp_path / "routing.csv"
+    assert main(["measure", str(store_dir), "--component", "router", "--out", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert set(table.metric) == {"jsd", "jsd_norm", "topk_jaccard"} and set(table.layer) == {1, 2, 3}
+    assert table[table.metric == "jsd"].value.between(0, 0.7).all()
+
+    out = tmp_path / "run"
+    assert main(["run", *small, "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Routing (mixture of experts)" in report and (out / "routing_divergence.png").is_file()
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    assert "router" in set(evaluation.method) and not {"lape", "ap"} & set(evaluation.method)
+    assert main(["evaluate", *small, "--methods", "lape", "--out", str(tmp_path / "e")]) == 2
+    assert "do not apply to a qwen2_moe model" in capsys.readouterr().err
