@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.capture
 	$(BIN)/python -m benchmarks.steer
 	$(BIN)/python -m benchmarks.stats_memory
+	$(BIN)/python -m benchmarks.routing
 
 clean:
 	rm -rf $(VENV) out
