@@ -13,13 +13,12 @@ that of the plain forward; 1.0 = free):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from probes.capture import Batch, capture_batches
+from benchmarks.timing import interleaved, make_batches
+from probes.capture import capture_batches
 from probes.routing import trace_batches
 from probes.sites import Site, router_layers
 
@@ -31,18 +30,6 @@ def random_mixtral() -> torch.nn.Module:
     )  # fmt: skip
     torch.manual_seed(0)
     return MixtralForCausalLM(config).eval()
-
-
-def make_batches(vocab_size: int, n_batches: int, batch_size: int = 16, tokens: int = 64) -> list[Batch]:
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for b in range(n_batches):
-        ids = torch.randint(4, vocab_size, (batch_size, tokens), generator=generator)
-        mask = torch.ones_like(ids)
-        mask[::2, -tokens // 4 :] = 0  # half the rows are right-padded by a quarter
-        rows = torch.arange(b * batch_size, (b + 1) * batch_size)
-        out.append(Batch(rows, ids, mask, mask.bool()))
-    return out
 
 
 def methods(model, work):
@@ -60,26 +47,6 @@ def methods(model, work):
     }
 
 
-def bench(name: str, model, work, rounds: int) -> dict[str, float]:
-    runs = methods(model, work)
-    tokens = sum(int(batch.attention_mask.sum()) for batch in work)
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    keys = list(runs)
-    for r in range(rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            start = time.perf_counter()
-            runs[key]()
-            times[key].append(time.perf_counter() - start)
-    throughput = {key: tokens / statistics.median(values) for key, values in times.items()}
-    print(f"\n{name}: {len(work)} batches x {tuple(work[0].input_ids.shape)}, {rounds} interleaved rounds")
-    print(f"{'method':<18}{'median s':>10}{'tokens/s':>12}")
-    for key, values in times.items():
-        print(f"{key:<18}{statistics.median(values):>10.3f}{throughput[key]:>12.0f}")
-    return throughput
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9)
@@ -90,8 +57,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     model = random_mixtral()
-    name = f"random Mixtral-style (hidden 512, 8 layers, 8 experts top-2), {torch.get_num_threads()} thread(s)"
-    t = bench(name, model, make_batches(32000, args.batches), args.rounds)
+    name = "random Mixtral-style (hidden 512, 8 layers, 8 experts top-2)"
+    work = make_batches(32000, args.batches)
+    t = interleaved(name, methods(model, work), work, args.rounds)
     print()
     print(f"RATIO router_pooled_vs_forward {t['router_pooled'] / t['forward']:.3f}")
     print(f"RATIO routing_capture_vs_forward {t['routing_capture'] / t['forward']:.3f}")

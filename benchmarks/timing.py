@@ -1,0 +1,46 @@
+"""Shared benchmark helpers: synthetic padded batches and interleaved timing against a baseline."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from probes.capture import Batch
+
+
+def make_batches(vocab_size: int, n_batches: int, batch_size: int = 16, tokens: int = 64) -> list[Batch]:
+    """Seeded random token batches; half the rows are right-padded by a quarter."""
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for b in range(n_batches):
+        ids = torch.randint(4, vocab_size, (batch_size, tokens), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[::2, -tokens // 4 :] = 0
+        rows = torch.arange(b * batch_size, (b + 1) * batch_size)
+        out.append(Batch(rows, ids, mask, mask.bool()))
+    return out
+
+
+def interleaved(name: str, runs: dict[str, Callable[[], object]], work: list[Batch], rounds: int) -> dict[str, float]:
+    """Time every run once per round, in rotating order, after one warm-up each; print medians and return
+    throughput (non-pad tokens per second) per run."""
+    tokens = sum(int(batch.attention_mask.sum()) for batch in work)
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    keys = list(runs)
+    for r in range(rounds):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            start = time.perf_counter()
+            runs[key]()
+            times[key].append(time.perf_counter() - start)
+    throughput = {key: tokens / statistics.median(values) for key, values in times.items()}
+    print(f"\n{name}: {len(work)} batches x {tuple(work[0].input_ids.shape)}, {rounds} interleaved rounds, "
+          f"{torch.get_num_threads()} thread(s)")  # fmt: skip
+    print(f"{'method':<18}{'median s':>10}{'tokens/s':>12}")
+    for key, values in times.items():
+        print(f"{key:<18}{statistics.median(values):>10.3f}{throughput[key]:>12.0f}")
+    return throughput
