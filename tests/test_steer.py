@@ -104,7 +104,7 @@ def test_zero_neurons_equals_zeroing_gate_weights():
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("name", ["add", "map", "heads", "set"])
+@pytest.mark.parametrize("name", list(INTERVENTIONS))
 def test_batched_left_padded_generation_equals_one_by_one_and_cache_is_irrelevant(name, schedule):
     model, tokenizer = tiny("qwen2")
     texts = TEXTS[:3]
