@@ -37,8 +37,13 @@ def before_after(evaluation: pd.DataFrame, metric: str = "mexa") -> Figure:
     methods = list(best["method"])
     languages = sorted(rows["language"].unique())
     colors = dict(zip(languages, colormaps["tab20"].colors))
-    figure = Figure(figsize=(4.2 * len(methods) + 1.2, 3.6), layout="constrained")
-    axes = figure.subplots(1, max(1, len(methods)), squeeze=False, sharey=True)[0]
+    columns = max(1, min(3, len(methods)))
+    rows_of_panels = -(-max(1, len(methods)) // columns)
+    figure = Figure(figsize=(4.2 * columns + 1.2, 3.4 * rows_of_panels), layout="constrained")
+    grid = figure.subplots(rows_of_panels, columns, squeeze=False, sharey=True)
+    axes = list(grid.flat)
+    for ax in axes[len(methods) :]:
+        ax.set_visible(False)
     for ax, (_, choice) in zip(axes, best.iterrows()):
         chosen = rows[(rows["method"] == choice["method"]) & (rows["setting"] == choice["setting"])]
         for language, part in chosen.groupby("language"):
@@ -48,8 +53,9 @@ def before_after(evaluation: pd.DataFrame, metric: str = "mexa") -> Figure:
         ax.set(title=f"{choice['method']}\n{choice['setting']}", xlabel="layer", ylim=(-0.02, 1.02))
         ax.title.set_fontsize("small")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{metric} (dashed: off, solid: on)")
-    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for row in grid:
+        row[0].set_ylabel(f"{metric}\n(dashed: off, solid: on)")
+    grid[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
