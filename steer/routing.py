@@ -63,9 +63,8 @@ class RouterBias:
 
 
 @dataclass(frozen=True)
-class ForceExperts:
-    """SteerMoE activation: logits[experts] <- max(logits) + eps, so they enter the top-k (see the module
-    docstring for DeepSeek-V3). Force at most k experts per layer, or the top-k picks among them."""
+class _SetExpertLogits:
+    """Set the chosen experts' logits to a value derived from each token's logits (see subclasses)."""
 
     experts: dict[int, Int[Tensor, " n"]]
     eps: float = 1e-2
@@ -80,30 +79,29 @@ class ForceExperts:
 
     def edit(self, layer: int, x: Float[Tensor, "batch tokens experts"]) -> Float[Tensor, "batch tokens experts"]:
         out = x.clone()
-        out[..., _on(self.experts[layer], x, layer)] = x.amax(dim=-1, keepdim=True) + self.eps
+        out[..., _on(self.experts[layer], x, layer)] = self._value(x)
         return out
+
+    def _value(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class BanExperts:
+class ForceExperts(_SetExpertLogits):
+    """SteerMoE activation: logits[experts] <- max(logits) + eps, so they enter the top-k (see the module
+    docstring for DeepSeek-V3). Force at most k experts per layer, or the top-k picks among them."""
+
+    def _value(self, x: Tensor) -> Tensor:
+        return x.amax(dim=-1, keepdim=True) + self.eps
+
+
+@dataclass(frozen=True)
+class BanExperts(_SetExpertLogits):
     """SteerMoE deactivation: logits[experts] <- min(logits) - eps, so they leave the top-k (as long as at
     least k experts remain)."""
 
-    experts: dict[int, Int[Tensor, " n"]]
-    eps: float = 1e-2
-    component: str = field(default="router", init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "experts", _experts(self.experts))
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return tuple(sorted(self.experts))
-
-    def edit(self, layer: int, x: Float[Tensor, "batch tokens experts"]) -> Float[Tensor, "batch tokens experts"]:
-        out = x.clone()
-        out[..., _on(self.experts[layer], x, layer)] = x.amin(dim=-1, keepdim=True) - self.eps
-        return out
+    def _value(self, x: Tensor) -> Tensor:
+        return x.amin(dim=-1, keepdim=True) - self.eps
 
 
 def _on(experts: Tensor, x: Tensor, layer: int) -> Tensor:
