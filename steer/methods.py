@@ -28,7 +28,7 @@ from probes.stats import NeuronStats
 from steer.evaluate import Setting
 from steer.interventions import AddVector, HeadShift, LinearMap, SetNeurons, ZeroNeurons
 from steer.routing import promote_pivot_experts
-from steer.schedule import Schedule
+from steer.schedule import gated
 
 METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router")
 
@@ -139,36 +139,33 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
     middle = max(1, found.layers // 2)
     out: list[Setting] = []
 
-    def gated(lang: str, **schedule) -> Schedule:
-        return Schedule(languages=(lang,), **schedule)
-
     if found.shifts:
         for layer, alpha in ((middle, 0.5), (middle, 1.0)):
             out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
-                (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated(lang))]))
+                (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated([lang]))]))
     if found.incline:
         for mode in ("code", "interpolate"):
             out.append(Setting("incline", f"all layers,last token,mode={mode},sigma=0.5", 1, lambda lang, mode=mode: [
-                (LinearMap.from_map(found.incline[lang], 0.5, mode), gated(lang, prefill="last", decode="none"))]))
+                (LinearMap.from_map(found.incline[lang], 0.5, mode), gated([lang], prefill="last", decode="none"))]))
     if found.procrustes:
         out.append(Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang: [
-            (_procrustes_at(found.procrustes[lang], middle, 1.0), gated(lang))]))
+            (_procrustes_at(found.procrustes[lang], middle, 1.0), gated([lang]))]))
     if found.lape is not None:
         out.append(Setting("lape", "zero own neurons", 1, lambda lang: [
-            (ZeroNeurons(found.lape.units(lang)), gated(lang))] if lang in found.lape.languages else []))
+            (ZeroNeurons(found.lape.units(lang)), gated([lang]))] if lang in found.lape.languages else []))
     if found.ap is not None:
         experts = SetNeurons.from_neurons(found.ap, pivot)
         out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang: [
-            (experts, gated(lang))]))
+            (experts, gated([lang]))]))
     if found.router_usage:
         promote = promote_pivot_experts(found.router_usage, n_experts=2, delta=2.0)
         layers = "-".join(map(str, promote.layers))
         out.append(Setting("router", f"promote top-2 {pivot} experts,layers={layers},delta=2.0",
-                           min(promote.layers), lambda lang: [(promote, gated(lang))]))
+                           min(promote.layers), lambda lang: [(promote, gated([lang]))]))
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
         out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang: [
-            (HeadShift.from_shift(found.heads[lang], 1.0), gated(lang))]))
+            (HeadShift.from_shift(found.heads[lang], 1.0), gated([lang]))]))
     return out
 
 
