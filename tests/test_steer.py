@@ -236,3 +236,27 @@ def test_interventions_take_fitted_artifacts_directly():
     assert heads.layers == (3,) and heads.heads[3].tolist() == [1]
     shift = ShiftVector({1: torch.ones(WIDTH)}, "resid", "eng", "deu", "mean", {}, {})
     assert torch.equal(AddVector.from_shift(shift, 0.5).edit(1, torch.zeros(WIDTH)), torch.full((WIDTH,), 0.5))
+
+
+@pytest.mark.parametrize("schedule", ["last", "span", "mask"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_prefill_schedules_equal_a_manual_positional_edit(schedule, side):
+    model, tokenizer = tiny("llama")
+    ids, mask = prompt_batch(tokenizer, TEXTS[:4], side=side)
+    position = mask.cumsum(dim=1) - 1  # index among non-pad tokens
+    last = position == mask.sum(dim=1, keepdim=True) - 1
+    token_mask = torch.zeros_like(mask, dtype=torch.bool)
+    token_mask[:, ::3] = True
+    chosen = {"last": last, "span": (position >= 1) & (position < 3), "mask": token_mask}[schedule] & mask.bool()
+    prefill = {"last": "last", "span": (1, 3), "mask": token_mask}[schedule]
+    vector = INTERVENTIONS["add"].vectors[2]
+    module, where = tap(model, Site(2, "resid"))
+    with torch.no_grad():
+        with steer(model, [(INTERVENTIONS["add"], Schedule(prefill=prefill, decode="none"))]):
+            steered = model(input_ids=ids, attention_mask=mask).logits
+        handle = hook(module, where, lambda x: x + 4.0 * vector * chosen[..., None])
+        try:
+            expected = model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            handle.remove()
+    torch.testing.assert_close(steered[mask.bool()], expected[mask.bool()])
