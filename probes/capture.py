@@ -9,6 +9,7 @@ non-pad tokens inside the hook, so no per-token activations of a corpus are ever
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,9 +110,15 @@ class Batch:
     def model_inputs(self, model: nn.Module) -> dict[str, Tensor]:
         """Inputs for ``model``; positions follow the mask, so left padding does not shift them."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if "position_ids" in inspect.signature(model.forward).parameters:
+        if _takes_position_ids(type(model).forward):
             inputs["position_ids"] = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         return inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_position_ids(forward: Callable) -> bool:
+    """Whether a model class's forward accepts ``position_ids`` (BLOOM's does not: ALiBi follows the mask)."""
+    return "position_ids" in inspect.signature(forward).parameters
 
 
 def batches(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -51,8 +52,9 @@ class ActivationStore:
         if not (self.path / META).is_file():
             raise StoreError(f"{self.path} is not an activation store (no {META}); create one with `xlalign capture`")
 
-    @property
+    @cached_property
     def meta(self) -> dict:
+        """The store's metadata, read once per opened store."""
         return json.loads((self.path / META).read_text())
 
     @property

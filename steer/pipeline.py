@@ -40,9 +40,14 @@ def _claim(out: Path, allowed: set[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _check_pivot(parallel: ParallelCorpus, pivot: str) -> None:
+def _start(out: str | Path, allowed: set[str], corpus: ParallelCorpus | str, pivot: str, model: str):
+    """Claim ``out``, load the corpus (checking the pivot is in it) and the model."""
+    out = Path(out)
+    _claim(out, allowed)
+    parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
     if pivot not in parallel.languages:
         raise RunError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+    return (out, parallel, *load_model(model))
 
 
 def run(
@@ -65,11 +70,7 @@ def run(
     ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
     Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
     """
-    out = Path(out)
-    _claim(out, _RUN_OUTPUTS | _EVALUATION_OUTPUTS)
-    parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
-    _check_pivot(parallel, pivot)
-    network, tokenizer = load_model(model)
+    out, parallel, network, tokenizer = _start(out, _RUN_OUTPUTS | _EVALUATION_OUTPUTS, corpus, pivot, model)
     routed = router_layers(network)
     sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
     store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
@@ -118,11 +119,7 @@ def evaluate_job(
     progress: bool = True,
 ) -> Path:
     """``xlalign evaluate``: the closed loop for every non-pivot language of the corpus; returns report.md."""
-    out = Path(out)
-    _claim(out, _EVALUATION_OUTPUTS | {"report.md"})
-    parallel = load_corpus(corpus) if isinstance(corpus, str) else corpus
-    _check_pivot(parallel, pivot)
-    network, tokenizer = load_model(model)
+    out, parallel, network, tokenizer = _start(out, _EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model)
     languages = [lang for lang in parallel.languages if lang != pivot]
     steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot, methods=methods,
                               test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts, batch_size=batch_size,
