@@ -100,10 +100,15 @@ class Routing:
     """One gate call, per token of the block's input (pads included)."""
 
     logits: Float[Tensor, "batch tokens experts"]
-    probs: Float[Tensor, "batch tokens experts"]
     ids: Int[Tensor, "batch tokens k"]
     weights: Float[Tensor, "batch tokens k"]  # as the experts received them
     shared: Float[Tensor, "batch tokens"] | None  # sigmoid gate of the shared expert (Qwen2-MoE), else None
+    rule: str  # the family's rule (:data:`RULES`), which says how logits become probabilities
+
+    @property
+    def probs(self) -> Float[Tensor, "batch tokens experts"]:
+        """Probabilities over all experts (computed on access: a trace computes them once, at the end)."""
+        return probabilities(self.rule, self.logits)
 
     def view(self) -> Float[Tensor, "batch tokens 3 experts"]:
         """The ``router`` site tensor: probabilities, renormalised top-k weights, top-k indicator."""
@@ -153,10 +158,9 @@ def observe_router(point: RouterPoint, on_routing: Callable[[Routing], None]) ->
         logits, weights, ids = state.pop("gate")
         shape = state.pop("shape")
         shared = state.pop("shared", None)
-        logits = logits.float().view(*shape, -1)
         on_routing(Routing(
-            logits, probabilities(rule, logits), ids.view(*shape, -1), weights.float().view(*shape, -1),
-            None if shared is None else shared.float().sigmoid().view(shape),
+            logits.float().view(*shape, -1), ids.view(*shape, -1), weights.float().view(*shape, -1),
+            None if shared is None else shared.float().sigmoid().view(shape), rule,
         ))  # fmt: skip
 
     handles = [_shape_hook(point, state), point.gate.register_forward_hook(on_gate)]
@@ -308,9 +312,11 @@ def trace_batches(
     parts: dict[str, dict[int, list[Tensor]]] = {name: {layer: [] for layer in layers} for name in _FIELDS}
     texts, positions = [], []
     current: list[Bool[Tensor, "batch tokens"]] = []
+    rules: dict[int, str] = {}
 
     def on_routing(layer: int, routing: Routing) -> None:
         mask = current[0]
+        rules[layer] = routing.rule
         for name in _FIELDS:
             value = getattr(routing, name)
             if value is not None:
@@ -336,8 +342,9 @@ def trace_batches(
         name: {layer: torch.cat(values)[order] for layer, values in by_layer.items() if values}
         for name, by_layer in parts.items()
     }
+    fields["probs"] = {layer: probabilities(rules[layer], logits) for layer, logits in fields["logits"].items()}
     n_texts = sum(len(batch.rows) for batch in work)
     return RouterTrace(**fields, text=text[order], position=position[order], n_texts=n_texts)
 
 
-_FIELDS = ("logits", "probs", "ids", "weights", "shared")
+_FIELDS = ("logits", "ids", "weights", "shared")  # probs are computed from the logits once, at the end
