@@ -1,8 +1,8 @@
 """Capture overhead against plain forward passes, interleaved in one run.
 
-For each model, every round times each method once over the same batches, in rotating order; the table
-reports median throughput and ends with ``RATIO <name> <value>`` lines (throughput of the method divided by
-throughput of its baseline):
+For each model, every round times each method once over the same batches, in rotating order
+(:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO <name> <value>`` lines (throughput of the
+method divided by throughput of its baseline, from the best time of each):
 
 - capture_vs_floor: pooled capture of every layer's resid vs the decoder stack without the LM head;
 - capture_vs_full: the same capture vs ``model(**batch)`` with logits (what users run);
@@ -16,7 +16,7 @@ import argparse
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.timing import interleaved, make_batches
+from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens
 from probes.capture import capture_batches
 from probes.models import load_model
 from probes.sites import Site, n_layers
@@ -59,17 +59,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     llama, work = random_llama(), make_batches(32000, 2)
-    results = {"random_llama": interleaved("random Llama-style (hidden 512, 8 layers, vocab 32k)",
-                                           methods(llama, work), work, args.rounds)}  # fmt: skip
+    results = {"random_llama": interleaved(f"random Llama-style (hidden 512, 8 layers, vocab 32k), {describe(work)}",
+                                           methods(llama, work), args.rounds, non_pad_tokens(work))}  # fmt: skip
     if not args.skip_default:
         model, _ = load_model("default")
         work = make_batches(model.config.vocab_size, 1)
-        results["gemma3_270m"] = interleaved("embedded Gemma 3 270M", methods(model, work), work, args.rounds)
+        results["gemma3_270m"] = interleaved(
+            f"embedded Gemma 3 270M, {describe(work)}", methods(model, work), args.rounds, non_pad_tokens(work)
+        )
     print()
     for model_name, t in results.items():
-        print(f"RATIO capture_vs_floor[{model_name}] {t['capture'] / t['floor']:.3f}")
-        print(f"RATIO capture_vs_full[{model_name}] {t['capture'] / t['full']:.3f}")
-        print(f"RATIO middle_exit_vs_full[{model_name}] {t['middle_exit'] / t['full']:.3f}")
+        print(f"RATIO capture_vs_floor[{model_name}] {t['floor'] / t['capture']:.3f}")
+        print(f"RATIO capture_vs_full[{model_name}] {t['full'] / t['capture']:.3f}")
+        print(f"RATIO middle_exit_vs_full[{model_name}] {t['full'] / t['middle_exit']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Routing capture overhead against a plain forward pass of a random-weight MoE model, interleaved in one run.
 
-Every round times each method once over the same right-padded batches, in rotating order; the table reports
-median throughput (non-pad tokens per second) and ends with ``RATIO`` lines (throughput of the method over
-that of the plain forward; 1.0 = free):
+Every round times each method once over the same right-padded batches, in rotating order
+(:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO`` lines (throughput of the method over that
+of the plain forward, from the best time of each; 1.0 = free):
 
 - routing_capture_vs_forward: :func:`probes.routing.trace_batches` (logits, probabilities, top-k ids and
   weights of every non-pad token at every layer) vs the decoder stack without hooks or LM head;
@@ -17,7 +17,7 @@ import argparse
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from benchmarks.timing import interleaved, make_batches
+from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens
 from probes.capture import capture_batches
 from probes.routing import trace_batches
 from probes.sites import Site, router_layers
@@ -49,20 +49,20 @@ def methods(model, work):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--batches", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     model = random_mixtral()
-    name = "random Mixtral-style (hidden 512, 8 layers, 8 experts top-2)"
     work = make_batches(32000, args.batches)
-    t = interleaved(name, methods(model, work), work, args.rounds)
+    name = f"random Mixtral-style (hidden 512, 8 layers, 8 experts top-2), {describe(work)}"
+    t = interleaved(name, methods(model, work), args.rounds, non_pad_tokens(work))
     print()
-    print(f"RATIO router_pooled_vs_forward {t['router_pooled'] / t['forward']:.3f}")
-    print(f"RATIO routing_capture_vs_forward {t['routing_capture'] / t['forward']:.3f}")
+    print(f"RATIO router_pooled_vs_forward {t['forward'] / t['router_pooled']:.3f}")
+    print(f"RATIO routing_capture_vs_forward {t['forward'] / t['routing_capture']:.3f}")
 
 
 if __name__ == "__main__":

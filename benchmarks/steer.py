@@ -1,19 +1,18 @@
 """Steered generate (one AddVector, one LinearMap) against plain generate, interleaved in one run.
 
 Every round times plain and steered greedy generation of the same left-padded batch, alternating which goes
-first; the table reports medians and the run ends with ``RATIO steered_generate_vs_plain[<model>] <value>``
-(steered time / plain time; target <= 1.03). Run as a module from the repository root
+first (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO steered_generate_vs_plain[<model>]
+<value>`` (best steered time / best plain time; target <= 1.03). Run as a module from the repository root
 (``python -m benchmarks.steer``) so that ``steer`` names the package, not this file.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from benchmarks.timing import interleaved
 from probes.capture import batches
 from probes.corpus import demo_corpus
 from probes.models import load_model
@@ -48,18 +47,9 @@ def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
         with steer(model, plan):
             return model.generate(**options)
 
-    plain(), steered()  # warm-up
-    times: dict[str, list[float]] = {"plain": [], "steered": []}
-    for r in range(rounds):
-        order = [("plain", plain), ("steered", steered)]
-        for key, fn in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    print(f"\n{name}: batch {tuple(batch.input_ids.shape)}, {new_tokens} new tokens, {rounds} interleaved rounds")
-    for key, values in times.items():
-        print(f"{key:<10}{statistics.median(values):>10.3f} s")
-    return statistics.median(times["steered"]) / statistics.median(times["plain"])
+    name = f"{name}: batch {tuple(batch.input_ids.shape)}, {new_tokens} new tokens"
+    best = interleaved(name, {"plain": plain, "steered": steered}, rounds)
+    return best["steered"] / best["plain"]
 
 
 def main() -> None:
