@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from probes.capture import Batch, StopForward, _stop_hook, batches
-from probes.sites import RouterPoint, Site, SiteError, first_tensor, router_layers, tap
+from probes.sites import RouterPoint, Site, SiteError, arch_table, first_tensor, router_layers, tap
 
 ROUTER_CHANNELS = ("prob", "weight", "selected")
 Rule = Callable[[nn.Module, Float[Tensor, "n experts"]], tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]]
@@ -312,11 +312,9 @@ def trace_batches(
     parts: dict[str, dict[int, list[Tensor]]] = {name: {layer: [] for layer in layers} for name in _FIELDS}
     texts, positions = [], []
     current: list[Bool[Tensor, "batch tokens"]] = []
-    rules: dict[int, str] = {}
 
     def on_routing(layer: int, routing: Routing) -> None:
         mask = current[0]
-        rules[layer] = routing.rule
         for name in _FIELDS:
             value = getattr(routing, name)
             if value is not None:
@@ -342,7 +340,8 @@ def trace_batches(
         name: {layer: torch.cat(values)[order] for layer, values in by_layer.items() if values}
         for name, by_layer in parts.items()
     }
-    fields["probs"] = {layer: probabilities(rules[layer], logits) for layer, logits in fields["logits"].items()}
+    rule = arch_table(model).router.rule
+    fields["probs"] = {layer: probabilities(rule, logits) for layer, logits in fields["logits"].items()}
     n_texts = sum(len(batch.rows) for batch in work)
     return RouterTrace(**fields, text=text[order], position=position[order], n_texts=n_texts)
 
