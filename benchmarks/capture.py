@@ -2,7 +2,7 @@
 
 For each model, every round times each method once over the same batches, in rotating order
 (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO <name> <value>`` lines (throughput of the
-method divided by throughput of its baseline, from the best time of each):
+method divided by throughput of its baseline; :func:`benchmarks.timing.paired_ratio`):
 
 - capture_vs_floor: pooled capture of every layer's resid vs the decoder stack without the LM head;
 - capture_vs_full: the same capture vs ``model(**batch)`` with logits (what users run);
@@ -16,7 +16,7 @@ import argparse
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens
+from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
 from probes.capture import capture_batches
 from probes.models import load_model
 from probes.sites import Site, n_layers
@@ -69,9 +69,9 @@ def main() -> None:
         )
     print()
     for model_name, t in results.items():
-        print(f"RATIO capture_vs_floor[{model_name}] {t['floor'] / t['capture']:.3f}")
-        print(f"RATIO capture_vs_full[{model_name}] {t['full'] / t['capture']:.3f}")
-        print(f"RATIO middle_exit_vs_full[{model_name}] {t['full'] / t['middle_exit']:.3f}")
+        print(f"RATIO capture_vs_floor[{model_name}] {paired_ratio(t, 'floor', 'capture'):.3f}")
+        print(f"RATIO capture_vs_full[{model_name}] {paired_ratio(t, 'full', 'capture'):.3f}")
+        print(f"RATIO middle_exit_vs_full[{model_name}] {paired_ratio(t, 'full', 'middle_exit'):.3f}")
 
 
 if __name__ == "__main__":

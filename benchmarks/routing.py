@@ -2,7 +2,7 @@
 
 Every round times each method once over the same right-padded batches, in rotating order
 (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO`` lines (throughput of the method over that
-of the plain forward, from the best time of each; 1.0 = free):
+of the plain forward, :func:`benchmarks.timing.paired_ratio`; 1.0 = free):
 
 - routing_capture_vs_forward: :func:`probes.routing.trace_batches` (logits, probabilities, top-k ids and
   weights of every non-pad token at every layer) vs the decoder stack without hooks or LM head;
@@ -17,7 +17,7 @@ import argparse
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens
+from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
 from probes.capture import capture_batches
 from probes.routing import trace_batches
 from probes.sites import Site, router_layers
@@ -61,8 +61,8 @@ def main() -> None:
     name = f"random Mixtral-style (hidden 512, 8 layers, 8 experts top-2), {describe(work)}"
     t = interleaved(name, methods(model, work), args.rounds, non_pad_tokens(work))
     print()
-    print(f"RATIO router_pooled_vs_forward {t['forward'] / t['router_pooled']:.3f}")
-    print(f"RATIO routing_capture_vs_forward {t['forward'] / t['routing_capture']:.3f}")
+    print(f"RATIO router_pooled_vs_forward {paired_ratio(t, 'forward', 'router_pooled'):.3f}")
+    print(f"RATIO routing_capture_vs_forward {paired_ratio(t, 'forward', 'routing_capture'):.3f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every round times plain and steered greedy generation of the same left-padded batch, alternating which goes
 first (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO steered_generate_vs_plain[<model>]
-<value>`` (best steered time / best plain time; target <= 1.03). Run as a module from the repository root
+<value>`` (steered time / plain time, :func:`benchmarks.timing.paired_ratio`; target <= 1.03). Run as a module from the repository root
 (``python -m benchmarks.steer``) so that ``steer`` names the package, not this file.
 """
 
@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.timing import interleaved
+from benchmarks.timing import interleaved, paired_ratio
 from probes.capture import batches
 from probes.corpus import demo_corpus
 from probes.models import load_model
@@ -48,8 +48,8 @@ def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
             return model.generate(**options)
 
     name = f"{name}: batch {tuple(batch.input_ids.shape)}, {new_tokens} new tokens"
-    best = interleaved(name, {"plain": plain, "steered": steered}, rounds)
-    return best["steered"] / best["plain"]
+    times = interleaved(name, {"plain": plain, "steered": steered}, rounds)
+    return paired_ratio(times, "steered", "plain")
 
 
 def main() -> None:

@@ -24,13 +24,11 @@ def make_batches(vocab_size: int, n_batches: int, batch_size: int = 16, tokens: 
     return out
 
 
-def interleaved(name: str, runs: dict[str, Callable[[], object]], rounds: int, tokens: int = 0) -> dict[str, float]:
+def interleaved(
+    name: str, runs: dict[str, Callable[[], object]], rounds: int, tokens: int = 0
+) -> dict[str, list[float]]:
     """Time every run once per round, in rotating order, after one warm-up each; print the median and best
-    seconds (and the best's tokens per second when ``tokens`` is given) and return the best seconds per run.
-
-    Ratios use the best (minimum) time: on a shared machine other processes only ever add time, and here a
-    single call varies by up to 15% between rounds, enough to move a median of 9-15 rounds by several percent.
-    """
+    seconds (and the median's tokens per second when ``tokens`` is given) and return the seconds per round."""
     for fn in runs.values():
         fn()
     times: dict[str, list[float]] = {key: [] for key in runs}
@@ -43,9 +41,19 @@ def interleaved(name: str, runs: dict[str, Callable[[], object]], rounds: int, t
     print(f"\n{name}: {rounds} interleaved rounds, {torch.get_num_threads()} thread(s)")
     print(f"{'method':<18}{'median s':>10}{'best s':>10}" + (f"{'tokens/s':>12}" if tokens else ""))
     for key, values in times.items():
-        rate = f"{tokens / min(values):>12.0f}" if tokens else ""
+        rate = f"{tokens / statistics.median(values):>12.0f}" if tokens else ""
         print(f"{key:<18}{statistics.median(values):>10.3f}{min(values):>10.3f}{rate}")
-    return {key: min(values) for key, values in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of ``numerator``'s time over ``denominator``'s time in the same round.
+
+    On this shared 2-core machine the speed of a call drifts by up to 30% over seconds (other tenants),
+    which moves medians and minima of separate series by several percent; two calls of one round see the
+    same phase, so their ratio does not drift. Throughput of a method vs a baseline: ``(baseline, method)``.
+    """
+    return statistics.median(n / d for n, d in zip(times[numerator], times[denominator]))
 
 
 def non_pad_tokens(work: list[Batch]) -> int:
