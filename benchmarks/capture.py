@@ -18,8 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
 from probes.capture import capture_batches
-from probes.models import load_model
-from probes.sites import Site, n_layers
+from probes.model import Site, load_model, n_layers
 
 
 def random_llama() -> torch.nn.Module:

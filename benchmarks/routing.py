@@ -4,7 +4,7 @@ Every round times each method once over the same right-padded batches, in rotati
 (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO`` lines (throughput of the method over that
 of the plain forward, :func:`benchmarks.timing.paired_ratio`; 1.0 = free):
 
-- routing_capture_vs_forward: :func:`probes.routing.trace_batches` (logits, probabilities, top-k ids and
+- routing_capture_vs_forward: :func:`probes.capture.trace_batches` (logits, probabilities, top-k ids and
   weights of every non-pad token at every layer) vs the decoder stack without hooks or LM head;
 - router_pooled_vs_forward: mean-pooled ``router`` sites of every layer through :func:`probes.capture.capture_batches`
   (what the ActivationStore holds) vs the same plain forward.
@@ -18,9 +18,8 @@ import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
 from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
-from probes.capture import capture_batches
-from probes.routing import trace_batches
-from probes.sites import Site, router_layers
+from probes.capture import capture_batches, trace_batches
+from probes.model import Site, router_layers
 
 
 def random_mixtral() -> torch.nn.Module:

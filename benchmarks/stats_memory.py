@@ -17,10 +17,9 @@ SIZES = (40, 160, 640)
 
 
 def measure(n_sentences: int) -> dict:
-    from probes.corpus import ParallelCorpus, demo_corpus
-    from probes.models import random_model
-    from probes.sites import Site, n_layers
-    from probes.stats import collect_stats
+    from probes.capture import collect_stats
+    from probes.data import ParallelCorpus, demo_corpus
+    from probes.model import Site, n_layers, random_model
 
     model, tokenizer = random_model("llama")
     base = demo_corpus().subset(["eng", "deu", "rus", "jpn"])
@@ -28,7 +27,7 @@ def measure(n_sentences: int) -> dict:
     texts = {lang: (base.texts(lang) * repeats)[:n_sentences] for lang in base.languages}
     corpus = ParallelCorpus([str(i) for i in range(n_sentences)], texts)
     sites = [Site(layer, "mlp_gate") for layer in range(1, n_layers(model) + 1)]
-    stats = collect_stats(model, tokenizer, corpus, sites, progress=False)
+    stats = collect_stats(model, tokenizer, corpus, sites)
     state = sum(t.numel() * t.element_size() for t in stats.state_dict().values())
     tokens = sum(stats.count(sites[0], lang) for lang in corpus.languages)
     return {"sentences": n_sentences, "tokens": tokens, "state_bytes": state,

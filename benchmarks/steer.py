@@ -1,4 +1,4 @@
-"""Steered generate (one AddVector, one LinearMap) against plain generate, interleaved in one run.
+"""Steered generate (one AddVector, one ApplyMap) against plain generate, interleaved in one run.
 
 Every round times plain and steered greedy generation of the same left-padded batch, alternating which goes
 first (:func:`benchmarks.timing.interleaved`); the run ends with ``RATIO steered_generate_vs_plain[<model>]
@@ -13,12 +13,11 @@ import argparse
 import torch
 
 from benchmarks.timing import interleaved, paired_ratio
-from probes.capture import batches
-from probes.corpus import demo_corpus
-from probes.models import load_model
-from probes.sites import n_layers
+from probes.capture import Tokenization, batches
+from probes.data import demo_corpus
+from probes.model import load_model, n_layers
 from steer.apply import steer
-from steer.interventions import AddVector, LinearMap
+from steer.interventions import AddVector, ApplyMap
 from steer.schedule import Schedule
 
 
@@ -29,13 +28,13 @@ def plan_for(model) -> list:
     matrix = torch.eye(width) + 0.01 * torch.randn(width, width, generator=generator)
     return [
         (AddVector({middle: vector}), Schedule()),
-        (LinearMap({middle + 1: matrix}, sigma=0.5, mode="interpolate"), Schedule(prefill="last", decode="none")),
+        (ApplyMap({middle + 1: matrix}, sigma=0.5, rule="interpolate"), Schedule(prefill="last", decode="none")),
     ]
 
 
 def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
     texts = demo_corpus().texts("deu")[:8]
-    (batch,) = batches(tokenizer, texts, batch_size=len(texts), padding_side="left")
+    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
     options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
                    min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     plan = plan_for(model)

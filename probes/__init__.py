@@ -1,18 +1,20 @@
-"""xlalign probes: read a multilingual model (capture, store, metrics, finders).
+"""xlalign probes: read a multilingual model (data, model access, recording, analysis, finders, artifacts).
 
-Importing ``probes`` is cheap: submodules (and torch) load on first use of a name.
+Importing ``probes`` is cheap: the sub-packages (and torch) load on first use of a name.
 """
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "ParallelCorpus": "probes.corpus",
-    "load_corpus": "probes.corpus",
-    "load_model": "probes.models",
-    "Site": "probes.sites",
-    "ActivationStore": "probes.store",
+    "ParallelCorpus": "probes.data",
+    "load_corpus": "probes.data",
+    "load_model": "probes.model",
+    "Site": "probes.model",
+    "Tokenization": "probes.capture",
+    "Activations": "probes.analysis",
+    "ActivationStore": "probes.capture",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -21,15 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probes.capture import batches
-from probes.corpus import ParallelCorpus, demo_corpus
-from probes.models import random_model
-from probes.routing import trace_router
-from probes.routing_metrics import expert_set_overlap, router_matrices, routing_divergence
-from probes.sites import router_layers
+from probes.analysis import expert_set_overlap, router_matrices, routing_divergence
+from probes.capture import Tokenization, batches, trace_router
+from probes.data import ParallelCorpus, demo_corpus
+from probes.model import random_model, router_layers
 from steer.apply import steer
 from steer.evaluate import next_token_loss
-from steer.routing import middle_layers, promote_pivot_experts
+from steer.router import middle_layers, promote_pivot_experts
 
 PIVOT = "eng"
 SIZES = dict(
@@ -52,7 +50,7 @@ def train(
     losses, start = [], time.time()
     for step in range(steps):
         picked = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
-        (batch,) = batches(tokenizer, [texts[i] for i in picked], batch_size=batch_size, max_length=96)
+        (batch,) = batches(tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96))
         labels = batch.input_ids.masked_fill(~batch.attention_mask.bool(), -100)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
                     output_router_logits=True)  # fmt: skip
@@ -124,7 +122,7 @@ def losses_by_language(model, tokenizer, corpus: ParallelCorpus, plan=()) -> dic
     out = {}
     for lang in corpus.languages:
         with steer(model, list(plan) if lang != PIVOT else []):
-            out[lang] = next_token_loss(model, tokenizer, corpus.texts(lang), batch_size=16)
+            out[lang] = next_token_loss(model, tokenizer, corpus.texts(lang))
     return out
 
 

@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
-from tqdm.auto import tqdm
 
-from probes.capture import batches, capture
-from probes.corpus import ParallelCorpus
-from probes.langid import LanguageIdentifier
-from probes.metrics import PAIR_METRICS, bootstrap_ci
-from probes.sites import Site, n_layers
+from probes.analysis import PAIR_METRICS, bootstrap_ci
+from probes.capture import Tokenization, batches, capture
+from probes.capture.context import batch_context, new_call
+from probes.capture.progress import Progress, add_steps, progress_bar
+from probes.data import ParallelCorpus
+from probes.find import LanguageIdentifier
+from probes.model import ModelError, Site, has_lm_head, n_layers
 from steer.apply import PlanItem, steer
 
 COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
@@ -39,37 +40,51 @@ class Setting:
     plan: Callable[[str], Sequence[PlanItem]]
 
 
+def _need_lm_head(model: nn.Module, what: str) -> None:
+    if not has_lm_head(model):
+        raise ModelError(f"{what} needs a model with an LM head (a causal LM); {type(model).__name__} has none")
+
+
 def next_token_loss(
-    model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 256, progress: bool = False
-) -> float:
+    model: nn.Module, tokenizer, texts: Sequence[str], *, tokenization: Tokenization = Tokenization(),
+    progress: bool = False,
+) -> float:  # fmt: skip
     """Mean next-token cross-entropy over every non-pad prediction of ``texts`` (token-weighted).
 
     Run it inside ``steer(...)`` to measure a steered model. Padding never enters: batched == one-by-one.
     """
+    _need_lm_head(model, "next-token loss")
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    work = batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, device=device)
+    work = batches(tokenizer, texts, tokenization, device=device)
+    call = new_call()
     with torch.inference_mode():
-        for batch in tqdm(work, desc="loss", unit="batch", disable=not progress, leave=False):
-            logits = model(**batch.model_inputs(model)).logits[:, :-1].float()
+        for batch in work:
+            with batch_context(batch, call):
+                logits = model(**batch.model_inputs(model)).logits[:, :-1].float()
             targets = batch.input_ids[:, 1:]
             scored = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
             total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
             count += int(scored.sum())
+    if not count:
+        raise ValueError("next-token loss: the texts have no token with a successor (each is one token long)")
     return total / count
 
 
 def continuations(
-    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 16
-) -> list[str]:
+    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12,
+    tokenization: Tokenization = Tokenization(),
+) -> list[str]:  # fmt: skip
     """Greedy continuations of ``prompts`` (left-padded batches), decoded without the prompt."""
+    _need_lm_head(model, "generation")
     device = next(model.parameters()).device
     out = [""] * len(prompts)
-    for batch in batches(tokenizer, prompts, batch_size=batch_size, padding_side="left", device=device):
-        with torch.inference_mode():
+    call = new_call()
+    for batch in batches(tokenizer, prompts, tokenization, padding_side="left", device=device):
+        with torch.inference_mode(), batch_context(batch, call):
             generated = model.generate(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             )  # fmt: skip
         texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
         for row, text in zip(batch.rows.tolist(), texts):
@@ -78,7 +93,9 @@ def continuations(
 
 
 @dataclass
-class _Baseline:
+class _Measured:
+    """One language's held-out numbers, with a plan on or off."""
+
     pooled: dict[Site, Tensor]
     loss: float
     fidelity: float
@@ -98,8 +115,8 @@ def evaluate(
     n_boot: int = 1000,
     n_prompts: int = 16,
     n_loss: int | None = 64,
-    batch_size: int = 16,
-    progress: bool = True,
+    tokenization: Tokenization = Tokenization(),
+    progress: Progress = False,
 ) -> pd.DataFrame:
     """Every setting for every language, on the held-out ``test`` corpus, as a tidy table (:data:`COLUMNS`).
 
@@ -111,36 +128,41 @@ def evaluate(
     """
     sites = [Site(layer, "resid") for layer in range(n_layers(model) + 1)]
 
-    def pooled(texts: Sequence[str]) -> dict[Site, Tensor]:
-        return capture(model, tokenizer, texts, sites, pooling=pooling, batch_size=batch_size, progress=False)
-
-    def fidelity(lang: str) -> float:
-        if identifier is None:
-            return float("nan")
-        outputs = continuations(model, tokenizer, test.texts(lang)[:n_prompts], batch_size=batch_size)
-        return sum(found == lang for found in identifier.predict(outputs)) / len(outputs)
-
-    def loss(lang: str) -> float:
-        return next_token_loss(model, tokenizer, test.texts(lang)[:n_loss])
-
-    reference = pooled(test.texts(pivot))
-    pivot_loss = loss(pivot)
-    rows = []
-    for lang in tqdm(languages, desc="evaluate", unit="language", disable=not progress):
+    def measured(lang: str) -> _Measured:
         texts = test.texts(lang)
-        off = _Baseline(pooled(texts), loss(lang), fidelity(lang))
-        for setting in settings:
-            plan = setting.plan(lang)
-            with steer(model, plan, languages=lang) as handle:
-                on = _Baseline(pooled(texts), loss(lang), fidelity(lang))
-                handle.set_languages(pivot)
-                on_pivot_loss = loss(pivot)
-            head = (setting.method, setting.setting, lang)
-            rows += _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
-            rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
-            rows.append((*head, setting.layer, "loss_pivot", pivot_loss, on_pivot_loss, on_pivot_loss - pivot_loss, None, None))
-            if identifier is not None:
-                rows.append((*head, setting.layer, "lang_fidelity", off.fidelity, on.fidelity, on.fidelity - off.fidelity, None, None))
+        pooled = capture(model, tokenizer, texts, sites, pooling=pooling, tokenization=tokenization)
+        loss = next_token_loss(model, tokenizer, texts[:n_loss], tokenization=tokenization)
+        if identifier is None:
+            return _Measured(pooled, loss, float("nan"))
+        outputs = continuations(model, tokenizer, texts[:n_prompts], tokenization=tokenization)
+        return _Measured(pooled, loss, sum(found == lang for found in identifier.predict(outputs)) / len(outputs))
+
+    def pivot_loss() -> float:
+        return next_token_loss(model, tokenizer, test.texts(pivot)[:n_loss], tokenization=tokenization)
+
+    reference = capture(model, tokenizer, test.texts(pivot), sites, pooling=pooling, tokenization=tokenization)
+    pivot_off = pivot_loss()
+    rows = []
+    with progress_bar(progress, "evaluate") as bar:
+        add_steps(bar, len(languages) * (len(settings) + 1))
+        for lang in languages:
+            bar.set_description(f"evaluate {lang}: unsteered")
+            off = measured(lang)
+            bar.update(1)
+            for setting in settings:
+                bar.set_description(f"evaluate {lang}: {setting.method}")
+                with steer(model, setting.plan(lang), languages=lang) as handle:
+                    on = measured(lang)
+                    handle.set_languages(pivot)
+                    pivot_on = pivot_loss()
+                head = (setting.method, setting.setting, lang)
+                rows += _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
+                rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
+                rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
+                if identifier is not None:
+                    rows.append((*head, setting.layer, "lang_fidelity", off.fidelity, on.fidelity,
+                                 on.fidelity - off.fidelity, None, None))  # fmt: skip
+                bar.update(1)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -1,25 +1,64 @@
 """Interventions: small frozen objects that edit one component's tensor at some layers.
 
-An intervention names its ``component`` and ``layers`` and implements ``edit(layer, x)``, returning the
-edited tensor for every token of ``x`` (``(batch, tokens, width)``; ``head`` sites see
-``(batch, tokens, heads, head_dim)``). Which tokens keep the edit is the schedule's business
-(:mod:`steer.schedule`), so an intervention never sees padding or decode steps. An MoE router
-intervention implements the same protocol on the ``router`` component.
+An intervention names its ``component`` and ``layers``, checks at registration that it fits each site
+(``check(site, shape)``, with the per-token shape of :func:`probes.model.site_shape`; a mismatch is an
+:class:`InterventionError` naming the site and both shapes), and implements ``edit(x, ctx)``: the edited
+tensor for every token of ``x`` (``(batch, tokens, *shape)``; ``head`` sites see ``(batch, tokens, heads,
+head_dim)``). ``ctx`` (:class:`EditContext`) says which site, and per token its position, decode step, example
+and whether the schedule selected it; which tokens keep the edit is the schedule's business
+(:mod:`steer.schedule`). Router interventions (:mod:`steer.router`) implement the same protocol on logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from probes.directions import LinearMap as FittedMap
-    from probes.directions import ShiftVector
-    from probes.neurons import NeuronSet
+from probes.artifacts import map_formula
+from probes.capture import ForwardContext
+from probes.model import Site
+
+FLAT_COMPONENTS = ("resid", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
+
+
+class InterventionError(ValueError):
+    """An intervention that does not fit the site it is applied to."""
+
+
+@dataclass(frozen=True)
+class EditContext:
+    """What an edit may look at: the site, the forward pass's tokens, and which of them the schedule selected."""
+
+    site: Site
+    tokens: ForwardContext
+    selected: Bool[Tensor, "batch tokens"]
+
+    @property
+    def layer(self) -> int:
+        return self.site.layer
+
+    @property
+    def position(self) -> Int[Tensor, "batch tokens"]:
+        """Index of each token among its example's non-pad tokens (prompt and generated)."""
+        return self.tokens.position
+
+    @property
+    def decode_step(self) -> Int[Tensor, "batch tokens"]:
+        """0 for prompt tokens, s for the s-th generated token."""
+        return self.tokens.decode_step
+
+    @property
+    def example(self) -> Int[Tensor, " batch"]:
+        """Which example each row is (the text's index in xlalign's loops, else the row)."""
+        return self.tokens.example
+
+    @property
+    def valid(self) -> Bool[Tensor, "batch tokens"]:
+        return self.tokens.valid
 
 
 @runtime_checkable
@@ -29,35 +68,89 @@ class Intervention(Protocol):
     @property
     def layers(self) -> tuple[int, ...]: ...
 
-    def edit(self, layer: int, x: Tensor) -> Tensor: ...
+    def check(self, site: Site, shape: tuple[int, ...]) -> None: ...
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor: ...
 
 
-def _frozen_tensors(mapping: dict) -> dict[int, Tensor]:
+def frozen_tensors(mapping: dict) -> dict[int, Tensor]:
     return {int(layer): torch.as_tensor(value).detach() for layer, value in mapping.items()}
+
+
+def expect(site: Site, what: str, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(got) != tuple(expected):
+        raise InterventionError(f"{site}: {what} has shape {tuple(got)}, but the site's tensor is {tuple(expected)} per token")
+
+
+def flat_only(site: Site, name: str) -> None:
+    if site.component not in FLAT_COMPONENTS:
+        raise InterventionError(f"{site}: {name} edits one vector per token; use it on {', '.join(FLAT_COMPONENTS)}")
+
+
+def check_units(site: Site, units: Tensor, width: int) -> None:
+    if len(units) and (units.min() < 0 or units.max() >= width):
+        raise InterventionError(
+            f"{site}: neuron indices {units.min().item()}..{units.max().item()} out of range; the site has {width}"
+        )
 
 
 @dataclass(frozen=True)
 class AddVector:
     """h <- h + alpha * v[layer] (CAA / ActAdd; shift vectors)."""
 
-    vectors: dict[int, Float[Tensor, " width"]]
+    vectors: dict[int, Float[Tensor, "*shape"]]
     alpha: float = 1.0
     component: str = "resid"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
-
-    @classmethod
-    def from_shift(cls, shift: ShiftVector, alpha: float = 1.0) -> AddVector:
-        """Add a fitted shift vector (it points from its language towards the pivot)."""
-        return cls(shift.vectors, alpha, shift.component)
+        object.__setattr__(self, "vectors", frozen_tensors(self.vectors))
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.vectors))
 
-    def edit(self, layer: int, x: Tensor) -> Tensor:
-        return x + self.alpha * self.vectors[layer].to(x)
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        expect(site, "the vector", tuple(self.vectors[site.layer].shape), shape)
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
+        return x + self.alpha * self.vectors[ctx.layer].to(x)
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Directional ablation: h <- h - ((h - mean) . u) u for an orthonormal basis u of ``directions[layer]``
+    (``(d,)`` or ``(k, d)``); ``means`` (optional, per layer) sets the component along u to the mean's instead
+    of to zero (mean ablation)."""
+
+    directions: dict[int, Float[Tensor, "*k d"]]
+    component: str = "resid"
+    means: dict[int, Float[Tensor, " d"]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bases = {}
+        for layer, direction in frozen_tensors(self.directions).items():
+            matrix = direction.double().reshape(-1, direction.shape[-1])
+            if not torch.isfinite(matrix).all() or (matrix.norm(dim=1) == 0).any():
+                raise InterventionError(f"Ablate layer {layer}: directions must be finite and non-zero")
+            bases[layer] = torch.linalg.qr(matrix.T).Q.T.float()  # (k, d), orthonormal rows
+        object.__setattr__(self, "directions", bases)
+        object.__setattr__(self, "means", frozen_tensors(self.means))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.directions))
+
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        flat_only(site, "Ablate")
+        expect(site, "a direction", tuple(self.directions[site.layer].shape[1:]), shape)
+        if site.layer in self.means:
+            expect(site, "the mean", tuple(self.means[site.layer].shape), shape)
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
+        basis = self.directions[ctx.layer].to(x)
+        mean = self.means.get(ctx.layer)
+        centred = x if mean is None else x - mean.to(x)
+        return x - (centred @ basis.T) @ basis
 
 
 @dataclass(frozen=True)
@@ -69,27 +162,23 @@ class SetNeurons:
     component: str = "mlp_act"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "units", _frozen_tensors(self.units))
-        object.__setattr__(self, "values", _frozen_tensors(self.values))
+        object.__setattr__(self, "units", {layer: u.long() for layer, u in frozen_tensors(self.units).items()})
+        object.__setattr__(self, "values", frozen_tensors(self.values))
         for layer, units in self.units.items():
             if self.values.get(layer) is None or self.values[layer].shape != units.shape:
-                raise ValueError(f"SetNeurons layer {layer}: {tuple(units.shape)} units need as many values")
-
-    @classmethod
-    def from_neurons(cls, neurons: NeuronSet, language: str, value: str = "on_p50") -> SetNeurons:
-        """Set ``language``'s units (e.g. the pivot's AP experts) to their stored ``value`` at every position."""
-        rows, values = neurons.neurons[language], neurons.values[language][value]
-        layers = torch.unique(rows[:, 0]).tolist()
-        units = {layer: rows[rows[:, 0] == layer, 1] for layer in layers}
-        return cls(units, {layer: values[rows[:, 0] == layer].float() for layer in layers}, neurons.component)
+                raise InterventionError(f"SetNeurons layer {layer}: {tuple(units.shape)} units need as many values")
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.units))
 
-    def edit(self, layer: int, x: Tensor) -> Tensor:
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        flat_only(site, "SetNeurons")
+        check_units(site, self.units[site.layer], shape[0])
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
         out = x.clone()
-        out[..., self.units[layer].to(x.device)] = self.values[layer].to(x)
+        out[..., self.units[ctx.layer].to(x.device)] = self.values[ctx.layer].to(x)
         return out
 
 
@@ -101,63 +190,65 @@ class ZeroNeurons:
     component: str = "mlp_gate"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "units", _frozen_tensors(self.units))
+        object.__setattr__(self, "units", {layer: u.long() for layer, u in frozen_tensors(self.units).items()})
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.units))
 
-    def edit(self, layer: int, x: Tensor) -> Tensor:
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        flat_only(site, "ZeroNeurons")
+        check_units(site, self.units[site.layer], shape[0])
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
         out = x.clone()
-        out[..., self.units[layer].to(x.device)] = 0
+        out[..., self.units[ctx.layer].to(x.device)] = 0
         return out
 
 
 @dataclass(frozen=True)
-class LinearMap:
-    """INCLINE: ``mode="code"`` h <- h + sigma * m(h) (the released code's rule);
-    ``mode="interpolate"`` h <- (1 - sigma) * h + sigma * m(h), with m(h) = (h - source_mean) W + target_mean
-    (the means are zero for INCLINE maps and the centring means for Procrustes maps).
+class ApplyMap:
+    """A fitted linear map m(h) = (h - source_mean) W + target_mean (:func:`probes.artifacts.map_formula`).
 
-    ``interpolate`` is the default: on held-out NTREX with Gemma 3 270M it raised MEXA where ``code``
-    lowered it for every language (results/steering_ntrex.md)."""
+    ``rule="code"``: h <- h + sigma * m(h) (INCLINE's released code); ``rule="interpolate"``:
+    h <- (1 - sigma) * h + sigma * m(h). The means are zero for INCLINE maps, the centring means for Procrustes.
+    """
 
     maps: dict[int, Float[Tensor, "width width"]]
     sigma: float = 1.0
-    mode: str = "interpolate"
+    rule: str = "interpolate"
     component: str = "resid"
     source_mean: dict[int, Float[Tensor, " width"]] = field(default_factory=dict)
     target_mean: dict[int, Float[Tensor, " width"]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("code", "interpolate"):
-            raise ValueError(f"LinearMap mode={self.mode!r}: use 'code' or 'interpolate'")
+        if self.rule not in ("code", "interpolate"):
+            raise InterventionError(f"ApplyMap rule={self.rule!r}: use 'code' or 'interpolate'")
         for name in ("maps", "source_mean", "target_mean"):
-            object.__setattr__(self, name, _frozen_tensors(getattr(self, name)))
-
-    @classmethod
-    def from_map(cls, fitted: FittedMap, sigma: float = 1.0, mode: str = "interpolate") -> LinearMap:
-        """Apply a fitted INCLINE or Procrustes map (:class:`probes.directions.LinearMap`)."""
-        return cls(fitted.matrices, sigma, mode, fitted.component, fitted.mean_source, fitted.mean_pivot)
+            object.__setattr__(self, name, frozen_tensors(getattr(self, name)))
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.maps))
 
-    def edit(self, layer: int, x: Tensor) -> Tensor:
-        source = self.source_mean.get(layer)
-        target = self.target_mean.get(layer)
-        mapped = (x if source is None else x - source.to(x)) @ self.maps[layer].to(x)
-        if target is not None:
-            mapped = mapped + target.to(x)
-        if self.mode == "code":
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        flat_only(site, "ApplyMap")
+        expect(site, "W", tuple(self.maps[site.layer].shape), (shape[0], shape[0]))
+        for name, means in (("source_mean", self.source_mean), ("target_mean", self.target_mean)):
+            if site.layer in means:
+                expect(site, name, tuple(means[site.layer].shape), shape)
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
+        layer = ctx.layer
+        mapped = map_formula(x, self.maps[layer], self.source_mean.get(layer), self.target_mean.get(layer))
+        if self.rule == "code":
             return x + self.sigma * mapped
         return (1 - self.sigma) * x + self.sigma * mapped
 
 
 @dataclass(frozen=True)
 class HeadShift:
-    """CLAIM: add alpha * vectors[layer][h] to the output of each chosen head h (before o_proj)."""
+    """CLAIM: add alpha * vectors[layer][h] to the output of each chosen head h (before the output projection)."""
 
     heads: dict[int, Int[Tensor, " k"]]
     vectors: dict[int, Float[Tensor, "k head_dim"]]
@@ -165,23 +256,22 @@ class HeadShift:
     component: str = field(default="head", init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", _frozen_tensors(self.heads))
-        object.__setattr__(self, "vectors", _frozen_tensors(self.vectors))
-
-    @classmethod
-    def from_shift(cls, shift: ShiftVector, alpha: float = 1.0) -> HeadShift:
-        """Shift the heads whose vectors are non-zero in a ``head`` shift vector (e.g. a CLAIM top-k)."""
-        if shift.component != "head":
-            raise ValueError(f"HeadShift needs a 'head' shift vector, not a {shift.component!r} one")
-        heads = {layer: v.abs().sum(-1).nonzero().flatten() for layer, v in shift.vectors.items()}
-        heads = {layer: h for layer, h in heads.items() if len(h)}
-        return cls(heads, {layer: shift.vectors[layer][h] for layer, h in heads.items()}, alpha)
+        object.__setattr__(self, "heads", {layer: h.long() for layer, h in frozen_tensors(self.heads).items()})
+        object.__setattr__(self, "vectors", frozen_tensors(self.vectors))
+        for layer, heads in self.heads.items():
+            if self.vectors.get(layer) is None or self.vectors[layer].shape[:1] != heads.shape:
+                raise InterventionError(f"HeadShift layer {layer}: {len(heads)} heads need as many vectors")
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.heads))
 
-    def edit(self, layer: int, x: Tensor) -> Tensor:
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        heads, head_dim = shape
+        check_units(site, self.heads[site.layer], heads)
+        expect(site, "one head's vector", tuple(self.vectors[site.layer].shape[1:]), (head_dim,))
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
         out = x.clone()
-        out[..., self.heads[layer].to(x.device), :] += self.alpha * self.vectors[layer].to(x)
+        out[..., self.heads[ctx.layer].to(x.device), :] += self.alpha * self.vectors[ctx.layer].to(x)
         return out

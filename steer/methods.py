@@ -16,18 +16,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from probes.capture import capture
-from probes.corpus import ParallelCorpus
-from probes.directions import HeadProbe, ShiftVector
-from probes.directions import LinearMap as FittedMap
-from probes.models import model_identity
-from probes.neurons import LAPE, APExperts, NeuronSet
-from probes.routing import ROUTER_CHANNELS
-from probes.sites import Site, arch_table, n_layers, router_layers
-from probes.stats import NeuronStats
+from probes.analysis import Activations
+from probes.artifacts import LinearMap, NeuronSet, ShiftVector
+from probes.capture import NeuronStats, Tokenization, capture
+from probes.capture.progress import Progress, progress_bar
+from probes.data import ParallelCorpus
+from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
+from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, model_type, n_layers, router_layers
+from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
-from steer.interventions import AddVector, HeadShift, LinearMap, SetNeurons, ZeroNeurons
-from steer.routing import promote_pivot_experts
+from steer.router import promote_pivot_experts
 from steer.schedule import gated
 
 METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router")
@@ -47,8 +45,8 @@ class Findings:
 
     layers: int
     shifts: dict[str, ShiftVector] = field(default_factory=dict)
-    incline: dict[str, FittedMap] = field(default_factory=dict)
-    procrustes: dict[str, FittedMap] = field(default_factory=dict)
+    incline: dict[str, LinearMap] = field(default_factory=dict)
+    procrustes: dict[str, LinearMap] = field(default_factory=dict)
     heads: dict[str, ShiftVector] = field(default_factory=dict)
     lape: NeuronSet | None = None
     ap: NeuronSet | None = None
@@ -66,8 +64,8 @@ def fit_methods(
     lape_languages: Sequence[str] | None = None,
     n_heads: int = 8,
     ap_k: int = 100,
-    batch_size: int = 16,
-    progress: bool = True,
+    tokenization: Tokenization = Tokenization(),
+    progress: Progress = False,
 ) -> Findings:
     """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``).
 
@@ -81,7 +79,7 @@ def fit_methods(
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     impossible = sorted(set(methods) - set(available_methods(model, methods)))
     if impossible:
-        raise ValueError(f"methods {impossible} do not apply to a {model.config.model_type} model")
+        raise ValueError(f"methods {impossible} do not apply to a {model_type(model)} model")
     depth = n_layers(model)
     every_layer = range(1, depth + 1)
     middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
@@ -95,42 +93,42 @@ def fit_methods(
     everyone = [pivot, *languages]
     lape_languages = list(lape_languages or everyone) if "lape" in methods else []
     stats = NeuronStats(bins=0)
-    pooled: dict[str, dict[Site, torch.Tensor]] = {}
-    for lang in dict.fromkeys([*everyone, *lape_languages]):
-        sites = pooled_sites if lang in everyone else []
-        if lang in lape_languages:
-            sites = sites + [Site(layer, "mlp_gate") for layer in every_layer]
+    data: dict[tuple[Site, str], torch.Tensor] = {}
+    order = list(dict.fromkeys([*everyone, *lape_languages]))
+    with progress_bar(progress, "fit") as bar:
+        for lang in order:
+            bar.set_description(f"fit: capture {lang}")
+            sites = pooled_sites if lang in everyone else []
+            if lang in lape_languages:
+                sites = sites + [Site(layer, "mlp_gate") for layer in every_layer]
 
-        def count_active(site: Site, values: torch.Tensor, _rows, lang=lang) -> None:
-            if site.component == "mlp_gate":
-                stats.add(site, lang, values)
+            def count_active(site: Site, values: torch.Tensor, _rows, lang=lang) -> None:
+                if site.component == "mlp_gate":
+                    stats.add(site, lang, values)
 
-        pooled[lang] = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
-                               batch_size=batch_size, progress=progress)  # fmt: skip
-
-    def by_layer(component: str) -> dict[int, dict[str, torch.Tensor]]:
-        return {layer: {lang: pooled[lang][Site(layer, component)] for lang in everyone} for layer in wanted[component]}
-
-    found = Findings(depth)
+            pooled = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
+                             tokenization=tokenization, progress=bar)  # fmt: skip
+            data |= {(site, lang): values for site, values in pooled.items() if site.component != "mlp_gate"}
     identity = model_identity(model)
-    resid = by_layer("resid")
+    stats.model = identity
+    found = Findings(depth)
+    acts = Activations(data, model=identity, pooling="mean", ids=train.ids) if data else None
     for lang in languages:
         if "shift" in methods:
-            found.shifts[lang] = ShiftVector.from_store(resid, lang, pivot=pivot, model=identity)
+            found.shifts[lang] = fit_shift(acts, lang, pivot=pivot)
         for method, maps in (("incline", found.incline), ("procrustes", found.procrustes)):
             if method in methods:
-                maps[lang] = FittedMap.from_store(resid, lang, pivot=pivot, method=method, model=identity)
+                maps[lang] = fit_map(acts, lang, pivot=pivot, method=method)
         if "heads" in methods:
-            found.heads[lang] = HeadProbe().fit(by_layer("head"), lang, pivot=pivot).shift_vector(n_heads, model=model)
+            found.heads[lang] = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(n_heads)
+    if wanted["router"]:
+        selected = ROUTER_CHANNELS.index("selected")
+        found.router_usage = {layer: acts.get(Site(layer, "router"), pivot)[:, selected].mean(0)
+                              for layer in wanted["router"]}  # fmt: skip
     if "lape" in methods:
-        found.lape = LAPE().fit(stats, languages=lape_languages, model=model).neurons_
+        found.lape = LAPE().fit(stats, languages=lape_languages).neurons_
     if "ap" in methods:
-        responses = {Site(layer, "mlp_act"): torch.cat([pooled[lang][Site(layer, "mlp_act")] for lang in everyone])
-                     for layer in every_layer}  # fmt: skip
-        labels = [lang for lang in everyone for _ in train.texts(lang)]
-        found.ap = APExperts(k=ap_k).fit(responses, labels, model=model).neurons_
-    selected = ROUTER_CHANNELS.index("selected")
-    found.router_usage = {layer: pooled[pivot][Site(layer, "router")][:, selected].mean(0) for layer in wanted["router"]}
+        found.ap = APExperts(k=ap_k).fit(acts, "mlp_act", everyone).neurons_
     return found
 
 
@@ -142,19 +140,19 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
     if found.shifts:
         for layer, alpha in ((middle, 0.5), (middle, 1.0)):
             out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
-                (AddVector({layer: found.shifts[lang].vectors[layer]}, alpha), gated([lang]))]))
+                (add_vector(found.shifts[lang], alpha, [layer]), gated([lang]))]))
     if found.incline:
-        for mode in ("code", "interpolate"):
-            out.append(Setting("incline", f"all layers,last token,mode={mode},sigma=0.5", 1, lambda lang, mode=mode: [
-                (LinearMap.from_map(found.incline[lang], 0.5, mode), gated([lang], prefill="last", decode="none"))]))
+        for rule in ("code", "interpolate"):
+            out.append(Setting("incline", f"all layers,last token,mode={rule},sigma=0.5", 1, lambda lang, rule=rule: [
+                (apply_map(found.incline[lang], 0.5, rule), gated([lang], prefill="last", decode="none"))]))
     if found.procrustes:
         out.append(Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang: [
-            (_procrustes_at(found.procrustes[lang], middle, 1.0), gated([lang]))]))
+            (apply_map(found.procrustes[lang], 1.0, "interpolate", [middle]), gated([lang]))]))
     if found.lape is not None:
         out.append(Setting("lape", "zero own neurons", 1, lambda lang: [
-            (ZeroNeurons(found.lape.units(lang)), gated([lang]))] if lang in found.lape.languages else []))
+            (zero_neurons(found.lape, lang), gated([lang]))] if lang in found.lape.languages else []))
     if found.ap is not None:
-        experts = SetNeurons.from_neurons(found.ap, pivot)
+        experts = set_neurons(found.ap, pivot)
         out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang: [
             (experts, gated([lang]))]))
     if found.router_usage:
@@ -165,12 +163,6 @@ def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
         out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang: [
-            (HeadShift.from_shift(found.heads[lang], 1.0), gated([lang]))]))
+            (head_shift(found.heads[lang], 1.0), gated([lang]))]))
     return out
-
-
-def _procrustes_at(fitted: FittedMap, layer: int, sigma: float) -> LinearMap:
-    """Interpolate towards a Procrustes map at one layer only."""
-    return LinearMap({layer: fitted.matrices[layer]}, sigma, "interpolate", fitted.component,
-                     {layer: fitted.mean_source[layer]}, {layer: fitted.mean_pivot[layer]})
 

@@ -1,12 +1,11 @@
 """Schedules: which tokens of which forward passes an intervention touches.
 
-Every forward pass inside ``steer()`` gets a :class:`StepContext`: for each of its tokens, whether it is a
-prompt token (prefill) or a generated one, its position among the example's non-pad tokens, and the decode
-step. The context is derived from the attention mask and the cache length, so it is the same with and
-without KV cache, and with left or right padding.
+Every forward pass has a :class:`~probes.capture.ForwardContext`: for each token whether it is a prompt token
+or a generated one, its position among the example's non-pad tokens, and the decode step. It is derived from
+the attention mask and the cache length, so the same with and without KV cache, with left or right padding.
 
-Decode step ``s`` (1, 2, ...) is the forward pass over the ``s``-th generated token, which produces the
-token after it. The first generated token therefore depends only on the prefill schedule.
+Decode step ``s`` (1, 2, ...) is the forward pass over the ``s``-th generated token, which produces the token
+after it. The first generated token therefore depends only on the prefill schedule.
 """
 
 from __future__ import annotations
@@ -15,25 +14,30 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
+
+from probes.capture import ForwardContext
+
+Span = tuple[int | None, int | None]
 
 
 class ScheduleError(ValueError):
     """A schedule that cannot be applied to this input."""
 
 
-@dataclass(frozen=True)
-class StepContext:
-    """What a hook needs to know about the tokens of the current forward pass."""
-
-    valid: Bool[Tensor, "batch tokens"]  # non-pad tokens
-    position: Int[Tensor, "batch tokens"]  # index among the example's non-pad tokens
-    prompt_length: Int[Tensor, " batch"]  # non-pad prompt tokens per example
-    decode_step: Int[Tensor, "batch tokens"]  # 0 for prompt tokens, s >= 1 for generated ones
-    prompt_mask: Bool[Tensor, "batch prompt_tokens"]  # the prompt's padded layout, for token-mask schedules
-    columns: Int[Tensor, " tokens"]  # column of each token in the padded full sequence
-    languages: tuple[str, ...] | str | None  # language of each example (or one for all), for gating
+def _check_span(span: tuple, what: str) -> None:
+    if len(span) != 2 or not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in span):
+        raise ScheduleError(f"{what}={span!r}: a span is (start, stop) of ints or None")
+    start, stop = span
+    if start is not None and stop is not None:
+        if (start < 0) != (stop < 0):
+            raise ScheduleError(
+                f"{what}={span!r} mixes a negative and a non-negative bound, which selects different tokens for "
+                "prompts of different lengths; use (-k, None) for the last k tokens or (a, b) with 0 <= a < b"
+            )
+        if start >= stop:
+            raise ScheduleError(f"{what}={span!r} is empty or reversed: start must be below stop")
 
 
 @dataclass(frozen=True)
@@ -41,61 +45,96 @@ class Schedule:
     """Where an intervention applies.
 
     ``prefill``: ``"all"`` prompt tokens, ``"last"`` prompt token, ``"none"``, a ``(start, stop)`` span of
-    non-pad prompt positions, or a boolean token mask shaped like the prompt's ``input_ids``.
-    ``decode``: ``"all"`` steps, ``"none"``, or an int ``n`` for the first ``n`` steps.
-    ``languages``: apply only to examples in these languages (the caller supplies each example's language).
+    non-pad prompt positions (Python-style: ``(-3, None)`` = the last three, ``(0, 2)`` = the first two; a
+    span reaching past an example's prompt is an error), or a boolean token mask shaped like the prompt's
+    ``input_ids``. ``decode``: ``"all"`` steps, ``"none"``, ``n`` (the first ``n`` steps) or a ``(start, stop)``
+    range of steps (1-based, ``stop`` exclusive or None). ``languages``: apply only to examples in these languages
+    (``steer(..., languages=...)`` says each example's language).
     """
 
-    prefill: str | tuple[int, int] | Tensor = "all"
-    decode: str | int = "all"
+    prefill: str | Span | Tensor = "all"
+    decode: str | int | Span = "all"
     languages: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prefill, str) and self.prefill not in ("all", "last", "none"):
             raise ScheduleError(f"prefill={self.prefill!r}: use 'all', 'last', 'none', a (start, stop) span or a token mask")
+        if isinstance(self.prefill, (tuple, list)):
+            _check_span(tuple(self.prefill), "prefill")
+            object.__setattr__(self, "prefill", tuple(self.prefill))
+        elif isinstance(self.prefill, Tensor) and self.prefill.dtype != torch.bool:
+            raise ScheduleError(f"a prefill token mask must be boolean, got {self.prefill.dtype}")
         if isinstance(self.decode, str) and self.decode not in ("all", "none"):
-            raise ScheduleError(f"decode={self.decode!r}: use 'all', 'none' or a number of steps")
+            raise ScheduleError(f"decode={self.decode!r}: use 'all', 'none', a number of steps or a (start, stop) range")
+        if isinstance(self.decode, bool) or (isinstance(self.decode, int) and self.decode < 0):
+            raise ScheduleError(f"decode={self.decode!r}: a number of steps is an int >= 0")
+        if isinstance(self.decode, (tuple, list)):
+            _check_span(tuple(self.decode), "decode")
+            start, stop = self.decode
+            if (start is not None and start < 1) or (stop is not None and stop < 1):
+                raise ScheduleError(f"decode={tuple(self.decode)!r}: decode steps count from 1")
+            object.__setattr__(self, "decode", tuple(self.decode))
         if isinstance(self.languages, str):
             object.__setattr__(self, "languages", (self.languages,))
 
-    def select(self, ctx: StepContext) -> Bool[Tensor, "batch tokens"]:
-        """The tokens of the current forward pass this schedule touches."""
+    def select(self, ctx: ForwardContext, languages: Sequence[str] | str | None = None) -> Bool[Tensor, "batch tokens"]:
+        """The tokens of the current forward pass this schedule touches (``languages``: of each example)."""
         prompt = ctx.valid & (ctx.decode_step == 0)
-        if isinstance(self.prefill, Tensor):
-            inside = ctx.columns < self.prefill.shape[1]
-            if self.prefill.shape[0] != prompt.shape[0]:
-                raise ScheduleError(f"token mask has {self.prefill.shape[0]} rows, the batch has {prompt.shape[0]}")
-            picked = torch.zeros_like(prompt)
-            picked[:, inside] = self.prefill.to(prompt.device)[:, ctx.columns[inside]]
-            chosen = prompt & picked
-        elif self.prefill == "all":
-            chosen = prompt
-        elif self.prefill == "none":
-            chosen = torch.zeros_like(prompt)
-        elif self.prefill == "last":
-            chosen = prompt & (ctx.position == ctx.prompt_length[:, None] - 1)
-        else:
-            start, stop = self.prefill
-            chosen = prompt & (ctx.position >= start) & (ctx.position < stop)
         generated = ctx.valid & (ctx.decode_step > 0)
+        chosen = self._prefill(ctx, prompt) if prompt.any() else torch.zeros_like(prompt)
         if self.decode == "all":
             chosen = chosen | generated
         elif isinstance(self.decode, int):
             chosen = chosen | (generated & (ctx.decode_step <= self.decode))
-        return chosen & self._gate(ctx)[:, None]
+        elif isinstance(self.decode, tuple):
+            start, stop = self.decode
+            steps = ctx.decode_step
+            chosen = chosen | (generated & (steps >= (start or 1)) & (steps < stop if stop is not None else True))
+        return chosen & self._gate(ctx, languages)[:, None]
 
-    def _gate(self, ctx: StepContext) -> Bool[Tensor, " batch"]:
-        batch = ctx.valid.shape[0]
-        if self.languages is None:
-            return torch.ones(batch, dtype=torch.bool, device=ctx.valid.device)
-        if isinstance(ctx.languages, str):
-            return torch.full((batch,), ctx.languages in self.languages, device=ctx.valid.device)
-        if ctx.languages is None or len(ctx.languages) != batch:
+    def _prefill(self, ctx: ForwardContext, prompt: Tensor) -> Tensor:
+        if isinstance(self.prefill, Tensor):
+            if tuple(self.prefill.shape) != tuple(ctx.prompt_mask.shape):
+                raise ScheduleError(
+                    f"the prefill token mask has shape {tuple(self.prefill.shape)}, the prompt's input_ids "
+                    f"{tuple(ctx.prompt_mask.shape)}"
+                )
+            inside = ctx.columns < self.prefill.shape[1]
+            picked = torch.zeros_like(prompt)
+            picked[:, inside] = self.prefill.to(prompt.device)[:, ctx.columns[inside]]
+            return prompt & picked
+        if self.prefill == "all":
+            return prompt
+        if self.prefill == "none":
+            return torch.zeros_like(prompt)
+        length = ctx.prompt_length[:, None]
+        if self.prefill == "last":
+            return prompt & (ctx.position == length - 1)
+        start, stop = self.prefill
+        first = 0 if start is None else (length + start if start < 0 else torch.full_like(length, start))
+        end = length if stop is None else (length + stop if stop < 0 else torch.full_like(length, stop))
+        short = (first < 0) | (end > length)
+        if short.any():
+            row = int(short.flatten().nonzero()[0])
             raise ScheduleError(
-                f"schedule gated on languages {list(self.languages)} needs the language of each of the {batch} "
-                "examples: pass languages=[...] to steer() or handle.set_languages()"
+                f"prefill={self.prefill!r} reaches past the prompt of example {int(ctx.example[row])}, "
+                f"which has {int(length[row])} non-pad tokens"
             )
-        return torch.tensor([lang in self.languages for lang in ctx.languages], device=ctx.valid.device)
+        return prompt & (ctx.position >= first) & (ctx.position < end)
+
+    def _gate(self, ctx: ForwardContext, languages: Sequence[str] | str | None) -> Bool[Tensor, " batch"]:
+        batch = ctx.valid.shape[0]
+        device = ctx.valid.device
+        if self.languages is None:
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        if isinstance(languages, str):
+            return torch.full((batch,), languages in self.languages, device=device)
+        if languages is None or int(ctx.example.max()) >= len(languages):
+            raise ScheduleError(
+                f"schedule gated on languages {list(self.languages)} needs the language of each example "
+                f"(this batch has {batch}): pass languages=[...] to steer() or handle.set_languages()"
+            )
+        return torch.tensor([languages[int(e)] in self.languages for e in ctx.example.tolist()], device=device)
 
 
 def gated(languages: Sequence[str], **schedule) -> Schedule:

@@ -31,7 +31,7 @@ TEXTS = [
 @functools.lru_cache(maxsize=None)
 def tiny(family: str):
     """The seeded tiny model of ``family`` and its tokenizer (built once per session; tests must not edit it)."""
-    from probes.models import random_model
+    from probes.model import random_model
 
     return random_model(family)
 
@@ -40,3 +40,12 @@ def ntrex_path() -> Path:
     if not NTREX.is_dir():
         pytest.fail(f"the NTREX evaluation data is expected at {NTREX} (../shared/data/ntrex next to the repo)")
     return NTREX
+
+
+def activations(by_layer: dict, component: str = "resid", model: dict | None = None, pooling: str | None = "mean"):
+    """In-memory Activations from ``{layer: {language: (n, *shape)}}`` (synthetic data for finders and metrics)."""
+    from probes.analysis import Activations
+    from probes.model import Site
+
+    data = {(Site(layer, component), lang): x for layer, by_lang in by_layer.items() for lang, x in by_lang.items()}
+    return Activations(data, model=model, pooling=pooling)

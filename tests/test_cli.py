@@ -1,20 +1,40 @@
-"""The xlalign command: capture -> measure -> run, and the errors a user sees."""
+"""The xlalign command: capture -> measure -> run, find/ablate/steer, and the errors a user sees. Each full
+pipeline runs once per family (module fixtures); every test checks values against the Python API or a hand
+computation."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
-from probes.directions import ShiftVector
-from probes.metrics import ALL_METRICS, mexa, retrieval_top1
-from probes.neurons import NeuronSet
-from probes.sites import Site
-from probes.store import ActivationStore
-from steer.cli import main
-from steer.evaluate import COLUMNS
+from conftest import tiny
+from probes.analysis import ALL_METRICS, NEURON_METRICS, mexa, retrieval_top1
+from probes.artifacts import LinearMap, NeuronSet, ShiftVector
+from probes.capture import ActivationStore, capture
+from probes.data import demo_corpus
+from probes.model import Site, blocks, locate
+from steer.evaluate import COLUMNS, next_token_loss
 from steer.methods import METHODS
+from xlalign.cli import build_parser, main
 
 SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
+MOE = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu,rus", "--max-sentences", "16",
+       "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["run", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def moe_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moe") / "run"
+    assert main(["run", *MOE, "--out", str(out)]) == 0
+    return out
 
 
 def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
@@ -36,7 +56,7 @@ def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
 
 def test_measure_never_overwrites_silently(tmp_path, capsys):
     store_dir = tmp_path / "store"
-    main(["capture", *SMALL, "--out", str(store_dir)])
+    main(["capture", *SMALL, "--sites", "resid.1", "--out", str(store_dir)])
     csv = tmp_path / "metrics.csv"
     csv.write_text("my notes")
     assert main(["measure", str(store_dir), "--out", str(csv)]) == 2
@@ -48,15 +68,18 @@ def test_measure_never_overwrites_silently(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["run", *SMALL, "--out", str(out)]) == 0
+def test_run_writes_report_with_figures_and_numbers(llama_run):
+    out = llama_run
     report = (out / "report.md").read_text()
     assert "![alignment per layer](alignment_per_layer.png)" in report
     assert (out / "alignment_per_layer.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(out / "metrics.csv")
     assert set(table.metric) == set(ALL_METRICS) and set(table.language) == {"deu", "jpn", "all"}
     assert sorted(table.layer.unique()) == [0, 1, 2, 3, 4]
+    store = ActivationStore(out / "store")
+    layer2 = {lang: store.get(Site(2, "resid"), lang) for lang in ("eng", "jpn")}
+    row = table[(table.layer == 2) & (table.language == "jpn") & (table.metric == "mexa")]
+    assert row.value.item() == pytest.approx(mexa(layer2["eng"], layer2["jpn"]))
     for figure in ("langid_per_layer", "lape_neurons", "before_after", "pareto"):
         assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
     assert "Most aligned layers" in report and "Most language-specific layers" in report
@@ -66,10 +89,15 @@ def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path,
     assert (evaluation[evaluation.metric == "loss_pivot"].delta == 0).all()
     generations = pd.read_csv(out / "generations.csv")
     assert len(generations) == 4 and "| language | setting | prompt | off | on |" in report
-    assert main(["run", *SMALL, "--out", str(out)]) == 0  # a rerun resumes and rewrites its own outputs
+
+
+def test_run_refuses_a_directory_with_the_users_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
     (out / "thesis.tex").write_text("precious")
     assert main(["run", *SMALL, "--out", str(out)]) == 2
     assert "thesis.tex" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"] and (out / "thesis.tex").read_text() == "precious"
 
 
 @pytest.mark.parametrize(
@@ -79,15 +107,64 @@ def test_run_writes_report_with_figure_and_refuses_foreign_directories(tmp_path,
         (["capture", *SMALL, "--sites", "mlp", "--out", "x"], "unknown component 'mlp'"),
         (["capture", "--model", "random:nope", "--out", "x"], "no tiny random model for family 'nope'"),
         (["run", *SMALL[:4], "--langs", "deu,jpn", "--out", "x"], "pivot language 'eng'"),
+        (["capture", *SMALL, "--sentences", "5:40", "--out", "x"], "rows 5:40 of demo: need 0 <= start < stop <= 12"),
+        (["capture", *SMALL, "--batch-size", "0", "--out", "x"], "batch_size must be a positive int"),
     ],
 )
-def test_user_errors_exit_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
+def test_user_errors_exit_2_with_a_clear_message_and_write_nothing(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def greedy(model, tokenizer, prompt: str, n: int, edits: dict) -> str:
+    """Greedy continuation with ``edits`` ({module: fn(x) -> x}) as raw torch hooks on module outputs (or, for
+    ``(module, 'input')`` keys, inputs): an oracle independent of xlalign's hooks."""
+    handles = []
+    for key, fn in edits.items():
+        if isinstance(key, tuple):
+            handles.append(key[0].register_forward_pre_hook(lambda _m, args, fn=fn: (fn(args[0]), *args[1:])))
+        else:
+            handles.append(key.register_forward_hook(lambda _m, _a, out, fn=fn: fn(out)))
+    try:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def expected_edits(model, path, strength: float) -> dict:
+    """What applying the artifact at ``path`` means, written by hand from its tensors."""
+    if path.name.startswith("shift"):
+        shift = ShiftVector.load(path)
+        if shift.component == "head":  # add the head vectors to the output projection's per-head input
+            return {(locate(model, Site(layer, "head"))[0], "input"):
+                    (lambda x, v=v: x + strength * v.reshape(-1)) for layer, v in shift.vectors.items()}  # fmt: skip
+        (layer,) = shift.recommended_layers
+        return {blocks(model)[layer - 1]: lambda x: x + strength * shift.vectors[layer]}
+    fitted = LinearMap.load(path)
+    edits = {}
+    for layer in fitted.recommended_layers:
+        W, source, target = fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer)
+
+        def interpolate(x, W=W, source=source, target=target):
+            mapped = ((x - source) @ W + target) if source is not None else x @ W
+            return (1 - strength) * x + strength * mapped
+
+        if layer == 0:
+            edits[(blocks(model)[0], "input")] = interpolate
+        else:
+            edits[blocks(model)[layer - 1]] = interpolate
+    return edits
 
 
 def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
+    model, tokenizer = tiny("llama")
     neurons = tmp_path / "lape.safetensors"
     assert main(["find", "neurons", "--method", "lape", *SMALL, "--out", str(neurons)]) == 0
     found = NeuronSet.load(neurons)
@@ -101,28 +178,34 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
     table = pd.read_csv(matrix)
     assert list(table.columns) == ["zeroed", "evaluated", "loss_before", "loss_after"]
     assert set(table.evaluated) == {"eng", "deu", "jpn"} and set(table.zeroed) <= set(found.languages)
-    assert table.groupby("evaluated").loss_before.nunique().eq(1).all()
+    held = demo_corpus().subset(["eng", "deu", "jpn"], 12).rows(0, 6)
+    for lang in held.languages:
+        assert table[table.evaluated == lang].loss_before.tolist() == pytest.approx(
+            [next_token_loss(model, tokenizer, held.texts(lang))] * len(set(table.zeroed)))
+    capsys.readouterr()
 
+    prompt = "Guten Morgen"
+    plain = greedy(model, tokenizer, prompt, 3, {})
     for kind, method in (("shift", "mean"), ("shift", "claim"), ("map", "incline"), ("map", "procrustes")):
         out = tmp_path / f"{kind}-{method}"
         assert main(["find", kind, "--method", method, "--k", "2", *SMALL, "--out", str(out)]) == 0
         assert sorted(p.name for p in out.iterdir()) == [f"{kind}.deu.safetensors", f"{kind}.jpn.safetensors"]
         capsys.readouterr()
         artifact = out / f"{kind}.jpn.safetensors"
-        assert main(["steer", "--artifact", str(artifact), "--model", "random:llama", "--prompt", "Guten Morgen",
+        assert main(["steer", "--artifact", str(artifact), "--model", "random:llama", "--prompt", prompt,
                      "--strength", "4", "--max-new-tokens", "3"]) == 0
         lines = capsys.readouterr().out.splitlines()
         off, on = (line.split(":", 1)[1].strip() for line in lines if line.lstrip().startswith(("off:", "on:")))
+        assert off == plain.strip()
         if (kind, method) == ("shift", "mean"):
-            assert off != on, "a strong shift changes the continuation"
-    shift = ShiftVector.load(tmp_path / "shift-claim" / "shift.deu.safetensors")
-    assert shift.component == "head"
+            assert on != off, "a strong shift changes the continuation"
+        assert on == greedy(model, tokenizer, prompt, 3, expected_edits(model, artifact, 4.0)).strip(), (kind, method)
     assert main(["steer", "--artifact", str(neurons), "--model", "random:qwen2", "--language", "eng",
                  "--prompt", "x"]) == 2
     assert "made on model 'random:llama'" in capsys.readouterr().err
 
 
-def test_evaluate_writes_the_table_and_report(tmp_path):
+def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     out = tmp_path / "eval"
     argv = ["evaluate", *SMALL[:4], "--langs", "eng,deu", "--max-sentences", "20", "--methods", "shift,procrustes",
             "--no-progress", "--out", str(out)]
@@ -131,13 +214,19 @@ def test_evaluate_writes_the_table_and_report(tmp_path):
     assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
     assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "lang_fidelity"} <= set(evaluation.metric)
     assert "(pareto.png)" in (out / "report.md").read_text()
+    model, tokenizer = tiny("llama")
+    _, test = demo_corpus().subset(["eng", "deu"], 20).split(test_fraction=0.2)
+    loss = evaluation[evaluation.metric == "loss_target"]
+    assert loss.off.tolist() == pytest.approx([next_token_loss(model, tokenizer, test.texts("deu")[:32])] * len(loss))
+    site = Site(3, "resid")
+    unsteered = {lang: capture(model, tokenizer, test.texts(lang), [site])[site] for lang in ("eng", "deu")}
+    row = evaluation[(evaluation.metric == "mexa") & (evaluation.layer == 3)]
+    assert row.off.tolist() == pytest.approx([mexa(unsteered["eng"], unsteered["deu"])] * len(row))
 
 
-def test_moe_routing_from_the_command_line(tmp_path, capsys):
-    small = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu,rus", "--max-sentences", "16",
-             "--no-progress"]
+def test_moe_routing_from_the_command_line(tmp_path, capsys, moe_run):
     store_dir = tmp_path / "store"
-    assert main(["capture", *small, "--sites", "router,resid", "--out", str(store_dir)]) == 0
+    assert main(["capture", *MOE, "--sites", "router,resid", "--out", str(store_dir)]) == 0
     store = ActivationStore(store_dir)
     routers = [site.layer for site in store.sites if site.component == "router"]
     assert routers == [1, 2, 3], "Qwen2-MoE's tiny model has a dense MLP in its last layer"
@@ -146,12 +235,26 @@ def test_moe_routing_from_the_command_line(tmp_path, capsys):
     table = pd.read_csv(csv)
     assert set(table.metric) == {"jsd", "jsd_norm", "topk_jaccard"} and set(table.layer) == {1, 2, 3}
     assert table[table.metric == "jsd"].value.between(0, 0.7).all()
-
-    out = tmp_path / "run"
-    assert main(["run", *small, "--out", str(out)]) == 0
-    report = (out / "report.md").read_text()
-    assert "## Routing (mixture of experts)" in report and (out / "routing_divergence.png").is_file()
-    evaluation = pd.read_csv(out / "evaluation.csv")
+    report = (moe_run / "report.md").read_text()
+    assert "## Routing (mixture of experts)" in report and (moe_run / "routing_divergence.png").is_file()
+    evaluation = pd.read_csv(moe_run / "evaluation.csv")
     assert "router" in set(evaluation.method) and not {"lape", "ap"} & set(evaluation.method)
-    assert main(["evaluate", *small, "--methods", "lape", "--out", str(tmp_path / "e")]) == 2
+    assert main(["evaluate", *MOE, "--methods", "lape", "--out", str(tmp_path / "e")]) == 2
     assert "do not apply to a qwen2_moe model" in capsys.readouterr().err
+
+
+def test_help_shows_defaults_metric_names_and_every_model_option(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("xlalign 0.")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["measure", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in (*ALL_METRICS, *NEURON_METRICS)) and "(default: eng)" in text
+    for command in ("capture", "find", "ablate", "steer", "evaluate", "run"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for option in ("--device", "--dtype", "--batch-size", "--max-length", "(default: cpu)", "(default: float32)"):
+            assert option in text, (command, option)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NTREX
-from probes.corpus import (
+from probes.data import (
     CorpusError,
     ParallelCorpus,
     demo_corpus,
@@ -190,7 +190,7 @@ def test_fingerprint_is_stable_and_sensitive():
 
 def test_fingerprint_is_the_same_in_another_process(ntrex):
     code = (
-        "from probes.corpus import read_ntrex; import sys; "
+        "from probes.data import read_ntrex; import sys; "
         "print(read_ntrex(sys.argv[1]).fingerprint(['deu', 'zho-CN']))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "123"}

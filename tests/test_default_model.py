@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import ntrex_path
-from probes.capture import capture
-from probes.corpus import read_ntrex
-from probes.metrics import retrieval_top1
-from probes.models import DEFAULT_MODEL_NAME, cache_dir, load_model
-from probes.sites import Site, n_layers
+from probes.analysis import retrieval_top1
+from probes.capture import capture_corpus
+from probes.data import read_ntrex
+from probes.model import DEFAULT_MODEL_NAME, Site, cache_dir, load_model, n_layers
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,9 @@ def test_retrieval_vs_english_peaks_in_the_middle_layers(gemma):
     corpus = read_ntrex(ntrex_path()).subset(["eng", "deu", "zho-CN"], 100)
     depth = n_layers(model)
     sites = [Site(layer, "resid") for layer in range(depth + 1)]
-    pooled = {lang: capture(model, tokenizer, corpus.texts(lang), sites, pooling="mean", progress=False)
-              for lang in corpus.languages}
-    scores = {lang: [retrieval_top1(pooled["eng"][site], pooled[lang][site]) for site in sites] for lang in ("deu", "zho-CN")}
+    acts = capture_corpus(model, tokenizer, corpus, sites, pooling="mean")
+    scores = {lang: [retrieval_top1(acts.get(site, "eng"), acts.get(site, lang)) for site in sites]
+              for lang in ("deu", "zho-CN")}  # fmt: skip
     best = {lang: max(range(depth + 1), key=values.__getitem__) for lang, values in scores.items()}
     print({lang: (best[lang], round(scores[lang][best[lang]], 3)) for lang in scores})
     assert scores["deu"][best["deu"]] >= 0.85

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny
-from probes.artifacts import ArtifactError
-from probes.corpus import demo_corpus
-from probes.directions import (
+from conftest import activations, tiny
+from probes.artifacts import ArtifactError, LinearMap, ShiftVector
+from probes.capture import capture_to_store
+from probes.data import demo_corpus
+from probes.find import (
     HeadProbe,
-    LinearMap,
-    ShiftVector,
     fit_incline,
+    fit_map,
+    fit_shift,
     fit_procrustes,
     fit_shift_vectors,
     logistic_shift,
@@ -21,9 +22,7 @@ from probes.directions import (
     orthogonality_deviation,
     pca_shift,
 )
-from probes.models import model_identity
-from probes.sites import Site
-from probes.store import capture_to_store
+from probes.model import Site, model_identity
 
 
 def cosine(a, b) -> float:
@@ -159,18 +158,17 @@ def test_head_probe_ranks_the_planted_head_first():
     heads, head_dim, n = 4, 6, 60
     data = {layer: {lang: torch.randn(n, heads, head_dim, generator=g) for lang in ("eng", "deu")} for layer in (1, 2)}
     data[2]["eng"][:, 3] += 1.5  # only head 3 of layer 2 tells English from German
-    probe = HeadProbe(cv=5).fit(data, "deu")
+    identity = {"name": "planted", "n_layers": 4}
+    probe = HeadProbe(cv=5).fit(activations(data, "head", model=identity), "deu")
     assert list(probe.ranking_.columns) == ["layer", "head", "accuracy"] and len(probe.ranking_) == 8
     assert probe.top_heads(1) == [(2, 3)]
     assert probe.ranking_.accuracy.iloc[0] > 0.95 and probe.ranking_.accuracy.iloc[1:].max() < 0.8
     assert probe.ranking_.accuracy.is_monotonic_decreasing
     expected = data[2]["eng"].mean(0) - data[2]["deu"].mean(0)
     assert torch.allclose(probe.shifts_[2], expected, atol=1e-6)
-    with pytest.raises(ValueError, match="model="):
-        probe.shift_vector(1)
-    model, _ = tiny("llama")
-    vector = probe.shift_vector(1, model=model)
+    vector = probe.shift_vector(1)
     assert vector.component == "head" and vector.layers == [2] and vector.params["heads"] == [[2, 3]]
+    assert vector.model == identity and vector.recommended_layers == (2,)
     assert torch.equal(vector.vectors[2][3], probe.shifts_[2][3]) and not vector.vectors[2][:3].any()
 
 
@@ -182,22 +180,23 @@ def store(tmp_path_factory):
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"], 12)
     sites = [Site(1, "resid"), Site(2, "resid"), Site(2, "head")]
-    return capture_to_store(model, tokenizer, corpus, sites, tmp_path_factory.mktemp("s") / "store", progress=False)
+    return capture_to_store(model, tokenizer, corpus, sites, tmp_path_factory.mktemp("s") / "store")
 
 
 def test_shift_vector_from_store_round_trips_and_loads_onto_its_model(tmp_path, store):
     model, _ = tiny("llama")
-    vector = ShiftVector.from_store(store, "deu", method="pca")
+    vector = fit_shift(store, "deu", method="pca")
     assert vector.layers == [1, 2] and vector.model == model_identity(model)
+    assert vector.recommended_layers == (2,), "the model's middle block (4 // 2)"
     site = Site(2, "resid")
     assert torch.allclose(vector.vectors[2], pca_shift(store.get(site, "eng"), store.get(site, "deu")))
     vector.save(tmp_path / "v.safetensors")
     loaded = ShiftVector.load(tmp_path / "v.safetensors", model=model)
     assert loaded.layers == vector.layers
     assert all(torch.equal(loaded.vectors[k], vector.vectors[k]) for k in vector.layers)
-    for name in ("component", "pivot", "language", "method", "params", "model"):
+    for name in ("component", "pivot", "language", "method", "params", "model", "recommended_layers"):
         assert getattr(loaded, name) == getattr(vector, name)
-    heads = ShiftVector.from_store(store, "deu", component="head")
+    heads = fit_shift(store, "deu", component="head")
     heads.save(tmp_path / "h.safetensors")
     assert ShiftVector.load(tmp_path / "h.safetensors", model=model).vectors[2].shape == (4, 16)
     probe = HeadProbe(cv=3).fit(store, "deu")
@@ -211,7 +210,7 @@ def test_shift_vector_from_store_round_trips_and_loads_onto_its_model(tmp_path, 
 def test_linear_map_from_store_round_trips(tmp_path, store):
     model, _ = tiny("llama")
     for method in ("incline", "procrustes"):
-        fitted = LinearMap.from_store(store, "deu", method=method, layers=[2])
+        fitted = fit_map(store, "deu", method=method, layers=[2])
         fitted.save(tmp_path / f"{method}.safetensors")
         loaded = LinearMap.load(tmp_path / f"{method}.safetensors", model=model)
         assert loaded.layers == [2] and torch.equal(loaded.matrices[2], fitted.matrices[2])
@@ -219,8 +218,8 @@ def test_linear_map_from_store_round_trips(tmp_path, store):
         x = store.get(Site(2, "resid"), "deu")
         assert torch.allclose(loaded.transform(2, x), fitted.transform(2, x))
     assert set(loaded.mean_source) == {2} and torch.equal(loaded.mean_pivot[2], fitted.mean_pivot[2])
-    with pytest.raises(ValueError, match="has no layers \\[7\\]"):
-        LinearMap.from_store(store, "deu", layers=[7])
+    with pytest.raises(ValueError, match="has no resid layers \\[7\\]"):
+        fit_map(store, "deu", layers=[7])
 
 
 def test_linear_map_transform_moves_held_out_rows_onto_the_pivot():
@@ -242,7 +241,7 @@ def test_artifacts_refuse_overwrite_other_models_wrong_shapes_and_wrong_kinds(tm
     with pytest.raises(ArtifactError, match="exists"):
         vector.save(path)
     vector.save(path, overwrite=True)
-    with pytest.raises(ArtifactError, match="model_type: .* has 'llama', model has 'qwen2'"):
+    with pytest.raises(ArtifactError, match="model_type: recorded 'llama', model has 'qwen2'"):
         ShiftVector.load(path, model=qwen)
     with pytest.raises(ArtifactError, match="holds a 'ShiftVector', not a 'LinearMap'"):
         LinearMap.load(path)

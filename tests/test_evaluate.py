@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import tiny
-from probes.capture import capture
-from probes.corpus import demo_corpus
-from probes.langid import LanguageIdentifier
-from probes.metrics import mexa
-from probes.sites import Site
+from probes.analysis import mexa
+from probes.capture import Tokenization, capture, capture_corpus, collect_stats
+from probes.data import demo_corpus
+from probes.find import LAPE, APExperts, LanguageIdentifier, fit_shift
+from probes.model import Site
 from steer.apply import steer
 from steer.evaluate import COLUMNS, Setting, continuations, evaluate, next_token_loss
 from steer.interventions import AddVector
@@ -32,7 +32,7 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     model, tokenizer = tiny("llama")
     identifier = LanguageIdentifier().fit(corpus)
     table = evaluate(model, tokenizer, corpus, [shift_setting(0.0), shift_setting(3.0)], languages=["deu", "rus"],
-                     identifier=identifier, n_boot=200, n_prompts=4, progress=False)
+                     identifier=identifier, n_boot=200, n_prompts=4)
     assert list(table.columns) == COLUMNS
     zero = table[table.setting == "alpha=0.0"]
     assert (zero.delta.abs() < 1e-12).all(), "a zero vector changes nothing"
@@ -41,9 +41,9 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     assert strong[strong.metric == "loss_target"].delta.item() != 0
     # 'on' at layer 3 equals MEXA computed by hand from a steered capture.
     site = Site(3, "resid")
-    english = capture(model, tokenizer, corpus.texts("eng"), [site], progress=False)[site]
+    english = capture(model, tokenizer, corpus.texts("eng"), [site])[site]
     with steer(model, shift_setting(3.0).plan("rus"), languages="rus"):
-        russian = capture(model, tokenizer, corpus.texts("rus"), [site], progress=False)[site]
+        russian = capture(model, tokenizer, corpus.texts("rus"), [site])[site]
     row = strong[(strong.metric == "mexa") & (strong.layer == 3)]
     assert row.on.item() == pytest.approx(mexa(english, russian))
     assert row.ci_low.item() <= row.delta.item() <= row.ci_high.item()
@@ -61,7 +61,7 @@ def test_language_identifier_and_continuations(corpus):
         assert sum(p == lang for p in predicted) / len(predicted) >= 0.95, lang
     model, tokenizer = tiny("qwen3")
     prompts = corpus.texts("deu")[:5]
-    batched = continuations(model, tokenizer, prompts, max_new_tokens=4, batch_size=5)
+    batched = continuations(model, tokenizer, prompts, max_new_tokens=4, tokenization=Tokenization(batch_size=5))
     single = [continuations(model, tokenizer, [p], max_new_tokens=4)[0] for p in prompts]
     assert batched == single
 
@@ -69,25 +69,22 @@ def test_language_identifier_and_continuations(corpus):
 def test_next_token_loss_is_padding_proof(corpus):
     model, tokenizer = tiny("gemma3_text")
     texts = corpus.texts("deu")[:6]
-    assert next_token_loss(model, tokenizer, texts, batch_size=6) == pytest.approx(
-        next_token_loss(model, tokenizer, texts, batch_size=1), rel=1e-6)
+    assert next_token_loss(model, tokenizer, texts, tokenization=Tokenization(batch_size=6)) == pytest.approx(
+        next_token_loss(model, tokenizer, texts, tokenization=Tokenization(batch_size=1)), rel=1e-6)
 
 
 def test_one_pass_fitting_equals_each_finder_run_alone(corpus):
-    from probes.capture import capture_by_layer
-    from probes.directions import ShiftVector
-    from probes.neurons import LAPE, APExperts
     from steer.methods import fit_methods
 
     model, tokenizer = tiny("qwen2")
     found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["shift", "lape", "ap"],
-                        lape_languages=["eng", "deu", "rus"], ap_k=7, progress=False)
-    lape = LAPE().fit_from_model(model, tokenizer, corpus, ["eng", "deu", "rus"], progress=False).neurons_
+                        lape_languages=["eng", "deu", "rus"], ap_k=7)
+    gates = [Site(layer, "mlp_gate") for layer in range(1, 5)]
+    lape = LAPE().fit(collect_stats(model, tokenizer, corpus, gates, languages=["eng", "deu", "rus"], bins=0)).neurons_
     assert found.lape.languages == lape.languages
     assert all(torch.equal(found.lape.neurons[lang], lape.neurons[lang]) for lang in lape.languages)
     sites = [Site(layer, "mlp_act") for layer in range(1, 5)]
-    ap = APExperts(k=7).fit_from_model(model, tokenizer, corpus, sites, ["eng", "deu"], progress=False).neurons_
+    ap = APExperts(k=7).fit(capture_corpus(model, tokenizer, corpus, sites, languages=["eng", "deu"])).neurons_
     assert torch.equal(found.ap.neurons["eng"], ap.neurons["eng"])
-    data = capture_by_layer(model, tokenizer, corpus, "resid", [2], ["eng", "deu"], progress=False)
-    expected = ShiftVector.from_store(data, "deu", model={})
-    torch.testing.assert_close(found.shifts["deu"].vectors[2], expected.vectors[2])
+    data = capture_corpus(model, tokenizer, corpus, [Site(2, "resid")], languages=["eng", "deu"])
+    torch.testing.assert_close(found.shifts["deu"].vectors[2], fit_shift(data, "deu").vectors[2])

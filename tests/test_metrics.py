@@ -11,18 +11,17 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, jaccard_score
 
-import probes.metrics
+import probes.analysis.alignment
 from conftest import tiny
-from probes.corpus import demo_corpus
-from probes.langid import LanguageIDProbe
-from probes.metrics import (
+from probes.analysis import (
     ALL_METRICS,
     PAIR_METRICS,
+    MetricError,
     bootstrap_ci,
     cosine_matrix,
     linear_cka,
     matched_random_gap,
-    measure_store,
+    measure,
     mexa,
     neuron_overlap,
     neuron_overlap_retrieval,
@@ -33,8 +32,10 @@ from probes.metrics import (
     strong_alignment_map,
     strong_alignment_map_by_language,
 )
-from probes.sites import Site
-from probes.store import capture_to_store
+from probes.capture import Tokenization, capture_corpus, capture_to_store
+from probes.data import demo_corpus
+from probes.find import LanguageIDProbe
+from probes.model import Site
 
 
 def brute_cosine(u, v):
@@ -120,7 +121,7 @@ def test_retrieval_topk_matches_brute_force(margin):
         assert value == pytest.approx(brute_retrieval(pivot, other, k, margin))
     assert retrieval_topk(pivot, other, 25, margin=margin) == 1.0
     assert retrieval_topk(other, pivot, 3, margin=margin) == pytest.approx(brute_retrieval(other, pivot, 3, margin))
-    assert retrieval_top1(pivot, other) == values[0] if not margin else True
+    assert retrieval_top1(pivot, other) == pytest.approx(brute_retrieval(pivot, other, 1, False))
     assert retrieval_top1_reverse(pivot, other) == pytest.approx(brute_retrieval(other, pivot, 1))
 
 
@@ -198,7 +199,7 @@ def test_strong_alignment_ap_in_blocks_equals_one_block(monkeypatch):
     base = torch.randn(30, 8, generator=generator)
     matrices = {language: base + torch.randn(30, 8, generator=generator) for language in ("eng", "deu", "jpn", "kor")}
     whole = strong_alignment_ap(matrices)
-    monkeypatch.setattr(probes.metrics, "_BLOCK", 1000)  # blocks of 1000 // (120 * 3) = 2 queries
+    monkeypatch.setattr(probes.analysis.alignment, "_BLOCK", 1000)  # blocks of 1000 // (120 * 3) = 2 queries
     blocks = strong_alignment_ap(matrices)
     assert all(torch.equal(whole[language], blocks[language]) for language in matrices)
     with pytest.raises(ValueError, match="same sentences"):
@@ -335,11 +336,11 @@ def store(tmp_path_factory):
     corpus = demo_corpus().subset(["eng", "deu", "jpn"], 16)
     sites = [Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(1, "head")]
     out = tmp_path_factory.mktemp("metrics") / "s"
-    return capture_to_store(model, tokenizer, corpus, sites, out, shard_size=8, batch_size=4, progress=False)
+    return capture_to_store(model, tokenizer, corpus, sites, out, shard_size=8, tokenization=Tokenization(batch_size=4))
 
 
 def test_measure_store_equals_the_pure_functions(store):
-    table = measure_store(store, metrics="all", ci=True, n_boot=50)
+    table = measure(store, metrics="all", ci=True, n_boot=50)
     assert list(table.columns) == ["layer", "language", "metric", "value", "ci_low", "ci_high"]
     pair_rows = table[table.metric != "langid_acc"]
     assert len(pair_rows) == 3 * 2 * (len(ALL_METRICS) - 1)
@@ -371,10 +372,10 @@ def test_measure_store_equals_the_pure_functions(store):
 
 
 def test_measure_store_default_metrics_and_head_sites(store):
-    table = measure_store(store)
+    table = measure(store)
     assert list(table.columns) == ["layer", "language", "metric", "value"]
     assert list(table.metric.unique()) == ["retrieval_top1", "mexa"] and len(table) == 12
-    heads = measure_store(store, metrics=("mexa", "cka"), component="head", pivot="deu")
+    heads = measure(store, metrics=("mexa", "cka"), component="head", pivot="deu")
     pivot, other = store.get(Site(1, "head"), "deu"), store.get(Site(1, "head"), "eng")
     assert pivot.ndim == 3
     assert heads.set_index(["language", "metric"]).loc["eng", "value"].to_dict() == pytest.approx(
@@ -384,23 +385,61 @@ def test_measure_store_default_metrics_and_head_sites(store):
 
 def test_measure_store_errors_say_what_is_wrong(store):
     with pytest.raises(ValueError, match="pivot language 'fra' is not in"):
-        measure_store(store, pivot="fra")
+        measure(store, pivot="fra")
     with pytest.raises(ValueError, match="no 'mlp_out' sites"):
-        measure_store(store, component="mlp_out")
+        measure(store, component="mlp_out")
     with pytest.raises(ValueError, match=r"unknown metrics \['neuron_overlap'\]"):
-        measure_store(store, metrics=["mexa", "neuron_overlap"])
+        measure(store, metrics=["mexa", "neuron_overlap"])
 
 
 def test_measure_store_on_an_activity_store_gives_neuron_overlap(tmp_path):
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"], 12)
     sites = [Site(1, "mlp_gate"), Site(3, "mlp_gate")]
-    activity = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "a", pooling="active", progress=False)
-    table = measure_store(activity, metrics="all", component="mlp_gate")
+    activity = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "a", pooling="active")
+    table = measure(activity, metrics="all", component="mlp_gate")
     assert set(table.metric) == {"neuron_overlap", "neuron_overlap_retrieval"}
     fractions = activity.get(Site(3, "mlp_gate"), "deu")
     assert 0 < fractions.mean() < 1 and fractions.min() >= 0 and fractions.max() <= 1 + 1e-6
     row = table[(table.layer == 3) & (table.metric == "neuron_overlap")]
     assert row.value.item() == pytest.approx(neuron_overlap(activity.get(Site(3, "mlp_gate"), "eng"), fractions))
     with pytest.raises(ValueError, match="available: neuron_overlap"):
-        measure_store(activity, metrics="mexa", component="mlp_gate")
+        measure(activity, metrics="mexa", component="mlp_gate")
+
+
+def test_measure_takes_in_memory_activations_and_gives_the_stores_numbers(store):
+    model, tokenizer = tiny("llama")
+    corpus = demo_corpus().subset(["eng", "deu", "jpn"], 16)
+    memory = capture_corpus(model, tokenizer, corpus, store.sites, tokenization=Tokenization(batch_size=4))
+    from_store, from_memory = measure(store, metrics="all"), measure(memory, metrics="all")
+    assert from_store.drop(columns="value").equals(from_memory.drop(columns="value"))
+    assert from_memory.value.tolist() == pytest.approx(from_store.value.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fn, a, b, message",
+    [
+        (retrieval_top1, (10, 4), (8, 4), "retrieval: the two sides hold 10 and 8 sentences"),
+        (mexa, (10, 4), (1, 4), "mexa: the two sides hold 10 and 1 sentences"),
+        (mexa, (1, 4), (1, 4), "mexa needs at least 2 sentences, got 1"),
+        (linear_cka, (2, 4), (2, 3), "cka needs at least 3 sentences"),
+        (matched_random_gap, (6, 4), (6, 5), "matched_random_gap: vectors of different widths"),
+        (neuron_overlap, (5, 4), (6, 4), "neuron_overlap: the two sides hold 5 and 6"),
+    ],
+)
+def test_metrics_refuse_inputs_they_cannot_score(fn, a, b, message):
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(MetricError, match=message):
+        fn(torch.randn(*a, generator=g), torch.randn(*b, generator=g))
+
+
+def test_metrics_refuse_nan_rows_and_impossible_k():
+    x, y = noisy_pairs(6, 4, 0.5, seed=1)
+    y[4, 2] = float("nan")
+    for fn in (mexa, retrieval_top1, linear_cka, matched_random_gap):
+        with pytest.raises(MetricError, match=r"the other matrix \(6, 4\) has NaN or infinite values in rows \[4\]"):
+            fn(x, y)
+    with pytest.raises(MetricError, match="NaN"):
+        strong_alignment_ap({"eng": x, "deu": y})
+    with pytest.raises(MetricError, match="k must be between 1 and the 6"):
+        retrieval_topk(x, x, 7)

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from probes.models import RANDOM_FAMILIES, ModelError, load_model, model_identity, random_model
-from probes.sites import ARCHITECTURES, Site, SiteError, tap, width
+from probes.model import (
+    ARCHITECTURES, RANDOM_FAMILIES, ModelError, Site, SiteError, load_model, locate, model_identity, random_model, width,
+)  # fmt: skip
 
 
 def test_random_models_are_seeded_and_fresh():
@@ -37,17 +38,17 @@ def test_every_random_family_has_a_site_table_and_sizes(family):
 def test_site_errors():
     model, _ = random_model("llama")
     with pytest.raises(SiteError, match="4 blocks"):
-        tap(model, Site(5, "resid"))
+        locate(model, Site(5, "resid"))
     with pytest.raises(SiteError, match="layer 0 exists only for 'resid'"):
         Site(0, "mlp_act")
     with pytest.raises(SiteError, match="unknown component 'mlp'"):
         Site(1, "mlp")
     with pytest.raises(SiteError, match="'router' does not exist"):
-        tap(model, Site(1, "router"))
+        locate(model, Site(1, "router"))
     assert Site.parse("mlp_gate.12") == Site(12, "mlp_gate")
     model.config.model_type = "mamba"
-    with pytest.raises(SiteError, match="no site table for architecture 'mamba'.*Supported: bloom.*To add one"):
-        tap(model, Site(1, "resid"))
+    with pytest.raises(SiteError, match="no site table for architecture 'mamba'.*Supported: bloom.*register_architecture"):
+        locate(model, Site(1, "resid"))
 
 
 def test_bad_model_specs_are_clear_errors(tmp_path):
@@ -60,5 +61,6 @@ def test_bad_model_specs_are_clear_errors(tmp_path):
 
 
 def test_importing_probes_is_cheap():
-    code = "import probes, steer, sys; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = ("import probes, steer, xlalign, sys; xlalign.__version__; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

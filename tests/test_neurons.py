@@ -13,12 +13,12 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from conftest import tiny
-from probes.artifacts import ArtifactError
-from probes.corpus import demo_corpus
-from probes.models import model_identity, random_model
-from probes.neurons import LAPE, APExperts, NeuronError, NeuronSet, average_precision
-from probes.sites import Site, blocks
+from conftest import activations, tiny
+from probes.artifacts import ArtifactError, NeuronError, NeuronSet
+from probes.capture import Tokenization, capture_corpus, collect_stats
+from probes.data import demo_corpus
+from probes.find import LAPE, APExperts, average_precision
+from probes.model import Site, blocks, model_identity, random_model
 
 LANGS = ("eng", "rus", "jpn", "arb")  # four scripts
 PLANTED = {"eng": [10], "rus": [20, 21], "jpn": [30], "arb": [40]}  # layer-2 neurons, 5 = 1% of 4 x 128
@@ -73,7 +73,9 @@ def planted_model():
 @functools.lru_cache(maxsize=None)
 def fitted_lape() -> LAPE:
     model, tokenizer = planted_model()
-    return LAPE().fit_from_model(model, tokenizer, corpus(), batch_size=8, progress=False)
+    sites = [Site(layer, "mlp_gate") for layer in range(1, 5)]
+    stats = collect_stats(model, tokenizer, corpus(), sites, bins=0, tokenization=Tokenization(batch_size=8))
+    return LAPE().fit(stats)
 
 
 def test_planting_worked():
@@ -106,7 +108,8 @@ def test_lape_finds_planted_neurons():
 def test_ap_experts_find_planted_units():
     model, tokenizer = planted_model()
     sites = [Site(layer, "mlp_act") for layer in range(1, 5)]
-    experts = APExperts(k=3).fit_from_model(model, tokenizer, corpus(), sites, batch_size=8, progress=False)
+    acts = capture_corpus(model, tokenizer, corpus(), sites, tokenization=Tokenization(batch_size=8))
+    experts = APExperts(k=3).fit(acts)
     found = experts.neurons_
     assert found.component == "mlp_act" and found.languages == LANGS and found.params["pooling"] == "mean"
     for lang in LANGS:
@@ -192,13 +195,16 @@ def test_average_precision_equals_sklearn_with_ties():
 
 def test_ap_experts_top_k_and_unit_values_equal_numpy():
     generator = np.random.default_rng(2)
-    labels = np.array(["eng"] * 20 + ["deu"] * 15 + ["fra"] * 25)
+    languages = ["eng", "deu", "fra"]
+    labels = np.repeat(languages, 20)
     responses = {
         Site(1, "mlp_act"): generator.normal(size=(60, 12)),
         Site(3, "mlp_act"): generator.normal(size=(60, 8)),
     }
     responses[Site(3, "mlp_act")][:, 2] += 3 * (labels == "deu")  # a clear deu expert
-    experts = APExperts(k=4, bottom_k=2).fit({s: torch.from_numpy(r) for s, r in responses.items()}, list(labels))
+    by_layer = {site.layer: {lang: torch.from_numpy(r[20 * i : 20 * (i + 1)]) for i, lang in enumerate(languages)}
+                for site, r in responses.items()}  # fmt: skip
+    experts = APExperts(k=4, bottom_k=2).fit(activations(by_layer, "mlp_act"))
     assert experts.languages_ == ["eng", "deu", "fra"]
     columns = [(1, n) for n in range(12)] + [(3, n) for n in range(8)]
     stacked = np.concatenate([responses[Site(1, "mlp_act")], responses[Site(3, "mlp_act")]], axis=1)
@@ -260,8 +266,15 @@ def test_load_refuses_another_model(tmp_path):
     model, _ = tiny("llama")
     path = small_set(model).save(tmp_path / "set.safetensors")
     other, _ = random_model("llama", num_hidden_layers=2)
-    with pytest.raises(ArtifactError, match="n_layers: .* has 4, model has 2"):
+    with pytest.raises(ArtifactError, match="n_layers: recorded 4, model has 2"):
         NeuronSet.load(path, model=other)
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        tuned.model.layers[2].mlp.down_proj.weight.mul_(1.001)  # a fine-tune: same config, other weights
+    with pytest.raises(ArtifactError, match="same config, different weights"):
+        NeuronSet.load(path, model=tuned)
+    half = copy.deepcopy(model).to(torch.bfloat16)  # the same weights in another dtype fit
+    assert NeuronSet.load(path, model=half) == small_set(model)
 
 
 def test_load_refuses_units_outside_the_model(tmp_path):
@@ -276,12 +289,12 @@ def test_load_refuses_units_outside_the_model(tmp_path):
 
 
 def test_no_pickle_anywhere(tmp_path, monkeypatch):
-    import probes.neurons
-    import probes.stats
+    from pathlib import Path
 
-    for module in (probes.neurons, probes.stats):
-        source = open(module.__file__, encoding="utf-8").read()
-        assert "pickle" not in source and "torch.load" not in source, module.__name__
+    root = Path(__file__).resolve().parents[1]
+    for source in [path for package in ("probes", "steer", "xlalign") for path in (root / package).rglob("*.py")]:
+        text = source.read_text(encoding="utf-8")
+        assert "pickle.load" not in text and "torch.load(" not in text and "import pickle" not in text, source
     model, _ = tiny("llama")
     path = small_set(model).save(tmp_path / "set.safetensors")
 
@@ -306,4 +319,6 @@ def test_bad_input_is_refused():
     with pytest.raises(NeuronError, match="languages"):
         LAPE().fit(np.zeros((2, 3, 2)))
     with pytest.raises(NeuronError, match="2 languages"):
-        APExperts(k=1).fit({Site(1, "mlp_act"): torch.zeros(3, 2)}, ["eng"] * 3)
+        APExperts(k=1).fit(activations({1: {"eng": torch.zeros(3, 2)}}, "mlp_act"))
+    with pytest.raises(NeuronError, match="pooled with 'max'"):
+        APExperts(k=1).fit(activations({1: {"eng": torch.zeros(3, 2), "deu": torch.ones(3, 2)}}, "mlp_act", pooling="max"))

@@ -4,32 +4,45 @@ changes routing and is cache-proof; routing metrics match hand computations."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 from conftest import TEXTS, tiny
-from probes.capture import batches, capture
-from probes.models import MOE_FAMILIES, load_model, model_identity
-from probes.routing import RULES, record_routing, trace_batches, trace_router
-from probes.routing_metrics import (
-    divergence_heatmap, expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap,
-    universal_experts, usage_heatmap,
+from probes.analysis import (
+    expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap, universal_experts,
 )  # fmt: skip
-from probes.sites import Site, SiteError, first_tensor, hook, router_layers, tap, width
-from probes.store import ActivationStore, capture_to_store
+from probes.capture import ActivationStore, Tokenization, batches, capture, capture_to_store, trace_batches, trace_router
+from probes.capture import watch
+from probes.model import MOE_FAMILIES, RULES, HookSet, Site, SiteError, load_model, locate, model_identity
+from probes.model import router_layers, width
+from probes.model.hooks import first_tensor
+from probes.model.moe import observe_router
+from probes.plots import divergence_heatmap, usage_heatmap
 from steer.apply import steer
-from steer.routing import BanExperts, ForceExperts, RouterBias, middle_layers, promote_pivot_experts
+from steer.interventions import EditContext, InterventionError
+from steer.router import BanExperts, ForceExperts, RouterBias, middle_layers, promote_pivot_experts
 from steer.schedule import Schedule
 
 
 def points(model):
-    return {layer: tap(model, Site(layer, "router"))[0] for layer in router_layers(model)}
+    return {layer: locate(model, Site(layer, "router")) for layer in router_layers(model)}
+
+
+@contextmanager
+def routing_of(model):
+    """{layer: Routing} of the last forward pass inside the block (the gate's decision, after any edit)."""
+    seen = {}
+    with HookSet() as hooks:
+        for layer, point in points(model).items():
+            observe_router(hooks, point, lambda routing, layer=layer: seen.__setitem__(layer, routing))
+        yield seen
 
 
 def prompt_batch(tokenizer, texts, side="left"):
-    (batch,) = batches(tokenizer, texts, batch_size=len(texts), padding_side=side)
+    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side=side)
     order = batch.rows.argsort()
     return batch.input_ids[order], batch.attention_mask[order]
 
@@ -68,7 +81,7 @@ def test_rules_reproduce_every_gate_bit_for_bit(family):
 def test_trace_reproduces_the_moe_block_output(family):
     """Re-running the block's experts with the traced top-k ids and weights gives the block's output."""
     model, tokenizer = tiny(family)
-    (batch,) = batches(tokenizer, TEXTS, batch_size=len(TEXTS), padding_side="right")
+    (batch,) = batches(tokenizer, TEXTS, Tokenization(batch_size=len(TEXTS)))
     io = {}
     handles = []
     for layer, point in points(model).items():
@@ -100,8 +113,9 @@ def test_trace_reproduces_the_moe_block_output(family):
 @pytest.mark.parametrize("family", MOE_FAMILIES)
 def test_batched_equals_one_by_one_and_pads_never_appear(family, padding_side):
     model, tokenizer = tiny(family)
-    batched = trace_router(model, tokenizer, TEXTS, batch_size=len(TEXTS), padding_side=padding_side)
-    single = trace_router(model, tokenizer, TEXTS, batch_size=1)
+    batched = trace_router(model, tokenizer, TEXTS,
+                           tokenization=Tokenization(batch_size=len(TEXTS), padding_side=padding_side))
+    single = trace_router(model, tokenizer, TEXTS, tokenization=Tokenization(batch_size=1))
     lengths = [len(tokenizer(text)["input_ids"]) for text in TEXTS]
     assert len(batched.text) == sum(lengths), "exactly the non-pad tokens"
     assert batched.text.tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
@@ -112,32 +126,29 @@ def test_batched_equals_one_by_one_and_pads_never_appear(family, padding_side):
             diff = (getattr(batched, name)[layer] - getattr(single, name)[layer]).abs().max().item()
             assert diff <= 1e-5, f"{family} {padding_side} router.{layer} {name}: max abs diff {diff}"
         torch.testing.assert_close(batched.probs[layer].sum(-1), torch.ones(len(batched.text)))
-    no_bos = trace_router(model, tokenizer, TEXTS, exclude_bos=True)
+    no_bos = trace_router(model, tokenizer, TEXTS, tokenization=Tokenization(exclude_bos=True))
     assert len(no_bos.text) == sum(lengths) - len(TEXTS)
 
 
 @pytest.mark.parametrize("family", ["qwen2_moe", "gpt_oss"])
 def test_router_site_streams_into_capture_and_the_store(family, tmp_path):
-    from probes.corpus import demo_corpus
+    from probes.data import demo_corpus
 
     model, tokenizer = tiny(family)
     sites = [Site(layer, "router") for layer in router_layers(model)]
-    pooled = capture(model, tokenizer, TEXTS, sites, batch_size=3, progress=False)
+    pooled = capture(model, tokenizer, TEXTS, sites, tokenization=Tokenization(batch_size=3))
     trace = trace_router(model, tokenizer, TEXTS)
     for site in sites:
         assert pooled[site].shape == (len(TEXTS), 3, width(model, "router"))
         torch.testing.assert_close(pooled[site], trace.pooled(site.layer))
     torch.testing.assert_close(trace.importance(sites[0].layer, "prob"), trace.pooled(sites[0].layer)[:, 0])
     corpus = demo_corpus().subset(["eng", "deu"], n=5)
-    store = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "store", progress=False)
+    store = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "store")
     reread = ActivationStore(store.path).get(sites[-1], "deu")
     torch.testing.assert_close(reread, trace_router(model, tokenizer, corpus.texts("deu")).pooled(sites[-1].layer))
-    with pytest.raises(SiteError, match="read-only"):
-        handle = hook(*tap(model, sites[0]), lambda view: view * 2)
-        try:
+    with pytest.raises(SiteError, match=f"{sites[0]}: a read-only hook"):
+        with watch(model, sites[:1], lambda site, view, ctx: view * 2):
             model(**tokenizer(TEXTS[:1], return_tensors="pt"))
-        finally:
-            handle.remove()
 
 
 @pytest.mark.parametrize("family", MOE_FAMILIES)
@@ -146,8 +157,7 @@ def test_routing_is_independent_of_output_router_logits(family):
     ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="right")
     runs = {}
     for flag in (False, True):
-        seen = {}
-        with torch.no_grad(), record_routing(model, lambda layer, r: seen.__setitem__(layer, r)):
+        with torch.no_grad(), routing_of(model) as seen:
             out = model(input_ids=ids, attention_mask=mask, output_router_logits=flag)
         runs[flag] = seen
         if flag:  # the model's own report is the raw gate logits we trace, layer by layer
@@ -159,10 +169,8 @@ def test_routing_is_independent_of_output_router_logits(family):
 
 
 def routed(model, ids, mask, plan=(), languages=None):
-    seen = {}
-    with torch.no_grad(), steer(model, list(plan), languages=languages):
-        with record_routing(model, lambda layer, r: seen.__setitem__(layer, r)):
-            model(input_ids=ids, attention_mask=mask)
+    with torch.no_grad(), steer(model, list(plan), languages=languages), routing_of(model) as seen:
+        model(input_ids=ids, attention_mask=mask)
     return seen
 
 
@@ -243,9 +251,9 @@ def test_language_gating_and_hook_hygiene():
     changed = [bool((steered[1].logits[row] != plain[1].logits[row]).any()) for row in range(4)]
     assert changed == [False, True, False, False]
     with pytest.raises(RuntimeError, match="inside"):
-        with steer(model, [ForceExperts({2: [1]})]), record_routing(model, lambda *_: None):
+        with steer(model, [ForceExperts({2: [1]})]), routing_of(model):
             raise RuntimeError("inside")
-    with pytest.raises(ValueError, match="out of range for 8 experts"):
+    with pytest.raises(InterventionError, match="router.1: neuron indices 9..9 out of range; the site has 8"):
         routed(model, ids, mask, [BanExperts({1: [9]})])
     assert hook_count(model) == before
 
@@ -264,9 +272,9 @@ def test_sites_know_which_layers_route():
     model, _ = tiny("qwen2_moe")  # layer 4 has a dense MLP
     assert router_layers(model) == [1, 2, 3] and width(model, "router") == 8
     with pytest.raises(SiteError, match="dense MLP, no router; routed layers: \\[1, 2, 3\\]"):
-        tap(model, Site(4, "router"))
+        locate(model, Site(4, "router"))
     with pytest.raises(SiteError, match="'mlp_act' does not exist"):
-        tap(model, Site(1, "mlp_act"))
+        locate(model, Site(1, "mlp_act"))
     assert load_model("random:olmoe")[0].config.model_type == "olmoe"
     dense, _ = tiny("llama")
     assert router_layers(dense) == []
@@ -310,7 +318,14 @@ def test_language_and_universal_experts_and_figures():
     universal = universal_experts(usage, ratio=0.8)
     assert set(zip(universal["layer"], universal["expert"])) == {(2, 0), (3, 0), (3, 1)}
     table = routing_divergence({2: {"eng": eng, "deu": deu}, 3: {"eng": eng, "deu": deu}})
-    assert isinstance(divergence_heatmap(table), Figure) and isinstance(usage_heatmap(usage), Figure)
+    (image,) = divergence_heatmap(table).axes[0].images  # layer x language, the table's jsd values
+    expected = table[table.metric == "jsd"].pivot(index="layer", columns="language", values="value").to_numpy()
+    np.testing.assert_allclose(image.get_array(), expected)
+    panels = usage_heatmap(usage).axes[:2]  # one language x expert panel per layer (then the colour bar)
+    for panel, layer in zip(panels, (2, 3)):
+        grid = usage[usage.layer == layer].pivot(index="language", columns="expert", values="value").sort_index()
+        np.testing.assert_allclose(panel.images[0].get_array(), grid.to_numpy())
+        assert [label.get_text() for label in panel.get_yticklabels()] == list(grid.index)
 
 
 def test_promote_pivot_experts_biases_the_most_used_experts_in_the_middle_layers():
@@ -322,6 +337,7 @@ def test_promote_pivot_experts_biases_the_most_used_experts_in_the_middle_layers
     with pytest.raises(ValueError, match="no usage for layers \\[9\\]"):
         promote_pivot_experts(usage, layers=[9])
     x = torch.zeros(1, 2, 8)
-    assert bias.edit(3, x)[0, 0].tolist() == [0, 2, 2, 0, 0, 0, 0, 0]
-    assert ForceExperts({1: [4]}, eps=0.5).edit(1, torch.arange(8.0)[None, None])[0, 0, 4] == 7.5
-    assert BanExperts({1: [7]}, eps=0.5).edit(1, torch.arange(8.0)[None, None])[0, 0, 7] == -0.5
+    at = lambda layer: EditContext(Site(layer, "router"), None, None)  # noqa: E731 (edits read only the layer)
+    assert bias.edit(x, at(3))[0, 0].tolist() == [0, 2, 2, 0, 0, 0, 0, 0]
+    assert ForceExperts({1: [4]}, eps=0.5).edit(torch.arange(8.0)[None, None], at(1))[0, 0, 4] == 7.5
+    assert BanExperts({1: [7]}, eps=0.5).edit(torch.arange(8.0)[None, None], at(1))[0, 0, 7] == -0.5

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny
-from probes.capture import capture, record
-from probes.corpus import demo_corpus
-from probes.sites import Site
-from probes.stats import NeuronStats, StatsError, collect_stats
+from probes.capture import NeuronStats, StatsError, Tokenization, capture, collect_stats, watch
+from probes.data import demo_corpus
+from probes.model import Site
 
 LANGS = ("eng", "rus", "jpn")
 SITES = [Site(1, "mlp_gate"), Site(2, "resid"), Site(3, "mlp_act")]
@@ -26,7 +25,7 @@ def corpus(n: int = 8):
 def reference() -> dict[tuple[Site, str], torch.Tensor]:
     """Per-token activations of every text, concatenated per language: the full in-memory tensor.
 
-    One right-padded batch per language through ``record``; each text's rows are cut to its own token count
+    One right-padded batch per language through ``watch``; each text's rows are cut to its own token count
     (from the tokenizer, not from any mask), so padding cannot reach the reference.
     """
     model, tokenizer = tiny("llama")
@@ -37,7 +36,7 @@ def reference() -> dict[tuple[Site, str], torch.Tensor]:
         input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
         seen = {}
-        with torch.no_grad(), record(model, SITES, lambda site, t: seen.__setitem__(site, t.clone()), stop=True):
+        with torch.no_grad(), watch(model, SITES, lambda site, t, _ctx: seen.__setitem__(site, t.clone())):
             model.base_model(input_ids=input_ids, attention_mask=mask)
         for site in SITES:
             out[site, language] = [seen[site][row, : len(tokens)].double() for row, tokens in enumerate(ids)]
@@ -47,9 +46,8 @@ def reference() -> dict[tuple[Site, str], torch.Tensor]:
 @functools.lru_cache(maxsize=None)
 def streamed(batch_size: int, padding_side: str, n: int = 8) -> NeuronStats:
     model, tokenizer = tiny("llama")
-    return collect_stats(
-        model, tokenizer, corpus(n), SITES, batch_size=batch_size, padding_side=padding_side, bins=64, progress=False
-    )
+    config = Tokenization(batch_size=batch_size, padding_side=padding_side)
+    return collect_stats(model, tokenizer, corpus(n), SITES, bins=64, tokenization=config)
 
 
 def assert_quantiles_close(estimate: torch.Tensor, data: torch.Tensor, q: float, width: torch.Tensor, where: str):
@@ -98,10 +96,10 @@ def test_batched_equals_one_by_one():
 
 def test_sentence_statistics_equal_pooled_vectors():
     model, tokenizer = tiny("llama")
-    stats = collect_stats(model, tokenizer, corpus(), SITES[:1], per="sentence", pooling="max", bins=16, progress=False)
+    stats = collect_stats(model, tokenizer, corpus(), SITES[:1], per="sentence", pooling="max", bins=16)
     assert stats.per == "sentence"
     for language in LANGS:
-        pooled = capture(model, tokenizer, corpus().texts(language), SITES[:1], pooling="max", progress=False)[SITES[0]]
+        pooled = capture(model, tokenizer, corpus().texts(language), SITES[:1], pooling="max")[SITES[0]]
         pooled = pooled.double()
         assert stats.count(SITES[0], language) == len(pooled) == 8
         torch.testing.assert_close(stats.probability(SITES[0], language), (pooled > 0).double().mean(0))
@@ -135,7 +133,7 @@ def test_memory_does_not_grow_with_sentences():
     model, tokenizer = tiny("llama")
     sizes = []
     for n in (10, 40):
-        stats = collect_stats(model, tokenizer, demo_corpus().subset(["eng"], n), SITES[:2], bins=32, progress=False)
+        stats = collect_stats(model, tokenizer, demo_corpus().subset(["eng"], n), SITES[:2], bins=32)
         sizes.append(sum(t.numel() for t in stats.state_dict().values()))
         assert stats.count(SITES[0], "eng") > 4 * n  # it really saw the tokens
     assert sizes[0] == sizes[1]

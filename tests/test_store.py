@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import probes.store
+import probes.capture.store
 from conftest import tiny
-from probes.capture import capture
-from probes.corpus import demo_corpus
-from probes.sites import Site
-from probes.store import ActivationStore, StoreError, capture_to_store
+from probes.analysis import Activations
+from probes.capture import ActivationStore, StoreError, Tokenization, capture, capture_corpus, capture_to_store
+from probes.data import demo_corpus
+from probes.model import Site
 
 SITES = [Site(0, "resid"), Site(2, "resid"), Site(3, "mlp_act"), Site(1, "head")]
-OPTIONS = dict(shard_size=8, batch_size=3, progress=False)
+OPTIONS = dict(shard_size=8, tokenization=Tokenization(batch_size=3))
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,24 @@ def test_store_equals_direct_capture_per_shard(tmp_path, corpus):
     texts = corpus.texts("jpn")
     for site in SITES:
         got = store.get(site, "jpn")
-        parts = [capture(model, tokenizer, texts[i : i + 8], [site], pooling="max", batch_size=3, progress=False)[site]
-                 for i in range(0, len(texts), 8)]
+        parts = [capture(model, tokenizer, texts[i : i + 8], [site], pooling="max",
+                         tokenization=Tokenization(batch_size=3))[site] for i in range(0, len(texts), 8)]
         assert torch.equal(got, torch.cat(parts))
     assert store.get(Site(1, "head"), "eng").shape == (20, 4, 16)
+
+
+def test_store_and_in_memory_activations_share_one_interface(tmp_path, corpus):
+    model, tokenizer = tiny("llama")
+    store = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "s", shard_size=32)
+    memory = capture_corpus(model, tokenizer, corpus, SITES)
+    assert isinstance(store, Activations) and isinstance(memory, Activations)
+    assert store.sites == memory.sites and store.languages == memory.languages and len(store) == len(memory) == 20
+    assert store.pooling == memory.pooling == "mean" and store.model == dict(memory.model)
+    for (layer, ours), (other_layer, theirs) in zip(store.by_layer("resid"), memory.by_layer("resid")):
+        assert layer == other_layer and all(torch.equal(ours[lang], theirs[lang]) for lang in ours)
+    assert torch.equal(store[Site(1, "head"), "deu"], memory.get("head.1", "deu"))
+    with pytest.raises(StoreError, match="no resid layers \\[1\\]"):
+        next(store.by_layer("resid", layers=[1]))
 
 
 def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, monkeypatch):
@@ -39,7 +53,7 @@ def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, mon
     reference = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "full", **OPTIONS)
 
     calls, interrupt = [], [True]
-    real_capture = probes.store.capture
+    real_capture = probes.capture.store.capture
 
     def interrupt_on_fifth(*args, **kwargs):
         calls.append(1)
@@ -47,7 +61,7 @@ def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, mon
             raise KeyboardInterrupt
         return real_capture(*args, **kwargs)
 
-    monkeypatch.setattr(probes.store, "capture", interrupt_on_fifth)
+    monkeypatch.setattr(probes.capture.store, "capture", interrupt_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "resumed", **OPTIONS)
     partial = ActivationStore(tmp_path / "resumed")
@@ -61,7 +75,7 @@ def test_interrupted_capture_resumes_to_an_identical_store(tmp_path, corpus, mon
     assert len(calls) == 9 - 4, "only the missing shards are computed"
     for lang in corpus.languages:
         for index in range(3):
-            assert resumed._shard(lang, index).read_bytes() == reference._shard(lang, index).read_bytes()
+            assert resumed.shard(lang, index).read_bytes() == reference.shard(lang, index).read_bytes()
     assert not list((tmp_path / "resumed").rglob("*.tmp"))
 
 
@@ -72,8 +86,10 @@ def test_mixing_models_poolings_or_corpora_is_an_error(tmp_path, corpus):
     with pytest.raises(StoreError, match="pooling: store has 'mean', this capture has 'last'"):
         capture_to_store(model, tokenizer, corpus, SITES, out, pooling="last", **OPTIONS)
     other_model, other_tokenizer = tiny("qwen2")
-    with pytest.raises(StoreError, match="model: store has"):
+    with pytest.raises(StoreError, match="model model_type: recorded 'llama', model has 'qwen2'"):
         capture_to_store(other_model, other_tokenizer, corpus, SITES, out, **OPTIONS)
+    with pytest.raises(StoreError, match="tokenization: store has .*'batch_size': 3.*this capture has .*'batch_size': 4"):
+        capture_to_store(model, tokenizer, corpus, SITES, out, shard_size=8, tokenization=Tokenization(batch_size=4))
     changed = demo_corpus().subset(["eng", "deu", "jpn"], 21)
     with pytest.raises(StoreError, match="language 'eng'.*different corpus text.*20 sentences.*21 sentences"):
         capture_to_store(model, tokenizer, changed, SITES, out, **OPTIONS)
@@ -95,5 +111,5 @@ def test_store_errors_name_what_is_missing(tmp_path, corpus):
     store = capture_to_store(model, tokenizer, corpus, SITES, tmp_path / "s", **OPTIONS)
     with pytest.raises(StoreError, match="site mlp_out.2 was not captured"):
         store.get(Site(2, "mlp_out"), "eng")
-    with pytest.raises(StoreError, match="language 'fra' not in store"):
+    with pytest.raises(StoreError, match="language 'fra' not captured; have eng, deu, jpn"):
         store.get(SITES[0], "fra")

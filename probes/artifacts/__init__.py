@@ -1,0 +1,22 @@
+"""Artifacts: what the finders find, saved as safetensors + JSON and checked against the model they are used on."""
+
+from probes.artifacts.base import Artifact, ArtifactError, artifact_kind, check_model, read_artifact
+from probes.artifacts.linear_map import MAP_COMPONENTS, MAP_METHODS, LinearMap, map_formula
+from probes.artifacts.neuron_set import NeuronError, NeuronSet
+from probes.artifacts.shift_vector import ShiftVector
+
+KINDS = {cls.KIND: cls for cls in (NeuronSet, ShiftVector, LinearMap)}
+
+
+def load_artifact(path, model=None) -> Artifact:
+    """Load whichever artifact ``path`` holds (checked against ``model`` when given)."""
+    kind = artifact_kind(path)
+    if kind not in KINDS:
+        raise ArtifactError(f"{path} holds a {kind!r}, which is not an xlalign artifact kind ({', '.join(KINDS)})")
+    return KINDS[kind].load(path, model=model)
+
+
+__all__ = [
+    "KINDS", "MAP_COMPONENTS", "MAP_METHODS", "Artifact", "ArtifactError", "LinearMap", "NeuronError", "NeuronSet",
+    "ShiftVector", "artifact_kind", "check_model", "load_artifact", "map_formula", "read_artifact",
+]

@@ -1,0 +1,105 @@
+"""Pooled capture: one vector per text and site, reduced inside the hook (no per-token activations are kept).
+
+``capture`` pools one list of texts; ``capture_corpus`` every language of a parallel corpus into the
+:class:`~probes.analysis.activations.Activations` noun that every metric and finder takes. Both run the
+decoder without its LM head in length-sorted batches and stop after the deepest needed layer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from probes.analysis.activations import Activations
+from probes.capture.decoder import run_batches
+from probes.capture.pooling import check_pooling, pool
+from probes.capture.progress import Progress, progress_bar
+from probes.capture.record import check_sites, watch
+from probes.capture.tokenization import Batch, Tokenization, batches
+from probes.data import ParallelCorpus
+from probes.model.identity import model_identity
+from probes.model.sites import Site
+
+# on_tokens(site, values, rows): each batch's counted tokens (n, *shape) and the index of the text of each.
+TokenCallback = Callable[[Site, Float[Tensor, "n *shape"], Int[Tensor, " n"]], None]
+
+
+def capture(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    sites: Sequence[Site],
+    *,
+    pooling: str | None = "mean",
+    tokenization: Tokenization = Tokenization(),
+    on_tokens: TokenCallback | None = None,
+    progress: Progress = False,
+) -> dict[Site, Float[Tensor, "n *shape"]]:
+    """Pooled activations of ``texts`` at ``sites``, in the order of ``texts`` (float32, on the CPU).
+
+    ``on_tokens`` additionally receives each batch's counted tokens (for streaming statistics); with
+    ``pooling=None`` only it is fed. ``head`` sites come out as ``(n, heads, head_dim)``.
+    """
+    work = batches(tokenizer, texts, tokenization, device=next(model.parameters()).device)
+    return capture_batches(model, work, sites, pooling=pooling, on_tokens=on_tokens, progress=progress)
+
+
+def capture_batches(
+    model: nn.Module,
+    work: Sequence[Batch],
+    sites: Sequence[Site],
+    *,
+    pooling: str | None = "mean",
+    on_tokens: TokenCallback | None = None,
+    progress: Progress = False,
+) -> dict[Site, Float[Tensor, "n *shape"]]:
+    """:func:`capture` on batches already tokenised (the rows of all batches together must be 0..n-1)."""
+    if pooling is not None:
+        check_pooling(pooling)
+    chosen = check_sites(sites)
+    parts: dict[Site, list[tuple[Tensor, Tensor]]] = {site: [] for site in chosen}
+
+    def on_activation(site: Site, x: Tensor, ctx) -> None:
+        if pooling is not None:
+            parts[site].append((ctx.example.cpu(), pool(x, ctx.counted, pooling).cpu()))
+        if on_tokens is not None:
+            rows = ctx.example[:, None].expand(ctx.counted.shape)
+            on_tokens(site, x[ctx.counted], rows[ctx.counted])
+
+    with watch(model, chosen, on_activation):
+        run_batches(model, work, stop_after=max(site.layer for site in chosen), progress=progress, phase="capture")
+    if pooling is None:
+        return {}
+    result = {}
+    for site, pieces in parts.items():
+        rows = torch.cat([row for row, _ in pieces])
+        stacked = torch.cat([value for _, value in pieces])
+        result[site] = torch.empty_like(stacked)
+        result[site][rows] = stacked
+    return result
+
+
+def capture_corpus(
+    model: nn.Module,
+    tokenizer,
+    corpus: ParallelCorpus,
+    sites: Sequence[Site],
+    *,
+    languages: Sequence[str] | None = None,
+    pooling: str = "mean",
+    tokenization: Tokenization = Tokenization(),
+    progress: Progress = False,
+) -> Activations:
+    """Pooled ``sites`` of every sentence of ``corpus`` in each of ``languages`` (all when None)."""
+    chosen = list(languages) if languages is not None else list(corpus.languages)
+    pooled = {}
+    with progress_bar(progress, "capture") as bar:
+        for language in chosen:
+            bar.set_description(f"capture {language}")
+            pooled[language] = capture(model, tokenizer, corpus.texts(language), sites, pooling=pooling,
+                                       tokenization=tokenization, progress=bar)  # fmt: skip
+    data = {(site, language): values[site] for language, values in pooled.items() for site in values}
+    return Activations(data, model=model_identity(model), pooling=pooling, ids=corpus.ids)

@@ -1,0 +1,145 @@
+"""Expert units by average precision (Suau et al. 2022, code apple/ml-selfcond; Kojima et al. 2024).
+
+    acts = capture_corpus(model, tokenizer, corpus, [Site(layer, "mlp_act") for layer in range(1, 19)])
+    experts = APExperts(k=1000).fit(acts)
+    experts.neurons_.save("experts.safetensors")
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from probes.analysis.activations import Activations
+from probes.artifacts.neuron_set import NeuronError, NeuronSet
+
+
+def average_precision(
+    responses: Float[Tensor, "n units"], positive: Sequence[bool] | Tensor
+) -> Float[Tensor, " units"]:
+    """``sklearn.metrics.average_precision_score(positive, responses[:, u])`` for every unit u at once.
+
+    Same definition (step-wise precision-recall area over the distinct thresholds, tied responses form one
+    step), computed in float64 with one sort per unit.
+    """
+    scores = torch.as_tensor(responses).double()
+    labels = torch.as_tensor(positive, dtype=torch.bool).flatten()
+    if scores.dim() != 2 or scores.shape[0] != labels.shape[0]:
+        raise NeuronError(f"responses {tuple(scores.shape)} and labels ({labels.shape[0]},) do not align")
+    if not torch.isfinite(scores).all():
+        raise NeuronError("responses contain NaN or inf")
+    n_positive = int(labels.sum())
+    if n_positive == 0:
+        raise NeuronError("average precision needs at least one positive example")
+    ordered, order = torch.sort(scores, dim=0, descending=True, stable=True)
+    return _ap_sorted(ordered, order, labels, n_positive)
+
+
+def _ap_sorted(ordered: Tensor, order: Tensor, labels: Tensor, n_positive: int) -> Tensor:
+    n = ordered.shape[0]
+    last = torch.ones_like(ordered, dtype=torch.bool)  # last row of each group of tied responses
+    last[:-1] = ordered[:-1] != ordered[1:]
+    hits = labels[order].double()
+    true_positives = hits.cumsum(dim=0)
+    precision = true_positives / torch.arange(1, n + 1, dtype=torch.float64)[:, None]
+    at_steps = torch.where(last, true_positives, 0.0)
+    before = torch.cat([torch.zeros_like(at_steps[:1]), at_steps.cummax(dim=0).values[:-1]])
+    return torch.where(last, (true_positives - before) * precision, 0.0).sum(dim=0) / n_positive
+
+
+class APExperts:
+    """Expert units by average precision (Suau et al. 2022, code apple/ml-selfcond; Kojima et al. 2024).
+
+    A unit's expertise for language l is ``average_precision(labels == l, response)`` over pooled
+    per-sentence responses, language-l sentences positive and all others negative. Per language the ``k``
+    units with the highest AP over all given layers are kept (and the ``bottom_k`` with the lowest, Kojima's
+    "bottom 1000"), each with ``ap``, ``on_p50`` / ``on_p90`` (median and 90th percentile of the response on
+    positives, numpy's linear interpolation) and ``off_mean`` (mean on negatives). ``pooling`` is the
+    sentence pooling the activations must have been captured with (``mean`` as Kojima; ``max`` as Suau).
+
+    Deviations: ``k`` and ``bottom_k`` are capped at the number of units (bottom-k chosen among units not
+    in the top-k); ties in AP are broken by (layer, neuron) order. Kojima samples 500 positives and 2500
+    negatives per language; here every given sentence is used — pass a corpus subset to match. One fit covers
+    one component (Kojima rank units of several linear layers together: fit per component and compare APs).
+
+    Learned: ``ap_`` ({layer: (languages, width)}), ``languages_``, ``layers_``, ``neurons_``.
+    """
+
+    def __init__(self, k: int = 1000, pooling: str = "mean", bottom_k: int = 0):
+        self.k = k
+        self.pooling = pooling
+        self.bottom_k = bottom_k
+
+    def fit(
+        self, activations: Activations, component: str = "mlp_act", languages: Sequence[str] | None = None
+    ) -> APExperts:
+        """Rank every unit of ``component`` (all its layers in ``activations``) for each of ``languages``
+        (default: all): the sentences of a language are its positives, every other language's the negatives."""
+        if self.k < 0 or self.bottom_k < 0 or self.k + self.bottom_k == 0:
+            raise NeuronError(f"k and bottom_k must be >= 0 and not both 0, got k={self.k}, bottom_k={self.bottom_k}")
+        if activations.pooling not in (None, self.pooling):
+            raise NeuronError(
+                f"APExperts(pooling={self.pooling!r}) was given activations pooled with {activations.pooling!r}"
+            )
+        languages = list(languages) if languages is not None else activations.languages
+        if len(languages) < 2:
+            raise NeuronError(f"AP experts compare languages: need sentences of 2 languages at least, got {languages}")
+        labels = np.repeat(languages, len(activations))
+        masks = {language: torch.from_numpy(labels == language) for language in languages}
+        responses, ap = {}, {}
+        for layer, by_language in activations.by_layer(component, languages):
+            values = torch.cat([by_language[language].flatten(1) for language in languages]).double()
+            if not torch.isfinite(values).all():
+                raise NeuronError(f"{component}.{layer}: responses contain NaN or inf")
+            ordered, order = torch.sort(values, dim=0, descending=True, stable=True)
+            ap[layer] = torch.stack([_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum())) for lang in languages])
+            responses[layer] = values
+        layers = sorted(ap)
+        layer_of = torch.cat([torch.full((ap[layer].shape[1],), layer, dtype=torch.long) for layer in layers])
+        neuron_of = torch.cat([torch.arange(ap[layer].shape[1]) for layer in layers])
+        every = torch.cat([ap[layer] for layer in layers], dim=1)  # (languages, all units), by layer then neuron
+        k = min(self.k, every.shape[1])
+        bottom_k = min(self.bottom_k, every.shape[1] - k)
+        units, values = {}, {}
+        for row, language in enumerate(languages):
+            scores = every[row]
+            top = torch.sort(-scores, stable=True).indices[:k]
+            chosen = top
+            if bottom_k:
+                rest = torch.ones_like(scores, dtype=torch.bool)
+                rest[top] = False
+                candidates = rest.nonzero().flatten()
+                chosen = torch.cat([top, candidates[torch.sort(scores[candidates], stable=True).indices[:bottom_k]]])
+            unit_layers, neurons = layer_of[chosen], neuron_of[chosen]
+            units[language] = torch.stack([unit_layers, neurons], dim=1)
+            values[language] = {"ap": scores[chosen], **_unit_values(responses, unit_layers, neurons, masks[language])}
+        self.ap_ = ap
+        self.languages_ = languages
+        self.layers_ = layers
+        self.neurons_ = NeuronSet(
+            component, units, values, dict(activations.model), "APExperts",
+            {"k": self.k, "bottom_k": self.bottom_k, "pooling": self.pooling, "layers": self.layers_,
+             "n_sentences": {language: int(masks[language].sum()) for language in languages}},
+        )  # fmt: skip
+        return self
+
+
+def _unit_values(
+    responses: Mapping[int, Tensor], layers: Tensor, neurons: Tensor, positive: Tensor
+) -> dict[str, Tensor]:
+    """on_p50, on_p90 (over positives) and off_mean (over negatives) of the chosen units."""
+    columns = torch.zeros(positive.shape[0], len(layers), dtype=torch.float64)
+    for layer, values in responses.items():
+        here = (layers == layer).nonzero().flatten()
+        if len(here):
+            columns[:, here] = values[:, neurons[here]]
+    on, off = columns[positive], columns[~positive]
+    return {
+        "on_p50": torch.quantile(on, 0.5, dim=0) if len(layers) else columns[0],
+        "on_p90": torch.quantile(on, 0.9, dim=0) if len(layers) else columns[0],
+        "off_mean": off.mean(dim=0),
+    }

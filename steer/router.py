@@ -1,0 +1,146 @@
+"""Router interventions: edit an MoE gate's logits before top-k (the ``router`` component).
+
+Each implements the :class:`~steer.interventions.Intervention` protocol on ``(batch, tokens, experts)``
+logits; :func:`probes.model.moe.edit_router` then recomputes the top-k ids and weights of the edited tokens
+with the family's own rule, so schedules, language gating and ``generate`` (with or without KV cache) work as
+for any other site.
+
+Guarantees: in the softmax families and GPT-OSS, Granite and Phi-MoE the selection is a top-k of the
+logits themselves, so :class:`ForceExperts` (at most k experts) always selects and :class:`BanExperts`
+never selects its experts. DeepSeek-V3 selects by ``sigmoid(logit) + bias`` within the best groups: a forced
+logit is raised above every other but may still lose to the selection bias or the group limit unless
+``eps`` is large (sigmoid saturates: ``eps`` of a few units suffices when the biases are small).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from probes.model import Site
+from steer.interventions import EditContext, InterventionError, check_units, frozen_tensors
+
+
+def _experts(experts: Mapping[int, Sequence[int] | Tensor]) -> dict[int, Tensor]:
+    frozen = {layer: ids.long().flatten() for layer, ids in frozen_tensors(experts).items()}
+    empty = [layer for layer, ids in frozen.items() if not len(ids)]
+    if empty:
+        raise InterventionError(f"router intervention: no experts given for layers {empty}")
+    return frozen
+
+
+@dataclass(frozen=True)
+class RouterBias:
+    """logits[experts] += delta before top-k (Bandarkar et al.): delta > 0 promotes, delta < 0 suppresses.
+
+    ``delta`` is one number or, per layer, one value per expert.
+    """
+
+    experts: dict[int, Int[Tensor, " n"]]
+    delta: float | dict[int, Float[Tensor, " n"]] = 1.0
+    component: str = field(default="router", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", _experts(self.experts))
+        if isinstance(self.delta, Mapping):
+            object.__setattr__(self, "delta", frozen_tensors(self.delta))
+            for layer, ids in self.experts.items():
+                if layer not in self.delta or self.delta[layer].shape != ids.shape:
+                    raise InterventionError(f"RouterBias layer {layer}: {len(ids)} experts need as many deltas")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.experts))
+
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        _check_router(site, shape, self.experts[site.layer])
+
+    def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
+        delta = self.delta[ctx.layer].to(x) if isinstance(self.delta, dict) else self.delta
+        out = x.clone()
+        out[..., self.experts[ctx.layer].to(x.device)] += delta
+        return out
+
+
+@dataclass(frozen=True)
+class _SetExpertLogits:
+    """Set the chosen experts' logits to a value derived from each token's logits (see subclasses)."""
+
+    experts: dict[int, Int[Tensor, " n"]]
+    eps: float = 1e-2
+    component: str = field(default="router", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", _experts(self.experts))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.experts))
+
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        _check_router(site, shape, self.experts[site.layer])
+
+    def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
+        out = x.clone()
+        out[..., self.experts[ctx.layer].to(x.device)] = self._value(x)
+        return out
+
+    def _value(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ForceExperts(_SetExpertLogits):
+    """SteerMoE activation: logits[experts] <- max(logits) + eps, so they enter the top-k (see the module
+    docstring for DeepSeek-V3). Force at most k experts per layer, or the top-k picks among them."""
+
+    def _value(self, x: Tensor) -> Tensor:
+        return x.amax(dim=-1, keepdim=True) + self.eps
+
+
+@dataclass(frozen=True)
+class BanExperts(_SetExpertLogits):
+    """SteerMoE deactivation: logits[experts] <- min(logits) - eps, so they leave the top-k (as long as at
+    least k experts remain)."""
+
+    def _value(self, x: Tensor) -> Tensor:
+        return x.amin(dim=-1, keepdim=True) - self.eps
+
+
+def _check_router(site: Site, shape: tuple[int, ...], experts: Tensor) -> None:
+    if site.component != "router":
+        raise InterventionError(f"{site}: router interventions edit router logits; use them on 'router' sites")
+    check_units(site, experts, shape[0])
+
+
+def middle_layers(layers: Sequence[int]) -> list[int]:
+    """The middle third of ``layers`` (at least one), where routing is most language-universal."""
+    layers = sorted(layers)
+    third = len(layers) // 3
+    return layers[third : len(layers) - third] or layers[len(layers) // 2 : len(layers) // 2 + 1]
+
+
+def promote_pivot_experts(
+    usage: Mapping[int, Float[Tensor, " experts"]],
+    *,
+    n_experts: int = 2,
+    delta: float = 1.0,
+    layers: Sequence[int] | None = None,
+) -> RouterBias:
+    """Bandarkar et al.'s routing steering: in ``layers`` (default: the middle third of those in ``usage``),
+    add ``delta`` to the logits of the ``n_experts`` experts the pivot language uses most.
+
+    ``usage``: per layer, the pivot's expert usage (e.g. the mean ``selected`` channel of mean-pooled ``router``
+    activations, :func:`probes.analysis.router_matrices`). Gate it on the other languages with a
+    :class:`~steer.schedule.Schedule` to leave the pivot untouched.
+    """
+    chosen = middle_layers(list(usage)) if layers is None else list(layers)
+    missing = [layer for layer in chosen if layer not in usage]
+    if missing:
+        raise InterventionError(f"promote_pivot_experts: no usage for layers {missing}; usage has {sorted(usage)}")
+    top = {layer: torch.as_tensor(usage[layer]).topk(n_experts).indices for layer in chosen}
+    return RouterBias(top, delta)

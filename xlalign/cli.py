@@ -1,0 +1,208 @@
+"""The ``xlalign`` command: argument parsing only; each subcommand calls one job (:mod:`xlalign.jobs`,
+:mod:`xlalign.closed_loop`). Input errors exit with status 2 and one line naming what is wrong; Ctrl-C exits
+with 130 and says what was kept."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from probes import __version__
+from probes.analysis import ALL_METRICS, NEURON_METRICS
+from probes.capture import POOLINGS, Tokenization
+from probes.model import COMPONENTS
+from probes.model.loading import DEVICES, DTYPES
+from steer.methods import METHODS
+from xlalign.jobs import FIND_METHODS
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _span(text: str) -> tuple[int, int]:
+    start, _, stop = text.partition(":")
+    if not (start.isdigit() and stop.isdigit()) or int(start) >= int(stop):
+        raise argparse.ArgumentTypeError(f"expected START:STOP with START < STOP, got {text!r}")
+    return int(start), int(stop)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+PIVOT = "the language every other one is compared with (ISO 639-3)"
+
+
+def _model(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id")
+    command.add_argument("--device", default="cpu", choices=DEVICES, help="auto: CUDA, then MPS, then the CPU")
+    command.add_argument("--dtype", default="float32", choices=DTYPES, help="auto: bfloat16 where the GPU supports it")
+    defaults = Tokenization()
+    command.add_argument("--batch-size", type=int, default=defaults.batch_size, help="texts per forward pass")
+    command.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (longer: cut)")
+    command.add_argument("--padding-side", choices=("right", "left"), default=defaults.padding_side)
+    command.add_argument("--exclude-bos", action="store_true", help="pooling and statistics skip the BOS token")
+    command.add_argument("--no-special-tokens", action="store_true", help="do not add the tokenizer's BOS/EOS")
+    command.add_argument("--chat-template", action="store_true", help="wrap each text as one chat user turn")
+
+
+def _corpus(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--corpus", default="demo", help="demo, an NTREX or FLORES directory, a .tsv or .jsonl file")
+    command.add_argument("--langs", type=_csv, help="comma-separated language codes (default: all)")
+    command.add_argument("--max-sentences", type=int, help="use the first N sentences (default: all)")
+    command.add_argument("--sentences", type=_span, help="then use sentences START:STOP (e.g. held-out rows)")
+    command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlalign", description="Measure and raise cross-lingual alignment in LMs.",
+                                     formatter_class=_Formatter)  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"xlalign {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+
+    capture = add("capture", "capture pooled activations of a parallel corpus into a resumable store")
+    _model(capture)
+    _corpus(capture)
+    capture.add_argument("--pooling", choices=POOLINGS, default="mean")
+    capture.add_argument("--sites", default="resid", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7)")
+    capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
+    capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
+
+    measure = add("measure", "alignment metrics per layer and language from a store")
+    measure.add_argument("store", type=Path, help="a store made by xlalign capture")
+    measure.add_argument("--pivot", default="eng", help=PIVOT)
+    measure.add_argument("--metrics", type=_csv, default="retrieval_top1,mexa",
+                         help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store pooled "
+                              f"'active' (mlp_gate): {', '.join(NEURON_METRICS)}")  # fmt: skip
+    measure.add_argument("--component", default="resid", choices=COMPONENTS,
+                         help="router: routing divergence (jsd, jsd_norm) and top-k expert overlap instead")
+    measure.add_argument("--ci", action="store_true", help="add 95%% bootstrap intervals (ci_low, ci_high)")
+    measure.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    measure.add_argument("--out", required=True, type=Path, help="CSV file: layer,language,metric,value")
+    measure.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    find = add("find", "find language-specific neurons, shift vectors or linear maps")
+    find.add_argument("kind", choices=tuple(FIND_METHODS), help="what to find")
+    _model(find)
+    _corpus(find)
+    find.add_argument("--method", help="; ".join(f"{kind}: {'|'.join(m)} (default {m[0]})" for kind, m in FIND_METHODS.items()))
+    find.add_argument("--pivot", default="eng", help=PIVOT)
+    find.add_argument("--k", type=int, default=1000, help="ap: units per language; claim: heads")
+    find.add_argument("--out", required=True, type=Path, help="neurons: a .safetensors file; shift/map: a directory")
+    find.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
+
+    ablate = add("ablate", "zero each language's neurons in turn; next-token loss of every language (resumable)")
+    ablate.add_argument("neurons", type=Path, help="a NeuronSet made by xlalign find neurons")
+    _model(ablate)
+    _corpus(ablate)
+    ablate.add_argument("--out", required=True, type=Path, help="CSV: zeroed,evaluated,loss_before,loss_after")
+    ablate.add_argument("--overwrite", action="store_true", help="start again instead of resuming or refusing")
+
+    steer = add("steer", "generate with an artifact applied (off vs on)")
+    steer.add_argument("--artifact", required=True, type=Path, help="a shift vector, map or NeuronSet file")
+    _model(steer)
+    steer.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
+    steer.add_argument("--language", help="NeuronSet: whose neurons (LAPE) or experts (AP) to use")
+    steer.add_argument("--strength", type=float, default=1.0, help="alpha (shift) or sigma (map)")
+    steer.add_argument("--layers", type=_ints, help="where to apply a shift or map (default: the artifact's recommended)")
+    steer.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate per prompt")
+
+    for name, text in (("evaluate", "closed loop: fit on train, steer and evaluate on held-out sentences"),
+                       ("run", "the main job: measure, find, steer, evaluate, report.md")):  # fmt: skip
+        command = add(name, text)
+        _model(command)
+        _corpus(command)
+        if name == "run":
+            command.add_argument("--pooling", choices=POOLINGS, default="mean")
+            command.add_argument("--steer-langs", type=_csv, help="languages to steer (default: the 3 least aligned)")
+        command.add_argument("--pivot", default="eng", help=PIVOT)
+        command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")
+        command.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out")
+        command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
+        command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--out", required=True, type=Path, help="output directory (report.md, CSVs, figures)")
+    return parser
+
+
+def _tokenization(args) -> Tokenization:
+    return Tokenization(batch_size=args.batch_size, max_length=args.max_length, padding_side=args.padding_side,
+                        add_special_tokens=not args.no_special_tokens, exclude_bos=args.exclude_bos,
+                        chat_template=args.chat_template)  # fmt: skip
+
+
+def _loading(args) -> dict:
+    return dict(model=args.model, device=args.device, dtype=args.dtype, tokenization=_tokenization(args))
+
+
+def _corpus_of(args):
+    from xlalign.jobs import open_corpus
+
+    return open_corpus(args.corpus, langs=args.langs, max_sentences=args.max_sentences, rows=args.sentences)
+
+
+def _run(args) -> str:
+    from xlalign import closed_loop, jobs
+
+    progress = not getattr(args, "no_progress", False)
+    if args.command == "capture":
+        store = jobs.capture(args.out, corpus=_corpus_of(args), sites=args.sites, layers=args.layers,
+                             pooling=args.pooling, progress=progress, **_loading(args))  # fmt: skip
+        return f"wrote {store.path}: {len(store.sites)} sites x {len(store.languages)} languages x {len(store)} sentences"
+    if args.command == "measure":
+        table = jobs.measure(args.store, args.out, pivot=args.pivot, metrics=args.metrics, component=args.component,
+                             ci=args.ci, n_boot=args.n_boot, overwrite=args.overwrite)  # fmt: skip
+        return f"wrote {args.out}: {len(table)} rows"
+    if args.command == "find":
+        written = jobs.find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,
+                            k=args.k, overwrite=args.overwrite, progress=progress, **_loading(args))  # fmt: skip
+        return "\n".join(f"wrote {jobs.describe_artifact(path)}" for path in written)
+    if args.command == "ablate":
+        table = jobs.ablate(args.neurons, args.out, corpus=_corpus_of(args), overwrite=args.overwrite,
+                            progress=progress, **_loading(args))  # fmt: skip
+        table["increase"] = table["loss_after"] - table["loss_before"]
+        lines = [f"zeroed {lang}: " + " ".join(f"{e}:{d:+.3f}" for e, d in zip(part["evaluated"], part["increase"]))
+                 for lang, part in table.groupby("zeroed", sort=False)]  # fmt: skip
+        return "\n".join([*lines, f"wrote {args.out}"])
+    if args.command == "steer":
+        table = jobs.steer(args.artifact, args.prompt, language=args.language, strength=args.strength,
+                           layers=args.layers, max_new_tokens=args.max_new_tokens, **_loading(args))  # fmt: skip
+        return "\n".join(f"prompt: {r.prompt}\n  off: {r.off}\n  on:  {r.on}" for r in table.itertuples())
+    options = dict(corpus=_corpus_of(args), pivot=args.pivot, methods=args.methods, test_fraction=args.test_fraction,
+                   n_loss=args.loss_sentences, n_prompts=args.prompts, progress=progress, **_loading(args))
+    if args.command == "evaluate":
+        return f"wrote {closed_loop.evaluate(args.out, **options)}"
+    report = closed_loop.run(args.out, pooling=args.pooling, steer_langs=args.steer_langs, **options)
+    return f"wrote {report} (figures, CSVs and the store beside it)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(_run(args))
+        return 0
+    except (ValueError, FileExistsError) as error:  # every xlalign input error is a ValueError subclass
+        print(f"xlalign {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        kept = {"capture": "finished shards are kept; repeat the command to resume",
+                "ablate": "finished languages are kept; repeat the command to resume",
+                "run": "the store's finished shards are kept; repeat the command to resume"}.get(args.command, "")
+        print(f"xlalign {args.command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The main jobs: ``run`` (capture -> measure -> find -> steer -> evaluate on held-out -> report.md with figures)
+and ``evaluate`` (the closed loop alone). Both take a model spec or a model object with its tokenizer."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from probes.analysis import expert_usage, measure, measure_routing, router_matrices
+from probes.capture import Tokenization, capture_to_store
+from probes.data import ParallelCorpus
+from probes.data.files import write_text
+from probes.find import LanguageIdentifier
+from probes.model import Site, has_lm_head, n_layers, router_layers
+from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
+from steer.apply import steer
+from steer.evaluate import continuations, evaluate as evaluate_settings
+from steer.methods import available_methods, fit_methods, settings
+from steer.summary import before_after, best_settings, pareto
+from xlalign.jobs import JobError, claim, job_bar, open_corpus, open_model
+from xlalign.report import (
+    alignment_section, header, language_specific_section, routing_section, save_figure, steering_section,
+)  # fmt: skip
+
+RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md",
+               "routing_divergence.png", "expert_usage.png"}  # fmt: skip
+EVALUATION_OUTPUTS = {"evaluation.csv", "generations.csv", "before_after.png", "pareto.png", "lape_neurons.png"}
+
+
+def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, dtype: str):
+    """Check the corpus, the pivot and the model, then claim ``out`` (nothing is written before all are good)."""
+    parallel = open_corpus(corpus)
+    if pivot not in parallel.languages:
+        raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    if not has_lm_head(network):
+        raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
+    out = Path(out)
+    claim(out, allowed)
+    return out, parallel, network, tokenizer
+
+
+def _command() -> str:
+    return shlex.join(["xlalign", *sys.argv[1:]]) if Path(sys.argv[0]).name == "xlalign" else "(Python API)"
+
+
+def run(
+    out: str | os.PathLike,
+    *,
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    pivot: str = "eng",
+    pooling: str = "mean",
+    steer_langs: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    n_loss: int = 32,
+    n_prompts: int = 8,
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Measure alignment per layer for every language, then fit, steer and evaluate ``steer_langs``.
+
+    ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
+    Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
+    """
+    out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
+                                               device, dtype)  # fmt: skip
+    routed = router_layers(network)
+    sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
+    with job_bar(progress, f"run into {out}") as bar:
+        store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
+                                 tokenization=tokenization, progress=bar)  # fmt: skip
+        bar.set_description("run: measuring alignment")
+        table = measure(store, pivot=pivot, metrics="all")
+        routing = measure_routing(store, pivot) if routed and pooling == "mean" else None
+        write_text(out / "metrics.csv", pd.concat([table, routing]).to_csv(index=False))
+        name = str(network.config.name_or_path)
+        title = f"{name}: alignment with {pivot} ({pooling} pooling, {len(parallel)} sentences)"
+        alignment = save_figure(alignment_per_layer(table, ("retrieval_top1", "mexa"), title=title),
+                                out / "alignment_per_layer.png")  # fmt: skip
+        langid = save_figure(langid_per_layer(table), out / "langid_per_layer.png")
+        if steer_langs is None:
+            mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
+            steer_langs = mexa.sort_values().index[:3].tolist()
+        steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
+                                        methods=methods, test_fraction=test_fraction, n_loss=n_loss,
+                                        n_prompts=n_prompts, tokenization=tokenization, progress=bar)  # fmt: skip
+    lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
+                   pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
+    lines += alignment_section(table[table["language"] != "all"], alignment)
+    lines += language_specific_section(table, langid, neurons)
+    if routing is not None:
+        divergence = save_figure(divergence_heatmap(routing, title=f"{name}: routing divergence from {pivot}"),
+                                 out / "routing_divergence.png")  # fmt: skip
+        usage = expert_usage(router_matrices(store, "selected"))
+        usage_figure = save_figure(usage_heatmap(usage, title="expert usage per language"), out / "expert_usage.png")
+        lines += routing_section(routing, divergence, usage_figure)
+    lines += steering
+    report = out / "report.md"
+    write_text(report, "\n".join(lines))
+    return report
+
+
+def evaluate(
+    out: str | os.PathLike,
+    *,
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    pivot: str = "eng",
+    methods: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    n_loss: int = 32,
+    n_prompts: int = 8,
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """The closed loop for every non-pivot language of the corpus; returns report.md."""
+    out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
+                                               tokenizer, device, dtype)  # fmt: skip
+    languages = [lang for lang in parallel.languages if lang != pivot]
+    with job_bar(progress, f"evaluate into {out}") as bar:
+        steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
+                                  methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
+                                  tokenization=tokenization, progress=bar)  # fmt: skip
+    lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
+                   languages=parallel.languages, pivot=pivot, pooling="mean", command=command or _command())
+    report = out / "report.md"
+    write_text(report, "\n".join(lines + steering))
+    return report
+
+
+def closed_loop(
+    model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
+    methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
+    progress, n_generations: int = 2,
+) -> tuple[list[str], str | None]:  # fmt: skip
+    """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
+    Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    train, test = parallel.split(test_fraction=test_fraction)
+    methods = available_methods(model) if methods is None else methods
+    found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
+                        lape_languages=train.languages, tokenization=tokenization, progress=progress)  # fmt: skip
+    grid = settings(found, pivot=pivot)
+    identifier = LanguageIdentifier().fit(train)
+    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, identifier=identifier,
+                                   n_loss=n_loss, n_prompts=n_prompts, tokenization=tokenization,
+                                   progress=progress)  # fmt: skip
+    write_text(out / "evaluation.csv", evaluation.to_csv(index=False))
+    best = best_settings(evaluation).sort_values("gain").iloc[-1]
+    chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
+    generations = _generations(model, tokenizer, test, chosen, languages, n_generations, tokenization)
+    write_text(out / "generations.csv", generations.to_csv(index=False))
+    figures = {
+        "before_after": save_figure(before_after(evaluation), out / "before_after.png"),
+        "pareto": save_figure(pareto(evaluation), out / "pareto.png"),
+    }
+    neurons = None
+    if found.lape is not None:
+        neurons = save_figure(neurons_per_layer(found.lape.count_per_layer(), "LAPE neurons per layer"),
+                              out / "lape_neurons.png")  # fmt: skip
+    section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)
+    return section, neurons
+
+
+def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int, tokenization) -> pd.DataFrame:
+    rows = []
+    for lang in languages:
+        prompts = test.texts(lang)[:n]
+        off = continuations(model, tokenizer, prompts, tokenization=tokenization)
+        with steer(model, setting.plan(lang), languages=lang):
+            on = continuations(model, tokenizer, prompts, tokenization=tokenization)
+        rows += [(lang, f"{setting.method}: {setting.setting}", p, a, b) for p, a, b in zip(prompts, off, on)]
+    return pd.DataFrame(rows, columns=["language", "setting", "prompt", "off", "on"])

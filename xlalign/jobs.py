@@ -1,0 +1,308 @@
+"""The jobs behind the command line: capture, measure, find, ablate, steer (``run`` and ``evaluate``: see
+:mod:`xlalign.closed_loop`). Each takes a model spec or a model object the user holds (with its tokenizer),
+a corpus spec or a :class:`~probes.data.ParallelCorpus`, and checks every input before it writes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from probes.analysis import measure as measure_activations
+from probes.analysis import measure_routing
+from probes.artifacts import NeuronSet, ShiftVector, load_artifact
+from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
+from probes.capture.progress import add_steps
+from probes.data import ParallelCorpus, load_corpus
+from probes.data.files import write_text
+from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
+from probes.model import COMPONENTS, Site, SiteError, model_identity, n_layers, resolve_model, router_layers
+from steer.apply import steer as steering
+from steer.convert import to_intervention, zero_neurons
+from steer.evaluate import continuations, next_token_loss
+
+FIND_METHODS = {"neurons": ("lape", "ap"), "shift": ("mean", "pca", "logistic", "claim"), "map": ("incline", "procrustes")}
+
+
+class JobError(ValueError):
+    """A job that cannot start: an output that would overwrite the user's files, a missing pivot, ..."""
+
+
+def open_corpus(
+    corpus: ParallelCorpus | str | os.PathLike,
+    *,
+    langs: Sequence[str] | None = None,
+    max_sentences: int | None = None,
+    rows: tuple[int, int] | None = None,
+) -> ParallelCorpus:
+    """A corpus spec (or object), restricted to ``langs``, the first ``max_sentences`` and then ``rows``."""
+    parallel = corpus if isinstance(corpus, ParallelCorpus) else load_corpus(corpus)
+    parallel = parallel.subset(langs, max_sentences)
+    return parallel if rows is None else parallel.rows(*rows)
+
+
+def open_model(model, tokenizer=None, *, device: str = "cpu", dtype: str = "float32"):
+    """``(model, tokenizer)`` from a spec (loaded on ``device`` in ``dtype``) or an object (used as it is)."""
+    return resolve_model(model, tokenizer, device=device, dtype=dtype)
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise JobError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def claim(out: Path, allowed: set[str]) -> None:
+    """Refuse an output directory that holds files this job did not write (nothing the user saved is lost)."""
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed) if out.is_dir() else []
+    if foreign:
+        raise JobError(f"{out} holds files that xlalign did not write ({', '.join(foreign[:5])}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def job_bar(progress: bool, what: str) -> Iterator[tqdm]:
+    """One overall progress bar for a job (hidden when ``progress`` is False); phases name themselves on it."""
+    with tqdm(total=0, desc=what, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        yield bar
+
+
+def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[Site]:
+    """``'resid,mlp_act'`` -> those components at every layer (``resid`` from 0, ``router`` where the model has
+    one); ``'resid.7'`` -> one site."""
+    sites = []
+    for item in (part.strip() for part in spec.split(",") if part.strip()):
+        if "." in item:
+            sites.append(Site.parse(item))
+        elif item in COMPONENTS:
+            every = router_layers(model) if item == "router" else range(0 if item == "resid" else 1, n_layers(model) + 1)
+            sites += [Site(layer, item) for layer in every if layers is None or layer in layers]
+        else:
+            raise SiteError(f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER")
+    if not sites:
+        raise SiteError(f"--sites {spec!r} with --layers {list(layers or [])} selects no site of this model")
+    return sites
+
+
+def capture(
+    out: str | os.PathLike,
+    *,
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    sites: str | Sequence[Site] = "resid",
+    layers: Sequence[int] | None = None,
+    pooling: str = "mean",
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
+) -> ActivationStore:
+    """Capture pooled ``sites`` of every language of ``corpus`` into the (resumable) store at ``out``."""
+    parallel = open_corpus(corpus)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
+    with job_bar(progress, f"capture into {out}") as bar:
+        return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, tokenization=tokenization,
+                                progress=bar)  # fmt: skip
+
+
+def measure(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    pivot: str = "eng",
+    metrics: str | Sequence[str] = ("retrieval_top1", "mexa"),
+    component: str = "resid",
+    ci: bool = False,
+    n_boot: int = 1000,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Alignment (or, for ``component='router'``, routing) metrics of a store, written as a CSV to ``out``."""
+    out = Path(out)
+    refuse_overwrite(out, overwrite)
+    activations = ActivationStore(store)
+    if component == "router":
+        table = measure_routing(activations, pivot, ci=ci, n_boot=n_boot)
+    else:
+        table = measure_activations(activations, pivot=pivot, metrics=metrics, component=component, ci=ci,
+                                    n_boot=n_boot)  # fmt: skip
+    write_text(out, table.to_csv(index=False))
+    return table
+
+
+def find(
+    kind: str,
+    out: str | os.PathLike,
+    *,
+    method: str | None = None,
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    pivot: str = "eng",
+    k: int = 1000,
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Find language-specific ``neurons`` (one file: ``out``), ``shift`` vectors or ``map``s (one file per
+    non-pivot language in the directory ``out``). Returns the files written."""
+    if kind not in FIND_METHODS:
+        raise JobError(f"find: unknown kind {kind!r}; choose from {', '.join(FIND_METHODS)}")
+    method = method or FIND_METHODS[kind][0]
+    if method not in FIND_METHODS[kind]:
+        raise JobError(f"find {kind}: method {method!r}; choose from {', '.join(FIND_METHODS[kind])}")
+    parallel = open_corpus(corpus)
+    out = Path(out)
+    languages = [lang for lang in parallel.languages if lang != pivot]
+    targets = [out] if kind == "neurons" else [out / f"{kind}.{lang}.safetensors" for lang in languages]
+    if kind != "neurons" and pivot not in parallel.languages:
+        raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+    for path in targets:
+        refuse_overwrite(path, overwrite)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    layers = range(1, n_layers(network) + 1)
+    with job_bar(progress, f"find {kind} ({method}) into {out}") as bar:
+        if kind == "neurons" and method == "lape":
+            sites = [Site(layer, "mlp_gate") for layer in layers]
+            stats = collect_stats(network, tokenizer, parallel, sites, bins=0, tokenization=tokenization, progress=bar)
+            return [LAPE().fit(stats).neurons_.save(out, overwrite=overwrite)]
+        component = {"ap": "mlp_act", "claim": "head"}.get(method, "resid")
+        sites = [Site(layer, component) for layer in layers]
+        acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
+        if kind == "neurons":
+            return [APExperts(k=k).fit(acts).neurons_.save(out, overwrite=overwrite)]
+        for lang, path in zip(languages, targets):
+            if method == "claim":
+                artifact = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k)
+            elif kind == "shift":
+                artifact = fit_shift(acts, lang, pivot=pivot, method=method)
+            else:
+                artifact = fit_map(acts, lang, pivot=pivot, method=method)
+            artifact.save(path, overwrite=overwrite)
+    return targets
+
+
+def ablate(
+    neurons: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Zero each language's neurons in turn and measure every language's next-token loss.
+
+    Each finished language is written to the CSV ``out`` at once (with a hidden ``.NAME.resume.json`` beside
+    it), so an interrupted run keeps what it finished, and the same command resumes it.
+    """
+    out = Path(out)
+    parallel = open_corpus(corpus)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    found = NeuronSet.load(neurons, model=network)
+    zeroed = [lang for lang in found.languages if lang in parallel.languages]
+    if not zeroed:
+        raise JobError(f"{neurons} has neurons for {', '.join(found.languages)}, none of them in the corpus")
+    settings = {"neurons_sha256": hashlib.sha256(Path(neurons).read_bytes()).hexdigest(),
+                "model": model_identity(network)["weights_sha256"], "corpus": parallel.fingerprint(),
+                "tokenization": tokenization.as_dict()}  # fmt: skip
+    resume = out.with_name(f".{out.name}.resume.json")
+    state = _resume_state(out, resume, settings, overwrite)
+    rows = state["rows"]
+    done = {row[0] for row in rows}
+
+    def losses(phase: str, bar) -> dict[str, float]:
+        result = {}
+        for lang in parallel.languages:
+            bar.set_description(f"ablate: {phase}, loss on {lang}")
+            result[lang] = next_token_loss(network, tokenizer, parallel.texts(lang), tokenization=tokenization)
+            bar.update(1)
+        return result
+
+    todo = [lang for lang in zeroed if lang not in done]
+    with job_bar(progress, f"ablate into {out}") as bar:
+        add_steps(bar, len(parallel.languages) * (len(todo) + (state["before"] is None)))
+        before = state["before"] or losses("unablated", bar)
+        for lang in todo:
+            with steering(network, [zero_neurons(found, lang)]):
+                after = losses(f"{lang} neurons zeroed", bar)
+            rows += [[lang, evaluated, before[evaluated], after[evaluated]] for evaluated in parallel.languages]
+            _write_ablation(out, rows)
+            write_text(resume, json.dumps({"settings": settings, "before": before, "rows": rows}))
+    resume.unlink(missing_ok=True)
+    return pd.DataFrame(rows, columns=["zeroed", "evaluated", "loss_before", "loss_after"])
+
+
+def _resume_state(out: Path, resume: Path, settings: dict, overwrite: bool) -> dict:
+    """What an earlier run of the same ablation finished (nothing for a fresh or overwritten one)."""
+    fresh = {"before": None, "rows": []}
+    if not out.exists():
+        resume.unlink(missing_ok=True)
+        return fresh
+    if overwrite:
+        return fresh
+    if not resume.exists():
+        raise JobError(f"{out} exists (a finished ablation or someone else's file); pass --overwrite to replace it")
+    state = json.loads(resume.read_text())
+    if state.get("settings") != settings:
+        raise JobError(
+            f"{out} is a partial ablation of other neurons, model, corpus or tokenisation; pass --overwrite to "
+            "start again, or repeat the original command to resume it"
+        )
+    return state
+
+
+def _write_ablation(out: Path, rows: list) -> None:
+    table = pd.DataFrame(rows, columns=["zeroed", "evaluated", "loss_before", "loss_after"])
+    write_text(out, table.to_csv(index=False))
+
+
+def steer(
+    artifact: str | os.PathLike,
+    prompts: Sequence[str],
+    *,
+    model="default",
+    tokenizer=None,
+    language: str | None = None,
+    strength: float = 1.0,
+    layers: Sequence[int] | None = None,
+    max_new_tokens: int = 30,
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> pd.DataFrame:
+    """Greedy continuations of ``prompts`` without and with ``artifact`` applied (``layers``: default, the
+    artifact's recommended layers), as a table ``prompt, off, on``."""
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    found = load_artifact(artifact, model=network)
+    if isinstance(found, NeuronSet) and layers is not None:
+        raise JobError("--layers applies to shift vectors and maps; a NeuronSet is applied where its units are")
+    intervention = to_intervention(found, strength=strength, language=language, layers=layers)
+    off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    with steering(network, [intervention]):
+        on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
+
+
+def describe_artifact(path: str | os.PathLike) -> str:
+    """One line naming what an artifact holds (for the CLI)."""
+    found = load_artifact(path)
+    if isinstance(found, NeuronSet):
+        return repr(found)
+    target = f"{found.language} -> {found.pivot}"
+    where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
+    kind = "shift" if isinstance(found, ShiftVector) else "map"
+    return f"{path}: {kind} {found.method} {target}, applied at {where} unless --layers says otherwise"

@@ -1,0 +1,140 @@
+"""report.md sections: alignment per layer, language-specific layers and neurons, steering results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from probes.data.files import atomic_path
+from steer.summary import best_settings
+
+
+def save_figure(figure: Figure, path: Path) -> str:
+    """Write ``figure`` as PNG atomically; return the markdown that embeds it (relative to the report)."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    return f"![{path.stem.replace('_', ' ')}]({path.name})"
+
+
+def header(*, model: str, corpus: str, n_sentences: int, languages, pivot: str, pooling: str, command: str) -> list[str]:
+    return [
+        "# xlalign report",
+        "",
+        f"- model: `{model}`",
+        f"- corpus: `{corpus}`, {n_sentences} parallel sentences, languages: {', '.join(languages)}",
+        f"- pivot: `{pivot}`; pooling: `{pooling}`; layer 0 = embedding output, layer i = output of block i",
+        f"- command: `{command}`",
+        "",
+    ]
+
+
+def alignment_section(table: pd.DataFrame, figure: str) -> list[str]:
+    """Figure, most aligned layers, per-language summary and the per-layer metric table (mean over languages)."""
+    retrieval = table[table["metric"] == "retrieval_top1"].pivot(index="layer", columns="language", values="value")
+    mexa = table[table["metric"] == "mexa"].pivot(index="layer", columns="language", values="value")
+    best_layers = retrieval.mean(axis=1).sort_values(ascending=False).index[:3].tolist()
+    lines = [
+        "## Alignment with the pivot, per layer",
+        "",
+        figure,
+        "",
+        f"**Most aligned layers** (mean retrieval top-1 over languages): {', '.join(map(str, best_layers))}.",
+        "",
+        "| language | best layer (retrieval) | retrieval top-1 there | MEXA mean over layers | MEXA max over layers |",
+        "|---|---|---|---|---|",
+    ]
+    for language in retrieval.columns:
+        best = int(retrieval[language].idxmax())
+        lines.append(f"| {language} | {best} | {retrieval[language][best]:.3f} | {mexa[language].mean():.3f} | {mexa[language].max():.3f} |")
+    per_layer = table[table["language"] != "all"].pivot_table(index="layer", columns="metric", values="value")
+    lines += ["", "Every metric per layer, mean over languages (`metrics.csv` has each language):", "",
+              *markdown_table(per_layer.round(3).reset_index()), ""]  # fmt: skip
+    return lines
+
+
+def language_specific_section(table: pd.DataFrame, langid_figure: str, neurons_figure: str | None) -> list[str]:
+    langid = table[table["metric"] == "langid_acc"].set_index("layer")["value"]
+    specific = langid.sort_values(ascending=False).index[:3].tolist()
+    lines = [
+        "## Language-specific layers and neurons",
+        "",
+        langid_figure,
+        "",
+        f"**Most language-specific layers** (highest language-ID probe accuracy): {', '.join(map(str, specific))}; "
+        f"least: {', '.join(map(str, langid.sort_values().index[:3].tolist()))}.",
+        "",
+    ]
+    if neurons_figure:
+        lines += ["LAPE language-specific neurons (`mlp_gate`), fitted on the training split:", "", neurons_figure, ""]
+    return lines
+
+
+def routing_section(routing: pd.DataFrame, divergence_figure: str, usage_figure: str) -> list[str]:
+    """MoE routing: divergence of expert importance from the pivot per layer and language, expert usage."""
+    jsd = routing[routing["metric"] == "jsd"].pivot(index="layer", columns="language", values="value")
+    by_layer = jsd.mean(axis=1).sort_values()
+    n = max(1, min(3, len(by_layer) // 2))
+    return [
+        "## Routing (mixture of experts)",
+        "",
+        divergence_figure,
+        "",
+        f"Routing closest to the pivot's (mean JSD over languages) in layers "
+        f"{', '.join(map(str, by_layer.index[:n].tolist()))}; farthest in "
+        f"{', '.join(map(str, by_layer.index[-n:].tolist()))}. "
+        f"Most divergent language: {jsd.mean().idxmax()}; least: {jsd.mean().idxmin()}.",
+        "",
+        usage_figure,
+        "",
+    ]
+
+
+def steering_section(
+    evaluation: pd.DataFrame, figures: dict[str, str], generations: pd.DataFrame, *, n_test: int, pivot: str
+) -> list[str]:
+    """Before/after and Pareto figures, the best setting per method, and generations off vs on."""
+    best = best_settings(evaluation)
+    lines = [
+        "## Steering, evaluated on held-out sentences",
+        "",
+        f"Each method is fitted on the training split and evaluated on {n_test} held-out sentences per language; "
+        f"every plan is gated to its language, so `{pivot}` inputs run untouched (`loss_pivot` change 0). "
+        "Intervals are 95% paired bootstrap intervals over sentences. All numbers: `evaluation.csv`.",
+        "",
+        figures["before_after"],
+        "",
+        figures["pareto"],
+        "",
+        "Best setting per method (by mean change of MEXA averaged over the layers from the intervention layer on):",
+        "",
+        "| method | setting | MEXA change (mean over languages) | languages with CI > 0 | target loss change | fidelity change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, row in best.iterrows():
+        part = evaluation[(evaluation["method"] == row["method"]) & (evaluation["setting"] == row["setting"])]
+        gain = part[part["metric"] == "mexa_mean_after"]
+        loss = part[part["metric"] == "loss_target"]
+        fidelity = part[part["metric"] == "lang_fidelity"]
+        fidelity_change = f"{fidelity['delta'].mean():+.2f}" if len(fidelity) else "n/a"
+        lines.append(
+            f"| {row['method']} | {row['setting']} | {gain['delta'].mean():+.3f} | "
+            f"{int((gain['ci_low'] > 0).sum())}/{len(gain)} ({', '.join(gain[gain['ci_low'] > 0]['language'])}) | "
+            f"{100 * (loss['delta'] / loss['off']).mean():+.1f}% | {fidelity_change} |"
+        )
+    if len(generations):
+        lines += ["", "Greedy continuations of held-out prompts, off vs on (best MEXA setting overall):", "",
+                  *markdown_table(generations), ""]  # fmt: skip
+    return lines
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """A DataFrame as markdown table lines (cells have '|' and newlines escaped)."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    return lines
