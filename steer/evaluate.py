@@ -23,7 +23,7 @@ from probes.capture.context import batch_context, new_call
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
 from probes.find import LanguageIdentifier
-from probes.model import ModelError, Site, has_lm_head, n_layers
+from probes.model import ModelError, Site, has_lm_head, n_layers, unwrap
 from steer.apply import PlanItem, steer
 
 COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
@@ -45,9 +45,14 @@ def _need_lm_head(model: nn.Module, what: str) -> None:
         raise ModelError(f"{what} needs a model with an LM head (a causal LM); {type(model).__name__} has none")
 
 
+# Logits per model call when measuring loss: with a large vocabulary (Gemma's 262k) a batch runs a few rows at a
+# time, each part without the padding its rows do not need, which bounds memory (256 MB of float32 logits) and
+# spends the LM head on real tokens only; results equal one text at a time.
+LOGITS_PER_CALL = 2**26
+
+
 def next_token_loss(
     model: nn.Module, tokenizer, texts: Sequence[str], *, tokenization: Tokenization = Tokenization(),
-    progress: bool = False,
 ) -> float:  # fmt: skip
     """Mean next-token cross-entropy over every non-pad prediction of ``texts`` (token-weighted).
 
@@ -55,17 +60,20 @@ def next_token_loss(
     """
     _need_lm_head(model, "next-token loss")
     device = next(model.parameters()).device
+    vocab = int(unwrap(model).get_output_embeddings().weight.shape[0])
     total, count = 0.0, 0
-    work = batches(tokenizer, texts, tokenization, device=device)
     call = new_call()
     with torch.inference_mode():
-        for batch in work:
-            with batch_context(batch, call):
-                logits = model(**batch.model_inputs(model)).logits[:, :-1].float()
-            targets = batch.input_ids[:, 1:]
-            scored = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
-            total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
-            count += int(scored.sum())
+        for batch in batches(tokenizer, texts, tokenization, device=device):
+            rows = max(1, LOGITS_PER_CALL // (batch.input_ids.shape[1] * vocab))
+            for start in range(0, len(batch), rows):
+                part = batch.part(slice(start, start + rows))
+                with batch_context(part, call):
+                    logits = model(**part.model_inputs(model)).logits[:, :-1].float()
+                targets = part.input_ids[:, 1:]
+                scored = part.attention_mask[:, 1:].bool() & part.attention_mask[:, :-1].bool()
+                total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+                count += int(scored.sum())
     if not count:
         raise ValueError("next-token loss: the texts have no token with a successor (each is one token long)")
     return total / count

@@ -109,6 +109,7 @@ def fit_methods(
             pooled = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
                              tokenization=tokenization, progress=bar)  # fmt: skip
             data |= {(site, lang): values for site, values in pooled.items() if site.component != "mlp_gate"}
+        bar.set_description(f"fit: {', '.join(methods)}")
     identity = model_identity(model)
     stats.model = identity
     found = Findings(depth)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -277,3 +279,14 @@ def test_artifact_objects_validate_what_they_hold():
         LinearMap({1: torch.ones(3, 4)}, "resid", "incline", "deu", "eng", {}, {})
     with pytest.raises(ValueError, match="mean_source"):
         LinearMap({1: torch.eye(3)}, "resid", "procrustes", "deu", "eng", {}, {})
+
+
+def test_an_artifact_of_another_format_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    header = {"kind": "ShiftVector", "version": "0.1.0", "component": "resid", "pivot": "eng", "language": "deu",
+              "method": "mean", "params": {}, "model": {}, "layers": [1]}  # what xlalign 0.1 wrote: no format
+    save_file({"resid.1": torch.ones(4)}, path, metadata={"xlalign": json.dumps(header)})
+    with pytest.raises(ArtifactError, match="written by xlalign 0.1.0 in artifact format 1; .* reads format 2"):
+        ShiftVector.load(path)

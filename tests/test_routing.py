@@ -180,7 +180,7 @@ def test_force_experts_puts_the_expert_in_every_steered_top_k(family):
     ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="left")
     layers = router_layers(model)
     plain = routed(model, ids, mask)
-    forced = {layer: (3 + layer) % 8 for layer in layers}  # DeepSeek-V3 needs a large eps: see steer.routing
+    forced = {layer: (3 + layer) % 8 for layer in layers}  # DeepSeek-V3 needs a large eps: see steer.router
     plan = [(ForceExperts({l: [e] for l, e in forced.items()}, eps=4.0), Schedule(prefill=(1, 4)))]
     steered = routed(model, ids, mask, plan)
     positions = mask.cumsum(dim=1) - 1

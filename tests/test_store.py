@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 
@@ -88,6 +91,9 @@ def test_mixing_models_poolings_or_corpora_is_an_error(tmp_path, corpus):
     other_model, other_tokenizer = tiny("qwen2")
     with pytest.raises(StoreError, match="model model_type: recorded 'llama', model has 'qwen2'"):
         capture_to_store(other_model, other_tokenizer, corpus, SITES, out, **OPTIONS)
+    half = copy.deepcopy(model).to(torch.bfloat16)  # the same weights, other numbers: not mixed into one store
+    with pytest.raises(StoreError, match="model dtype: recorded 'float32', model has 'bfloat16'"):
+        capture_to_store(half, tokenizer, corpus, SITES, out, **OPTIONS)
     with pytest.raises(StoreError, match="tokenization: store has .*'batch_size': 3.*this capture has .*'batch_size': 4"):
         capture_to_store(model, tokenizer, corpus, SITES, out, shard_size=8, tokenization=Tokenization(batch_size=4))
     changed = demo_corpus().subset(["eng", "deu", "jpn"], 21)
@@ -113,3 +119,13 @@ def test_store_errors_name_what_is_missing(tmp_path, corpus):
         store.get(Site(2, "mlp_out"), "eng")
     with pytest.raises(StoreError, match="language 'fra' not captured; have eng, deu, jpn"):
         store.get(SITES[0], "fra")
+
+
+def test_a_store_of_another_format_is_refused(tmp_path, corpus):
+    model, tokenizer = tiny("llama")
+    store = capture_to_store(model, tokenizer, corpus, SITES[:1], tmp_path / "s", **OPTIONS)
+    meta = json.loads((store.path / "meta.json").read_text())
+    meta.pop("format")  # as xlalign 0.1 wrote it
+    (store.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="store format 1; this xlalign .* reads format 2: capture it again"):
+        ActivationStore(store.path)

@@ -36,11 +36,20 @@ def _span(text: str) -> tuple[int, int]:
     return int(start), int(stop)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless it names it already, or it is an on/off flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if "(default" in text or flag or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        default = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {default})".strip()
 
 
 PIVOT = "the language every other one is compared with (ISO 639-3)"
+POOLING = "how each sentence's tokens become one vector (weighted: MEXA's position weights)"
 
 
 def _model(command: argparse.ArgumentParser) -> None:
@@ -50,7 +59,8 @@ def _model(command: argparse.ArgumentParser) -> None:
     defaults = Tokenization()
     command.add_argument("--batch-size", type=int, default=defaults.batch_size, help="texts per forward pass")
     command.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (longer: cut)")
-    command.add_argument("--padding-side", choices=("right", "left"), default=defaults.padding_side)
+    command.add_argument("--padding-side", choices=("right", "left"), default=defaults.padding_side,
+                         help="which side pads a batch (results are the same either way)")
     command.add_argument("--exclude-bos", action="store_true", help="pooling and statistics skip the BOS token")
     command.add_argument("--no-special-tokens", action="store_true", help="do not add the tokenizer's BOS/EOS")
     command.add_argument("--chat-template", action="store_true", help="wrap each text as one chat user turn")
@@ -76,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture = add("capture", "capture pooled activations of a parallel corpus into a resumable store")
     _model(capture)
     _corpus(capture)
-    capture.add_argument("--pooling", choices=POOLINGS, default="mean")
+    capture.add_argument("--pooling", choices=POOLINGS, default="mean", help=POOLING)
     capture.add_argument("--sites", default="resid", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7)")
     capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
     capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
@@ -126,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         _model(command)
         _corpus(command)
         if name == "run":
-            command.add_argument("--pooling", choices=POOLINGS, default="mean")
+            command.add_argument("--pooling", choices=POOLINGS, default="mean", help=POOLING)
             command.add_argument("--steer-langs", type=_csv, help="languages to steer (default: the 3 least aligned)")
         command.add_argument("--pivot", default="eng", help=PIVOT)
         command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")

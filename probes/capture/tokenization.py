@@ -95,6 +95,16 @@ class Batch:
     attention_mask: Int[Tensor, "batch tokens"]
     token_mask: Bool[Tensor, "batch tokens"]  # tokens that pooling and statistics see
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def part(self, rows: slice) -> Batch:
+        """Some of this batch's rows, without the padding columns none of them uses."""
+        used = self.attention_mask[rows].bool().any(dim=0).nonzero().flatten()
+        columns = slice(int(used.min()), int(used.max()) + 1)
+        return Batch(self.rows[rows], self.input_ids[rows, columns], self.attention_mask[rows, columns],
+                     self.token_mask[rows, columns])  # fmt: skip
+
     def model_inputs(self, model: nn.Module) -> dict[str, Tensor]:
         """Inputs for ``model``; positions follow the mask, so left padding does not shift them."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
