@@ -64,3 +64,21 @@ def test_importing_probes_is_cheap():
     code = ("import probes, steer, xlalign, sys; xlalign.__version__; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_public_name_resolves_to_what_it_names():
+    """The lazy facades: every exported name loads, and none is shadowed by a submodule of the same name."""
+    import types
+
+    import probes
+    import probes.analysis
+    import steer
+    import xlalign
+
+    for package in (xlalign, probes, probes.analysis, steer):
+        for name in package.__all__:
+            if name in ("__version__", *getattr(package, "_SUBMODULES", {})):
+                continue
+            value = getattr(package, name)
+            assert not isinstance(value, types.ModuleType), f"{package.__name__}.{name} is a module"
+    assert xlalign.plots.alignment_per_layer and xlalign.jobs.capture and xlalign.run.__module__ == "xlalign.closed_loop"

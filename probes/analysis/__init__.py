@@ -1,24 +1,27 @@
-"""Analysis (pure: no model): the Activations noun, alignment and routing metrics, bootstrap, tidy tables."""
+"""Analysis (pure: no model): the Activations noun, alignment and routing metrics, bootstrap, tidy tables.
 
-from probes.analysis.activations import Activations, ActivationsError
-from probes.analysis.alignment import (
-    NEURON_METRICS, PAIR_METRICS, POOL_METRICS, MetricError, cosine_matrix, linear_cka, matched_random_gap, mexa,
-    neuron_overlap, neuron_overlap_retrieval, retrieval_top1, retrieval_top1_reverse, retrieval_topk,
-    strong_alignment_ap, strong_alignment_map, strong_alignment_map_by_language,
-)  # fmt: skip
-from probes.analysis.bootstrap import bootstrap_ci
-from probes.analysis.langid import language_id_scores
-from probes.analysis.measure import ALL_METRICS, measure
-from probes.analysis.routing import (
-    entropy, expert_set_overlap, expert_usage, jsd, language_experts, measure_routing, normalised_jsd,
-    router_matrices, routing_divergence, set_overlap, universal_experts,
-)  # fmt: skip
+Names load on first use, so importing the Activations noun (as the capture layer does) stays cheap.
+"""
 
-__all__ = [
-    "ALL_METRICS", "Activations", "ActivationsError", "MetricError", "NEURON_METRICS", "PAIR_METRICS", "POOL_METRICS",
-    "bootstrap_ci", "cosine_matrix", "entropy", "expert_set_overlap", "expert_usage", "jsd", "language_experts",
-    "language_id_scores", "linear_cka", "matched_random_gap", "measure", "measure_routing", "mexa",
-    "neuron_overlap", "neuron_overlap_retrieval", "normalised_jsd", "retrieval_top1", "retrieval_top1_reverse",
-    "retrieval_topk", "router_matrices", "routing_divergence", "set_overlap", "strong_alignment_ap",
-    "strong_alignment_map", "strong_alignment_map_by_language", "universal_experts",
-]
+from importlib import import_module
+
+_MODULES = {
+    "probes.analysis.activations": "Activations ActivationsError",
+    "probes.analysis.alignment": "NEURON_METRICS PAIR_METRICS POOL_METRICS MetricError check_pair cosine_matrix "
+    "linear_cka matched_random_gap mexa neuron_overlap neuron_overlap_retrieval retrieval_top1 "
+    "retrieval_top1_reverse retrieval_topk strong_alignment_ap strong_alignment_map strong_alignment_map_by_language",
+    "probes.analysis.bootstrap": "bootstrap_ci",
+    "probes.analysis.langid": "language_id_scores",
+    "probes.analysis.tables": "ALL_METRICS COLUMNS measure metric_names",
+    "probes.analysis.routing": "entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
+    "normalised_jsd router_matrices routing_divergence set_overlap universal_experts",
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'probes.analysis' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

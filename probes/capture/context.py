@@ -172,7 +172,12 @@ class PassTracker:
             if cache is not None:
                 _remember_cache(cache, tokens, call)
             return tokens, call, 0
-        known = _CACHES.get(cache) if cache is not None else None
+        if cache is None:
+            raise ContextError(
+                f"the attention mask has {past + tokens} columns for {tokens} input tokens and no KV cache is passed; "
+                "give a mask covering exactly the input (or the cache and the input)"
+            )
+        known = _CACHES.get(cache)
         if known is None:
             raise ContextError(
                 f"this forward pass continues a KV cache of {past} tokens that was filled outside xlalign's hooks, "
