@@ -124,6 +124,8 @@ def evaluate(
     n_prompts: int = 16,
     n_loss: int | None = 64,
     tokenization: Tokenization = Tokenization(),
+    done: pd.DataFrame | None = None,
+    on_unit: Callable[[pd.DataFrame], None] | None = None,
     progress: Progress = False,
 ) -> pd.DataFrame:
     """Every setting for every language, on the held-out ``test`` corpus, as a tidy table (:data:`COLUMNS`).
@@ -133,8 +135,13 @@ def evaluate(
     that layer), ``loss_target``, ``loss_pivot`` (on the first ``n_loss`` texts: the LM head of a large
     vocabulary dominates the cost) and, when an ``identifier`` is given, ``lang_fidelity`` (greedy
     continuations of the first ``n_prompts`` texts).
+
+    Each (language, setting) is a unit: ``on_unit`` receives its rows as soon as they are computed, and the units
+    already in ``done`` (an earlier, interrupted evaluation) are taken from it instead of being computed again.
     """
     sites = [Site(layer, "resid") for layer in range(n_layers(model) + 1)]
+    finished = {} if done is None else {key: part for key, part in done.groupby(["method", "setting", "language"])}
+    todo = [(lang, s) for lang in languages for s in settings if (s.method, s.setting, lang) not in finished]
 
     def measured(lang: str) -> _Measured:
         texts = test.texts(lang)
@@ -148,30 +155,39 @@ def evaluate(
     def pivot_loss() -> float:
         return next_token_loss(model, tokenizer, test.texts(pivot)[:n_loss], tokenization=tokenization)
 
-    reference = capture(model, tokenizer, test.texts(pivot), sites, pooling=pooling, tokenization=tokenization)
-    pivot_off = pivot_loss()
-    rows = []
+    if todo:
+        reference = capture(model, tokenizer, test.texts(pivot), sites, pooling=pooling, tokenization=tokenization)
+        pivot_off = pivot_loss()
+    pending = {lang for lang, _ in todo}
+    units = []
     with progress_bar(progress, "evaluate") as bar:
-        add_steps(bar, len(languages) * (len(settings) + 1))
+        add_steps(bar, len(todo) + len(pending))
         for lang in languages:
-            bar.set_description(f"evaluate {lang}: unsteered")
-            off = measured(lang)
-            bar.update(1)
+            if lang in pending:
+                bar.set_description(f"evaluate {lang}: unsteered")
+                off = measured(lang)
+                bar.update(1)
             for setting in settings:
+                head = (setting.method, setting.setting, lang)
+                if head in finished:
+                    units.append(finished[head])
+                    continue
                 bar.set_description(f"evaluate {lang}: {setting.method}")
                 with steer(model, setting.plan(lang), languages=lang) as handle:
                     on = measured(lang)
                     handle.set_languages(pivot)
                     pivot_on = pivot_loss()
-                head = (setting.method, setting.setting, lang)
-                rows += _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
+                rows = _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
                 rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
                 if identifier is not None:
                     rows.append((*head, setting.layer, "lang_fidelity", off.fidelity, on.fidelity,
                                  on.fidelity - off.fidelity, None, None))  # fmt: skip
+                units.append(pd.DataFrame(rows, columns=COLUMNS))
+                if on_unit is not None:
+                    on_unit(units[-1])
                 bar.update(1)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.concat(units, ignore_index=True) if units else pd.DataFrame(columns=COLUMNS)
 
 
 def _alignment_rows(head, first_layer, reference, off, on, metrics, n_boot) -> list[tuple]:

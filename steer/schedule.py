@@ -46,7 +46,8 @@ class Schedule:
 
     ``prefill``: ``"all"`` prompt tokens, ``"last"`` prompt token, ``"none"``, a ``(start, stop)`` span of
     non-pad prompt positions (Python-style: ``(-3, None)`` = the last three, ``(0, 2)`` = the first two; a
-    span reaching past an example's prompt is an error), or a boolean token mask shaped like the prompt's
+    span reaching past an example's prompt, or selecting none of it, is an error), or a boolean token mask shaped
+    like the prompt's
     ``input_ids``. ``decode``: ``"all"`` steps, ``"none"``, ``n`` (the first ``n`` steps) or a ``(start, stop)``
     range of steps (1-based, ``stop`` exclusive or None). ``languages``: apply only to examples in these languages
     (``steer(..., languages=...)`` says each example's language).
@@ -113,7 +114,7 @@ class Schedule:
         start, stop = self.prefill
         first = 0 if start is None else (length + start if start < 0 else torch.full_like(length, start))
         end = length if stop is None else (length + stop if stop < 0 else torch.full_like(length, stop))
-        short = (first < 0) | (end > length)
+        short = (first < 0) | (end > length) | (first >= end)
         if short.any():
             row = int(short.flatten().nonzero()[0])
             raise ScheduleError(

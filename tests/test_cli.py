@@ -258,3 +258,86 @@ def test_help_shows_defaults_metric_names_and_every_model_option(capsys):
         text = " ".join(capsys.readouterr().out.split())
         for option in ("--device", "--dtype", "--batch-size", "--max-length", "(default: cpu)", "(default: float32)"):
             assert option in text, (command, option)
+
+
+def test_errors_are_one_line_unless_debug_and_ctrl_c_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    import xlalign.jobs
+
+    argv = ["capture", *SMALL, "--sites", "resid.1", "--out", str(tmp_path / "s")]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "meta.json").write_text("{broken")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "meta.json is not valid JSON" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="not valid JSON"):
+        main(["--debug", *argv])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xlalign.jobs, "capture_to_store", interrupted)
+    assert main(["capture", *SMALL, "--out", str(tmp_path / "t")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; finished shards are kept; repeat the command to resume" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    import probes.capture.shards
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise safetensors.SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(probes.capture.shards, "save_file", full)
+    assert main(["capture", *SMALL, "--sites", "resid.1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the disk full? Nothing partial was left" in err
+    assert not list((tmp_path / "s").rglob("*.safetensors")) and not list((tmp_path / "s").rglob("*.tmp*"))
+
+
+INTERRUPTED_CAPTURE = """
+import sys, time, pathlib
+import probes.capture.store as store
+from xlalign.cli import main
+
+real, calls = store.capture, []
+
+def capture(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the first shard is written: wait here for the signal
+        pathlib.Path(sys.argv[1]).touch()
+        time.sleep(120)
+    return real(*args, **kwargs)
+
+store.capture = capture
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigint_during_capture_keeps_finished_shards_and_resumes_to_the_same_store(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = ["capture", *SMALL, "--sites", "resid.1,resid.3"]
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED_CAPTURE, str(ready), *argv, "--out", str(tmp_path / "s")],
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "interrupted; finished shards are kept" in err and "Traceback" not in err
+    assert [p.parent.name for p in (tmp_path / "s" / "shards").rglob("*.safetensors")] == ["eng"]
+
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "full")]) == 0
+    resumed, full = ActivationStore(tmp_path / "s"), ActivationStore(tmp_path / "full")
+    for lang in full.languages:
+        assert resumed.shard(lang, 0).read_bytes() == full.shard(lang, 0).read_bytes()

@@ -176,3 +176,30 @@ def test_an_interrupted_ablation_keeps_its_rows_and_resumes(tmp_path, monkeypatc
     assert not (tmp_path / ".partial.csv.resume.json").exists()
     with pytest.raises(ValueError, match="exists"):
         jobs.ablate(neurons, out, model=model, tokenizer=tokenizer, corpus=SMALL, progress=False)
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_table(tmp_path, monkeypatch):
+    import steer.evaluate
+
+    model, tokenizer = tiny("llama")
+    options = dict(model=model, tokenizer=tokenizer, corpus=SMALL, methods=["shift", "procrustes"], progress=False)
+    full = pd.read_csv(evaluate(tmp_path / "full", **options).parent / "evaluation.csv")
+    real, calls = steer.evaluate.steer, []
+
+    def interrupt_on_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # deu: shift x2, procrustes; then jpn's first setting
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(steer.evaluate, "steer", interrupt_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path / "part", **options)
+    kept = pd.read_csv(tmp_path / "part" / "evaluation.csv")
+    assert sorted(set(zip(kept.method, kept.language))) == [("procrustes", "deu"), ("shift", "deu")]
+    calls.clear()
+    monkeypatch.setattr(steer.evaluate, "steer", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    evaluate(tmp_path / "part", **options)
+    assert len(calls) == 3, "only jpn's three settings run again"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "part" / "evaluation.csv"), full)
+    assert not (tmp_path / "part" / ".evaluation.csv.resume.json").exists()

@@ -127,5 +127,5 @@ def test_a_store_of_another_format_is_refused(tmp_path, corpus):
     meta = json.loads((store.path / "meta.json").read_text())
     meta.pop("format")  # as xlalign 0.1 wrote it
     (store.path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match="store format 1; this xlalign .* reads format 2: capture it again"):
+    with pytest.raises(StoreError, match="store format 1; this xlalign .* reads format 3: capture it again"):
         ActivationStore(store.path)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Sequence
 
 from probes import __version__
-from probes.analysis import ALL_METRICS, NEURON_METRICS
+from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS
 from probes.capture import POOLINGS, Tokenization
+from probes.capture.store import REPAIR
 from probes.model import COMPONENTS
 from probes.model.loading import DEVICES, DTYPES
 from steer.methods import METHODS
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlalign", description="Measure and raise cross-lingual alignment in LMs.",
                                      formatter_class=_Formatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"xlalign {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, text: str) -> argparse.ArgumentParser:
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--sites", default="resid", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7)")
     capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
     capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
+
+    check = add("check", "verify every shard of a store (checksums, languages, rows, model); exit 1 if damaged")
+    check.add_argument("store", type=Path, help="a store made by xlalign capture")
 
     measure = add("measure", "alignment metrics per layer and language from a store")
     measure.add_argument("store", type=Path, help="a store made by xlalign capture")
@@ -171,6 +176,12 @@ def _run(args) -> str:
         store = jobs.capture(args.out, corpus=_corpus_of(args), sites=args.sites, layers=args.layers,
                              pooling=args.pooling, progress=progress, **_loading(args))  # fmt: skip
         return f"wrote {store.path}: {len(store.sites)} sites x {len(store.languages)} languages x {len(store)} sentences"
+    if args.command == "check":
+        problems = jobs.check(args.store)
+        if problems:
+            lines = [f"{path}: {problem}" for path, problem in problems.items()]
+            raise _Damaged("\n".join([*lines, f"{len(problems)} damaged or missing shards. {REPAIR}"]))
+        return f"{args.store}: every shard verified, the store is good"
     if args.command == "measure":
         table = jobs.measure(args.store, args.out, pivot=args.pivot, metrics=args.metrics, component=args.component,
                              ci=args.ci, n_boot=args.n_boot, overwrite=args.overwrite)  # fmt: skip
@@ -198,18 +209,29 @@ def _run(args) -> str:
     return f"wrote {report} (figures, CSVs and the store beside it)"
 
 
+class _Damaged(Exception):
+    """A check that found damage (exit status 1, not an input error)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(_run(args))
         return 0
-    except (ValueError, FileExistsError) as error:  # every xlalign input error is a ValueError subclass
+    except _Damaged as damage:
+        print(damage, file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:  # xlalign's input errors are ValueErrors; a full disk is an OSError
+        if args.debug:
+            raise
         print(f"xlalign {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = {"capture": "finished shards are kept; repeat the command to resume",
                 "ablate": "finished languages are kept; repeat the command to resume",
-                "run": "the store's finished shards are kept; repeat the command to resume"}.get(args.command, "")
+                "evaluate": "finished evaluation rows are kept; repeat the command to resume",
+                "run": "the store's finished shards and evaluation rows are kept; repeat the command to resume",
+                }.get(args.command, "")  # fmt: skip
         print(f"xlalign {args.command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
         return 130
 

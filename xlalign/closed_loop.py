@@ -16,20 +16,22 @@ from probes.capture import Tokenization, capture_to_store
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
 from probes.find import LanguageIdentifier
-from probes.model import Site, has_lm_head, n_layers, router_layers
+from probes.model import Site, has_lm_head, model_identity, n_layers, router_layers
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
 from steer.apply import steer
 from steer.evaluate import continuations, evaluate as evaluate_settings
 from steer.methods import available_methods, fit_methods, settings
 from steer.summary import before_after, best_settings, pareto
 from xlalign.jobs import JobError, claim, job_bar, open_corpus, open_model
+from xlalign.resume import ResumableTable
 from xlalign.report import (
     alignment_section, header, language_specific_section, routing_section, save_figure, steering_section,
 )  # fmt: skip
 
 RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md",
                "routing_divergence.png", "expert_usage.png"}  # fmt: skip
-EVALUATION_OUTPUTS = {"evaluation.csv", "generations.csv", "before_after.png", "pareto.png", "lape_neurons.png"}
+EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generations.csv", "before_after.png",
+                      "pareto.png", "lape_neurons.png"}  # fmt: skip
 
 
 def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, dtype: str):
@@ -149,17 +151,31 @@ def closed_loop(
     progress, n_generations: int = 2,
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
-    Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    evaluation.csv grows by each finished (language, setting); an interrupted evaluation with the same inputs
+    resumes from it. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
     methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
                         lape_languages=train.languages, tokenization=tokenization, progress=progress)  # fmt: skip
     grid = settings(found, pivot=pivot)
     identifier = LanguageIdentifier().fit(train)
+    table = ResumableTable(out / "evaluation.csv", {
+        "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
+        "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
+        "n_loss": n_loss, "n_prompts": n_prompts, "tokenization": tokenization.as_dict(),
+    })  # fmt: skip
+    resumed = table.interrupted()
+    finished = [resumed["rows"]] if resumed else []
+
+    def keep(unit: pd.DataFrame) -> None:
+        finished.append(unit)
+        table.save(pd.concat(finished, ignore_index=True))
+
     evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, identifier=identifier,
                                    n_loss=n_loss, n_prompts=n_prompts, tokenization=tokenization,
+                                   done=resumed["rows"] if resumed else None, on_unit=keep,
                                    progress=progress)  # fmt: skip
-    write_text(out / "evaluation.csv", evaluation.to_csv(index=False))
+    table.finish(evaluation)
     best = best_settings(evaluation).sort_values("gain").iloc[-1]
     chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
     generations = _generations(model, tokenizer, test, chosen, languages, n_generations, tokenization)

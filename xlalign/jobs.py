@@ -6,7 +6,6 @@ a corpus spec or a :class:`~probes.data.ParallelCorpus`, and checks every input 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from probes.model import COMPONENTS, Site, SiteError, model_identity, n_layers, 
 from steer.apply import steer as steering
 from steer.convert import to_intervention, zero_neurons
 from steer.evaluate import continuations, next_token_loss
+from xlalign.resume import ResumableTable
 
 FIND_METHODS = {"neurons": ("lape", "ap"), "shift": ("mean", "pca", "logistic", "claim"), "map": ("incline", "procrustes")}
 
@@ -137,6 +137,11 @@ def measure(
     return table
 
 
+def check(store: str | os.PathLike) -> dict[Path, str]:
+    """Every damaged or missing shard of a store with what is wrong with it (empty: the store is good)."""
+    return ActivationStore(store).check()
+
+
 def find(
     kind: str,
     out: str | os.PathLike,
@@ -206,8 +211,8 @@ def ablate(
 ) -> pd.DataFrame:
     """Zero each language's neurons in turn and measure every language's next-token loss.
 
-    Each finished language is written to the CSV ``out`` at once (with a hidden ``.NAME.resume.json`` beside
-    it), so an interrupted run keeps what it finished, and the same command resumes it.
+    Each finished language is written to the CSV ``out`` at once (:class:`xlalign.resume.ResumableTable`), so an
+    interrupted run keeps what it finished, and the same command resumes it.
     """
     out = Path(out)
     parallel = open_corpus(corpus)
@@ -219,9 +224,14 @@ def ablate(
     settings = {"neurons_sha256": hashlib.sha256(Path(neurons).read_bytes()).hexdigest(),
                 "model": model_identity(network)["weights_sha256"], "corpus": parallel.fingerprint(),
                 "tokenization": tokenization.as_dict()}  # fmt: skip
-    resume = out.with_name(f".{out.name}.resume.json")
-    state = _resume_state(out, resume, settings, overwrite)
-    rows = state["rows"]
+    table = ResumableTable(out, settings)
+    state = table.interrupted() if out.exists() and not overwrite else None
+    if out.exists() and not overwrite and state is None:
+        if table.made_by_another_job():
+            raise JobError(f"{out} is a partial ablation of other neurons, model, corpus or tokenisation; pass "
+                           "--overwrite to start again, or repeat the original command to resume it")  # fmt: skip
+        raise JobError(f"{out} exists (a finished ablation or someone else's file); pass --overwrite to replace it")
+    rows = state["rows"].values.tolist() if state else []
     done = {row[0] for row in rows}
 
     def losses(phase: str, bar) -> dict[str, float]:
@@ -234,40 +244,20 @@ def ablate(
 
     todo = [lang for lang in zeroed if lang not in done]
     with job_bar(progress, f"ablate into {out}") as bar:
-        add_steps(bar, len(parallel.languages) * (len(todo) + (state["before"] is None)))
-        before = state["before"] or losses("unablated", bar)
+        add_steps(bar, len(parallel.languages) * (len(todo) + (state is None)))
+        before = state["before"] if state else losses("unablated", bar)
         for lang in todo:
             with steering(network, [zero_neurons(found, lang)]):
                 after = losses(f"{lang} neurons zeroed", bar)
             rows += [[lang, evaluated, before[evaluated], after[evaluated]] for evaluated in parallel.languages]
-            _write_ablation(out, rows)
-            write_text(resume, json.dumps({"settings": settings, "before": before, "rows": rows}))
-    resume.unlink(missing_ok=True)
+            table.save(_ablation_table(rows), before=before)
+    result = _ablation_table(rows)
+    table.finish(result)
+    return result
+
+
+def _ablation_table(rows: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["zeroed", "evaluated", "loss_before", "loss_after"])
-
-
-def _resume_state(out: Path, resume: Path, settings: dict, overwrite: bool) -> dict:
-    """What an earlier run of the same ablation finished (nothing for a fresh or overwritten one)."""
-    fresh = {"before": None, "rows": []}
-    if not out.exists():
-        resume.unlink(missing_ok=True)
-        return fresh
-    if overwrite:
-        return fresh
-    if not resume.exists():
-        raise JobError(f"{out} exists (a finished ablation or someone else's file); pass --overwrite to replace it")
-    state = json.loads(resume.read_text())
-    if state.get("settings") != settings:
-        raise JobError(
-            f"{out} is a partial ablation of other neurons, model, corpus or tokenisation; pass --overwrite to "
-            "start again, or repeat the original command to resume it"
-        )
-    return state
-
-
-def _write_ablation(out: Path, rows: list) -> None:
-    table = pd.DataFrame(rows, columns=["zeroed", "evaluated", "loss_before", "loss_after"])
-    write_text(out, table.to_csv(index=False))
 
 
 def steer(

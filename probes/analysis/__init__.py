@@ -7,12 +7,12 @@ from importlib import import_module
 
 _MODULES = {
     "probes.analysis.activations": "Activations ActivationsError",
-    "probes.analysis.alignment": "NEURON_METRICS PAIR_METRICS POOL_METRICS MetricError check_pair cosine_matrix "
+    "probes.analysis.alignment": "ALL_METRICS NEURON_METRICS PAIR_METRICS POOL_METRICS MetricError check_pair cosine_matrix "
     "linear_cka matched_random_gap mexa neuron_overlap neuron_overlap_retrieval retrieval_top1 "
     "retrieval_top1_reverse retrieval_topk strong_alignment_ap strong_alignment_map strong_alignment_map_by_language",
     "probes.analysis.bootstrap": "bootstrap_ci",
     "probes.analysis.langid": "language_id_scores",
-    "probes.analysis.tables": "ALL_METRICS COLUMNS measure metric_names",
+    "probes.analysis.tables": "COLUMNS measure metric_names",
     "probes.analysis.routing": "entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
     "normalised_jsd router_matrices routing_divergence set_overlap universal_experts",
 }

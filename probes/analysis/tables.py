@@ -9,12 +9,10 @@ import pandas as pd
 from torch import Tensor
 
 from probes.analysis.activations import Activations, ActivationsError
-from probes.analysis.alignment import NEURON_METRICS, PAIR_METRICS, POOL_METRICS
+from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS, PAIR_METRICS, POOL_METRICS
 from probes.analysis.bootstrap import bootstrap_ci
 from probes.analysis.langid import language_id_scores
 
-# What metrics=('all',) measures, in table order (activation vectors; langid_acc: language 'all').
-ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka", "langid_acc")
 COLUMNS = ["layer", "language", "metric", "value"]
 
 

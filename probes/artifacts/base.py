@@ -59,9 +59,14 @@ class Artifact:
             raise ArtifactError(f"{path} exists; choose another path or pass overwrite=True")
         header = {"kind": self.KIND, "format": FORMAT, "version": __version__, "model": dict(self.model),
                   **self.metadata()}  # fmt: skip
-        with atomic_path(path) as temporary:
-            save_file({k: v.contiguous() for k, v in self.tensors().items()}, temporary,
-                      metadata={_KEY: json.dumps(header)})  # fmt: skip
+        try:
+            with atomic_path(path) as temporary:
+                save_file({k: v.contiguous() for k, v in self.tensors().items()}, temporary,
+                          metadata={_KEY: json.dumps(header)})  # fmt: skip
+        except OSError:
+            raise
+        except Exception as error:  # safetensors reports a full disk as its own error type
+            raise OSError(f"writing {path} failed ({error}); is the disk full? Nothing partial was left") from None
         return path
 
     @classmethod

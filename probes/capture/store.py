@@ -1,45 +1,50 @@
-"""ActivationStore: pooled activations per (site, language) on disk, sentence-aligned and resumable.
+"""ActivationStore: pooled activations per (site, language) on disk, sentence-aligned, resumable and checked.
 
 Layout::
 
-    STORE/meta.json                       format, model identity, pooling, sites, tokenization, languages, ...
+    STORE/meta.json                       format, model identity, pooling, sites, settings, languages, ...
     STORE/shards/LANG/00000.safetensors   rows [0, shard_size) of LANG, one tensor per site ('resid.7')
 
 Each shard is computed from its own rows only (batches never cross a shard), written under a temporary name
-and renamed, and never rewritten. An interrupted capture therefore resumes by computing the missing shards
-and ends bit-for-bit equal to an uninterrupted one. A store is read through the
-:class:`~probes.analysis.activations.Activations` interface (memory-mapped reads, one tensor at a time).
+and renamed. An interrupted capture therefore resumes by computing the missing shards and ends bit-for-bit
+equal to an uninterrupted one. Every shard carries its language, rows, the model's weight fingerprint and a
+checksum per tensor (:mod:`probes.capture.shards`): a read checks them, a resume recomputes damaged shards and
+says so, and :meth:`ActivationStore.check` lists every damaged one. Names read from ``meta.json`` (languages,
+sites) are validated before any path is built from them, and every path stays inside the store.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from probes import __version__
 from probes.analysis.activations import Activations, ActivationsError
 from probes.capture.pooled import capture
-from probes.capture.pooling import check_pooling
+from probes.capture.pooling import POOLINGS, check_pooling
 from probes.capture.progress import Progress, progress_bar
 from probes.capture.record import check_sites
+from probes.capture.shards import ShardDamage, ShardInfo, damage, read_tensor, write_shard
 from probes.capture.tokenization import Tokenization
 from probes.data import ParallelCorpus
-from probes.data.files import atomic_path, write_text
+from probes.data.files import write_text
 from probes.model.identity import identity_mismatches, model_identity
-from probes.model.sites import Site
+from probes.model.sites import Site, SiteError
 
 META = "meta.json"
-FORMAT = 2  # meta.json layout; a store of another format is refused
-# Keys whose values must agree between a store and a capture that writes into it.
-_MUST_MATCH = ("pooling", "sites", "shard_size", "tokenization")
+FORMAT = 3  # meta.json and shard layout; a store of another format is refused
+# Keys whose values must agree between a store and a capture that writes into it (besides the model).
+_MUST_MATCH = ("pooling", "sites", "shard_size", "tokenization", "device")
+_REQUIRED = ("format", "model", "pooling", "sites", "shard_size", "tokenization", "device", "languages")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")  # what probes.data.normalize_language produces
 
 
 class StoreError(ActivationsError):
@@ -55,17 +60,26 @@ class ActivationStore(Activations):
         self.path = Path(path)
         if not (self.path / META).is_file():
             raise StoreError(f"{self.path} is not an activation store (no {META}); create one with `xlalign capture`")
-        found = self.meta.get("format", 1)
-        if found != FORMAT:
-            raise StoreError(
-                f"{self.path} was written by xlalign {self.meta.get('version', '< 0.2')} in store format {found}; "
-                f"this xlalign ({__version__}) reads format {FORMAT}: capture it again into a new directory"
-            )
+        self.meta  # noqa: B018 (read and validated now, so a bad store fails on open)
 
     @cached_property
     def meta(self) -> dict:
-        """The store's metadata, read once per opened store."""
-        return json.loads((self.path / META).read_text())
+        """The store's metadata, read once per opened store and validated before any path is built from it."""
+        path = self.path / META
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise StoreError(f"{path} is not valid JSON ({error}); restore it or capture into a new directory") from None
+        if not isinstance(meta, dict):
+            raise StoreError(f"{path} holds a {type(meta).__name__}, not the store's metadata")
+        if meta.get("format", 1) != FORMAT:
+            raise StoreError(
+                f"{self.path} was written by xlalign {meta.get('version', '< 0.2')} in store format "
+                f"{meta.get('format', 1)}; this xlalign ({__version__}) reads format {FORMAT}: capture it again "
+                "into a new directory"
+            )
+        _validate(meta, path)
+        return meta
 
     @property
     def sites(self) -> list[Site]:
@@ -102,21 +116,80 @@ class ActivationStore(Activations):
                 "rerun the same capture command to resume"
             )
         parts = []
-        for index in range(_n_shards(self.meta["languages"][language]["n"], self.meta["shard_size"])):
-            with safe_open(self.shard(language, index), framework="pt") as shard:
-                parts.append(shard.get_tensor(str(site)))
+        for index in range(self.n_shards(language)):
+            path = self.shard(language, index)
+            try:
+                parts.append(read_tensor(path, str(site), self.shard_info(language, index), self.meta["sites"]))
+            except ShardDamage as problem:
+                raise StoreError(f"{path} is damaged: {problem}. {REPAIR}") from None
         return torch.cat(parts)
 
+    def n_shards(self, language: str) -> int:
+        return -(-self.meta["languages"][language]["n"] // self.meta["shard_size"])
+
     def missing_shards(self, language: str) -> list[int]:
-        n = _n_shards(self.meta["languages"][language]["n"], self.meta["shard_size"])
-        return [index for index in range(n) if not self.shard(language, index).is_file()]
+        return [index for index in range(self.n_shards(language)) if not self.shard(language, index).is_file()]
+
+    def shard_info(self, language: str, index: int) -> ShardInfo:
+        """What shard ``index`` of ``language`` must hold, according to the metadata."""
+        size, n = self.meta["shard_size"], self.meta["languages"][language]["n"]
+        return ShardInfo(language, index, index * size, min((index + 1) * size, n), self.meta["model"]["weights_sha256"])
 
     def shard(self, language: str, index: int) -> Path:
-        return self.path / "shards" / language / f"{index:05d}.safetensors"
+        """The file of shard ``index`` of ``language`` (a validated name: the path stays inside the store)."""
+        if language not in self.meta["languages"]:
+            raise StoreError(f"{self.path}: no language {language!r}; it has {', '.join(self.languages)}")
+        path = self.path / "shards" / language / f"{index:05d}.safetensors"
+        if not path.resolve().is_relative_to(self.path.resolve()):
+            raise StoreError(f"{path} leads outside the store {self.path} (a link?); refusing to read or write it")
+        return path
+
+    def check(self, languages: Sequence[str] | None = None) -> dict[Path, str]:
+        """Every damaged or missing shard (of ``languages``, default all) with what is wrong; empty when good.
+        Reads and verifies every tensor."""
+        problems = {}
+        for language in languages or self.languages:
+            for index in range(self.n_shards(language)):
+                path = self.shard(language, index)
+                found = damage(path, self.shard_info(language, index), self.meta["sites"])
+                if found is not None:
+                    problems[path] = found
+        return problems
 
 
-def _n_shards(n_rows: int, shard_size: int) -> int:
-    return -(-n_rows // shard_size)
+REPAIR = "Repair: rerun the capture command that made the store; it recomputes damaged and missing shards."
+
+
+def _validate(meta: dict, path: Path) -> None:
+    """Raise :class:`StoreError` naming the first key of ``meta`` that is missing or not what a store holds."""
+    missing = [key for key in _REQUIRED if key not in meta]
+    if missing:
+        raise StoreError(f"{path} lacks {', '.join(map(repr, missing))}; it is damaged: capture into a new directory")
+
+    def bad(key: str, why: str) -> StoreError:
+        return StoreError(f"{path}: {key} {why}; the file was edited or damaged: capture into a new directory")
+
+    if not isinstance(meta["shard_size"], int) or meta["shard_size"] < 1:
+        raise bad("shard_size", f"is {meta['shard_size']!r}, not a positive int")
+    if meta["pooling"] not in POOLINGS:
+        raise bad("pooling", f"is {meta['pooling']!r}")
+    if not isinstance(meta["sites"], list) or not meta["sites"]:
+        raise bad("sites", "is not a list of site names")
+    for text in meta["sites"]:
+        try:
+            if str(Site.parse(text)) != text:
+                raise SiteError(text)
+        except (SiteError, AttributeError, TypeError):
+            raise bad("sites", f"holds {text!r}, which is not a site name like 'resid.7'") from None
+    if not isinstance(meta["model"], dict) or "weights_sha256" not in meta["model"]:
+        raise bad("model", "has no weight fingerprint")
+    if not isinstance(meta["languages"], dict):
+        raise bad("languages", "is not a mapping of language codes")
+    for language, info in meta["languages"].items():
+        if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
+            raise bad("languages", f"holds {language!r}, which is not a language code (e.g. 'eng', 'zho-CN')")
+        if not isinstance(info, dict) or not isinstance(info.get("n"), int) or info["n"] < 1:
+            raise bad(f"languages[{language!r}]", "has no positive sentence count n")
 
 
 def capture_to_store(
@@ -134,9 +207,9 @@ def capture_to_store(
 ) -> ActivationStore:
     """Capture pooled ``sites`` for every language of ``corpus`` into the store at ``out``.
 
-    Creates the store, or resumes one made by the same command: only missing shards are computed. A store
-    made with another model (weights and dtype included), pooling, site list, tokenisation or corpus text is a
-    :class:`StoreError` naming what differs.
+    Creates the store, or resumes one made by the same command: only missing and damaged shards are computed
+    (a warning names each damaged one). A store made with another model (weights and dtype included), device
+    type, pooling, site list, tokenisation or corpus text is a :class:`StoreError` naming what differs.
     """
     out = Path(out)
     check_pooling(pooling)
@@ -147,20 +220,26 @@ def capture_to_store(
         "sites": [str(site) for site in chosen],
         "shard_size": shard_size,
         "tokenization": tokenization.as_dict(),
+        "device": next(model.parameters()).device.type,  # GPUs and CPUs give (slightly) different numbers
     }
     wanted = {lang: {"n": len(corpus), "fingerprint": corpus.fingerprint([lang])} for lang in languages}
     _open_or_create(out, settings, model_identity(model), wanted, corpus.name)
     store = ActivationStore(out)
-    todo = {lang: store.missing_shards(lang) for lang in languages}
+    damaged = store.check(languages)
+    for path, problem in damaged.items():
+        if problem != "missing":
+            warnings.warn(f"{path} is damaged ({problem}); recomputing it", stacklevel=2)
     with progress_bar(progress, "capture") as bar:
-        for lang, shards in todo.items():
+        for lang in languages:
             texts = corpus.texts(lang)
-            for index in shards:
-                bar.set_description(f"capture {lang} (shard {index + 1}/{_n_shards(len(texts), shard_size)})")
-                rows = slice(index * shard_size, min((index + 1) * shard_size, len(texts)))
-                pooled = capture(model, tokenizer, texts[rows], chosen, pooling=pooling, tokenization=tokenization,
-                                 progress=bar)  # fmt: skip
-                _write_shard(store.shard(lang, index), pooled)
+            for index in range(store.n_shards(lang)):
+                if store.shard(lang, index) not in damaged:
+                    continue
+                bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
+                info = store.shard_info(lang, index)
+                pooled = capture(model, tokenizer, texts[info.start : info.stop], chosen, pooling=pooling,
+                                 tokenization=tokenization, progress=bar)  # fmt: skip
+                write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
     return store
 
 
@@ -193,8 +272,3 @@ def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, cor
     meta["languages"] = {**meta["languages"], **wanted}
     write_text(out / META, json.dumps(meta, indent=2))
 
-
-def _write_shard(path: Path, pooled: dict[Site, Tensor]) -> None:
-    tensors = {str(site): tensor.contiguous() for site, tensor in pooled.items()}
-    with atomic_path(path) as temporary:
-        save_file(tensors, temporary)
