@@ -72,7 +72,7 @@ def routing_tables(model, tokenizer, corpus: ParallelCorpus, plan=()) -> tuple[p
     for lang in corpus.languages:
         with steer(model, list(plan) if lang != PIVOT else []):
             traces[lang] = trace_router(model, tokenizer, corpus.texts(lang))
-    importance = router_matrices(traces, "prob")
+    importance = router_matrices(traces, "weight")  # Bandarkar et al.'s released code: total actual weight
     table = pd.concat([routing_divergence(importance, PIVOT), expert_set_overlap(importance, PIVOT, k=2)])
     return table, traces
 
@@ -200,10 +200,12 @@ def render(args, argv, untrained, baseline, steered, plain_loss, usage, middle, 
         f"of the demo corpus (CC0), seed {args.seed}. Training loss {curve[0]:.2f} -> "
         f"{sum(curve[-50:]) / len(curve[-50:]):.2f} (mean of the last 50 steps).",
         "",
-        "Routing is measured on the held-out 20% of the sentences (parallel across languages): expert importance",
-        "= token mean of softmax(router logits) per sentence; `jsd` = mean Jensen-Shannon divergence from the",
-        "English translation (nats, 0..ln 2); `jsd_norm` = divergence / (log E - mean entropy); `topk_jaccard` =",
-        "overlap of each sentence's 2 most important experts with its English translation's.",
+        "Routing is measured on the held-out 20% of the sentences (parallel across languages) as Bandarkar et",
+        "al.'s released code computes it: expert importance = per token the top-2 routing weights renormalised,",
+        "averaged over the sentence's tokens (the 'total actual weight'); `jsd` = mean Jensen-Shannon divergence",
+        "from the English translation (nats, 0..ln 2); `jsd_norm` = per sentence the divergence / (log E - the",
+        "pair's mean entropy), then averaged; `topk_jaccard` = overlap of each sentence's 2 most important",
+        "experts with its English translation's.",
         "",
         "## Divergence from English per layer and language (trained model)",
         "",

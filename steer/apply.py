@@ -3,8 +3,8 @@
 A plan is a sequence of interventions, each optionally paired with a :class:`~steer.schedule.Schedule`
 (default: every prompt token and every decode step). Each intervention is checked against every site it
 edits before anything is registered. Interventions on the same site compose in plan order (and nested
-``steer`` blocks in the order they were opened): each sees the tensor the previous one returned; every
-``record`` sees the final value. Hooks are removed on exit, also after an exception; no weight or attribute
+``steer`` blocks in the order they were opened): each sees the tensor the previous one returned, and as
+``ctx.original`` the tensor before the plan's first edit; every ``record`` sees the final value. Hooks are removed on exit, also after an exception; no weight or attribute
 of the model is changed (``generate`` is wrapped on the instance while a block is open, see
 :mod:`probes.capture.context`).
 
@@ -57,6 +57,9 @@ class SteerHandle:
                 checked.append((intervention, schedule, site))
         self._context: object | None = None
         self._selected: dict[int, Tensor] = {}
+        sites = [site for _, _, site in checked]
+        self._shared = {site for site in sites if sites.count(site) > 1}  # sites whose edits need the original
+        self._before: dict[Site, tuple[Tensor, Tensor]] = {}  # site -> (last output of this plan, original)
         self._stack = ExitStack()
         try:
             self._tracker = self._stack.enter_context(tracking(model))
@@ -79,6 +82,7 @@ class SteerHandle:
         if ctx is not self._context:  # a new forward pass
             self._context = ctx
             self._selected.clear()
+            self._before.clear()
         chosen = self._selected.get(id(schedule))
         if chosen is None:
             chosen = self._selected[id(schedule)] = schedule.select(ctx, self.languages)
@@ -93,17 +97,33 @@ class SteerHandle:
                     f"{tuple(ctx.valid.shape)}"
                 )
             chosen = self._select(schedule)
+            original = self._original(site, x)
             if not chosen.any():
+                self._remember(site, x, original)
                 return None
-            edited = intervention.edit(x, EditContext(site, ctx, chosen))
+            edited = intervention.edit(x, EditContext(site, ctx, chosen, original))
             if edited.shape != x.shape:
                 raise InterventionError(
                     f"{site}: {type(intervention).__name__}.edit returned shape {tuple(edited.shape)} for {tuple(x.shape)}"
                 )
             keep = chosen.view(*chosen.shape, *(1,) * (x.dim() - 2))
-            return torch.where(keep, edited.to(x.dtype), x)
+            out = torch.where(keep, edited.to(x.dtype), x)
+            self._remember(site, out, original)
+            return out
 
         return edit
+
+    def _original(self, site: Site, x: Tensor) -> Tensor:
+        """``x`` before this plan's edits: the remembered original when ``x`` is what the plan's previous edit at
+        ``site`` returned in this pass (the same storage), else ``x`` itself (a new call of the site)."""
+        before = self._before.get(site)
+        if before is not None and before[0].data_ptr() == x.data_ptr() and before[0].shape == x.shape:
+            return before[1]
+        return x
+
+    def _remember(self, site: Site, out: Tensor, original: Tensor) -> None:
+        if site in self._shared:
+            self._before[site] = (out, original)
 
 
 @contextmanager

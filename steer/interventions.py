@@ -22,7 +22,7 @@ from probes.artifacts import map_formula
 from probes.capture import ForwardContext
 from probes.model import Site
 
-FLAT_COMPONENTS = ("resid", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
+FLAT_COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
 
 
 class InterventionError(ValueError):
@@ -31,11 +31,14 @@ class InterventionError(ValueError):
 
 @dataclass(frozen=True)
 class EditContext:
-    """What an edit may look at: the site, the forward pass's tokens, and which of them the schedule selected."""
+    """What an edit may look at: the site, the forward pass's tokens, which of them the schedule selected, and
+    ``original``: the site's tensor before any edit of this plan in this forward pass (what SteerMoE's rule takes
+    max and min from; equal to ``x`` for the plan's first edit at the site)."""
 
     site: Site
     tokens: ForwardContext
     selected: Bool[Tensor, "batch tokens"]
+    original: Tensor | None = None
 
     @property
     def layer(self) -> int:

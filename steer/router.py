@@ -10,6 +10,10 @@ logits themselves, so :class:`ForceExperts` (at most k experts) always selects a
 never selects its experts. DeepSeek-V3 selects by ``sigmoid(logit) + bias`` within the best groups: a forced
 logit is raised above every other but may still lose to the selection bias or the group limit unless
 ``eps`` is large (sigmoid saturates: ``eps`` of a few units suffices when the biases are small).
+
+SteerMoE edits log-softmax scores; in families that route by a softmax of the logits (shift-invariant) editing
+the logits selects and weights the same experts. As there, ``ForceExperts`` and ``BanExperts`` on one layer
+take max and min from the unedited logits (``ctx.original``), so their order in a plan does not matter.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class _SetExpertLogits:
 
     def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
         out = x.clone()
-        out[..., self.experts[ctx.layer].to(x.device)] = self._value(x)
+        scores = x if ctx.original is None else ctx.original  # SteerMoE: max and min of the unedited scores
+        out[..., self.experts[ctx.layer].to(x.device)] = self._value(scores).to(x.dtype)
         return out
 
     def _value(self, x: Tensor) -> Tensor:

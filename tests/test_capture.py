@@ -256,15 +256,18 @@ def test_bad_capture_input_is_a_clear_error():
         capture(model, tokenizer, TEXTS, [Site(9, "resid")])
 
 
-def test_token_callback_sees_exactly_the_non_pad_tokens():
-    model, tokenizer = tiny("qwen2")
+def test_token_callback_sees_exactly_the_non_pad_tokens_and_the_bos_only_when_asked():
+    model, tokenizer = tiny("llama")  # its tokenizer adds a BOS
     site = Site(3, "mlp_gate")
-    got = []
-    pooled = capture(model, tokenizer, TEXTS, [site], tokenization=Tokenization(batch_size=3, padding_side="left"),
-                     on_tokens=lambda s, values, rows: got.append((values, rows)))
-    values = torch.cat([v for v, _ in got])
-    rows = torch.cat([r for _, r in got])
-    lengths = [len(ids) for ids in tokenizer(TEXTS)["input_ids"]]
-    assert torch.bincount(rows, minlength=len(TEXTS)).tolist() == lengths
-    for i in range(len(TEXTS)):  # the per-token values average to the pooled mean
-        torch.testing.assert_close(values[rows == i].mean(0), pooled[site][i], atol=1e-6, rtol=1e-5)
+    ids = tokenizer(TEXTS)["input_ids"]
+    assert all(row[0] == tokenizer.bos_token_id for row in ids)
+    for count_bos in (True, False):
+        got = []
+        pooled = capture(model, tokenizer, TEXTS, [site], tokenization=Tokenization(batch_size=3, padding_side="left"),
+                         on_tokens=lambda s, values, rows: got.append((values, rows)), count_bos=count_bos)  # fmt: skip
+        values = torch.cat([v for v, _ in got])
+        rows = torch.cat([r for _, r in got])
+        assert torch.bincount(rows, minlength=len(TEXTS)).tolist() == [len(row) - (not count_bos) for row in ids]
+        if count_bos:  # the per-token values average to the pooled mean
+            for i in range(len(TEXTS)):
+                torch.testing.assert_close(values[rows == i].mean(0), pooled[site][i], atol=1e-6, rtol=1e-5)

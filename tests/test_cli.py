@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import tiny
+from reference_mexa import reference_mexa
 from probes.analysis import ALL_METRICS, NEURON_METRICS, mexa, retrieval_top1
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector
 from probes.capture import ActivationStore, capture
 from probes.data import demo_corpus
-from probes.model import Site, blocks, locate
+from probes.model import Site, blocks, load_model, locate
 from steer.evaluate import COLUMNS, next_token_loss
 from steer.methods import METHODS
 from xlalign.cli import build_parser, main
@@ -37,13 +38,26 @@ def moe_run(tmp_path_factory):
     return out
 
 
+def test_capture_and_measure_by_default_report_mexa_as_its_released_code_computes_it(tmp_path):
+    store_dir, csv = tmp_path / "store", tmp_path / "metrics.csv"
+    assert main(["capture", *SMALL, "--out", str(store_dir)]) == 0
+    assert main(["measure", str(store_dir), "--metrics", "mexa", "--out", str(csv)]) == 0
+    store = ActivationStore(store_dir)
+    assert store.pooling == "weighted" and store.sites == [Site(layer, "hidden") for layer in range(5)]
+    table = pd.read_csv(csv).set_index(["language", "layer"])["value"]
+    model, tokenizer = load_model("random:llama")
+    for lang, per_layer in reference_mexa(model, tokenizer, demo_corpus().subset(["eng", "deu", "jpn"], 12)).items():
+        assert [table[lang, layer] for layer in range(5)] == pytest.approx(per_layer), lang
+
+
 def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
     store_dir = tmp_path / "store"
-    assert main(["capture", *SMALL, "--sites", "resid,mlp_act", "--layers", "0,2,4", "--out", str(store_dir)]) == 0
+    argv = ["capture", *SMALL, "--sites", "resid,mlp_act", "--layers", "0,2,4", "--pooling", "mean", "--out", str(store_dir)]
+    assert main(argv) == 0
     store = ActivationStore(store_dir)
     assert store.sites == sorted([Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(2, "mlp_act"), Site(4, "mlp_act")])
     csv = tmp_path / "metrics.csv"
-    assert main(["measure", str(store_dir), "--metrics", "retrieval_top1,mexa", "--out", str(csv)]) == 0
+    assert main(["measure", str(store_dir), "--component", "resid", "--metrics", "retrieval_top1,mexa", "--out", str(csv)]) == 0
     table = pd.read_csv(csv)
     assert list(table.columns) == ["layer", "language", "metric", "value"]
     assert len(table) == 3 * 2 * 2
@@ -56,7 +70,7 @@ def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
 
 def test_measure_never_overwrites_silently(tmp_path, capsys):
     store_dir = tmp_path / "store"
-    main(["capture", *SMALL, "--sites", "resid.1", "--out", str(store_dir)])
+    main(["capture", *SMALL, "--sites", "hidden.1", "--out", str(store_dir)])
     csv = tmp_path / "metrics.csv"
     csv.write_text("my notes")
     assert main(["measure", str(store_dir), "--out", str(csv)]) == 2

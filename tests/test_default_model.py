@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import ntrex_path
-from probes.analysis import retrieval_top1
+from probes.analysis import measure, retrieval_top1
 from probes.capture import capture_corpus
 from probes.data import read_ntrex
 from probes.model import DEFAULT_MODEL_NAME, Site, cache_dir, load_model, n_layers
+from reference_mexa import reference_mexa
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +41,16 @@ def test_retrieval_vs_english_peaks_in_the_middle_layers(gemma):
     assert scores["zho-CN"][best["zho-CN"]] >= 0.75
     for lang, layer in best.items():
         assert 0.25 * depth <= layer <= 0.85 * depth, f"{lang}: best layer {layer} of {depth}"
+
+
+@pytest.mark.slow
+def test_mexa_on_ntrex_equals_the_released_mexa_pipeline(gemma):
+    model, tokenizer = gemma
+    corpus = read_ntrex(ntrex_path()).subset(["eng", "deu", "zho-CN"], 40)
+    sites = [Site(layer, "hidden") for layer in range(n_layers(model) + 1)]
+    table = measure(capture_corpus(model, tokenizer, corpus, sites, pooling="weighted"), metrics=["mexa"],
+                    component="hidden").set_index(["language", "layer"])["value"]  # fmt: skip
+    for lang, per_layer in reference_mexa(model, tokenizer, corpus).items():
+        ours = [table[lang, layer] for layer in range(len(per_layer))]
+        assert ours == pytest.approx(per_layer, abs=1 / 40 + 1e-9), lang  # a float-noise flip moves one sentence
+        assert sum(abs(a - b) for a, b in zip(ours, per_layer)) <= 2 / 40, lang

@@ -162,16 +162,34 @@ def test_head_probe_ranks_the_planted_head_first():
     data[2]["eng"][:, 3] += 1.5  # only head 3 of layer 2 tells English from German
     identity = {"name": "planted", "n_layers": 4}
     probe = HeadProbe(cv=5).fit(activations(data, "head", model=identity), "deu")
-    assert list(probe.ranking_.columns) == ["layer", "head", "accuracy"] and len(probe.ranking_) == 8
-    assert probe.top_heads(1) == [(2, 3)]
+    assert list(probe.ranking_.columns) == ["layer", "head", "log_likelihood", "accuracy", "tied"]
+    assert len(probe.ranking_) == 8 and probe.top_heads(1) == [(2, 3)]
     assert probe.ranking_.accuracy.iloc[0] > 0.95 and probe.ranking_.accuracy.iloc[1:].max() < 0.8
-    assert probe.ranking_.accuracy.is_monotonic_decreasing
+    assert probe.ranking_.log_likelihood.is_monotonic_decreasing and not probe.ranking_.tied.any()
     expected = data[2]["eng"].mean(0) - data[2]["deu"].mean(0)
     assert torch.allclose(probe.shifts_[2], expected, atol=1e-6)
     vector = probe.shift_vector(1)
     assert vector.component == "head" and vector.layers == [2] and vector.params["heads"] == [[2, 3]]
     assert vector.model == identity and vector.recommended_layers == (2,)
     assert torch.equal(vector.vectors[2][3], probe.shifts_[2][3]) and not vector.vectors[2][:3].any()
+
+
+def test_head_ranking_does_not_saturate_and_reports_ties():
+    """Two heads both separate perfectly (accuracy 1.0); the clearer one wins whatever the probing order, and
+    two heads with the same data are reported as tied."""
+    g = rng(8)
+    heads, head_dim, n = 4, 6, 60
+    data = {layer: {lang: torch.randn(n, heads, head_dim, generator=g) for lang in ("eng", "deu")} for layer in (1, 2)}
+    data[1]["eng"][:, 1] += 5.0  # probed first: separable
+    data[2]["eng"][:, 3] += 15.0  # probed later: far more separable
+    data[2]["eng"][:, 0], data[2]["deu"][:, 0] = data[1]["eng"][:, 0], data[1]["deu"][:, 0]  # a copy of head 1.0
+    probe = HeadProbe(cv=5).fit(activations(data, "head", model={"name": "planted"}), "deu")
+    ranking = probe.ranking_.set_index(["layer", "head"])
+    assert ranking.loc[(1, 1), "accuracy"] == ranking.loc[(2, 3), "accuracy"] == 1.0
+    assert probe.top_heads(2) == [(2, 3), (1, 1)]
+    assert ranking.loc[(2, 3), "log_likelihood"] > ranking.loc[(1, 1), "log_likelihood"]
+    assert ranking.loc[(1, 0), "tied"] and ranking.loc[(2, 0), "tied"] and ranking.tied.sum() == 2
+    assert probe.shift_vector(2).params["tied_at_cutoff"] is False
 
 
 # --- artifacts ----------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_outputs_follow_the_umask(tmp_path):
         old = os.umask(mask)
         try:
             out = tmp_path / f"umask{mask:o}"
-            store = capture_to_store(model, tokenizer, SMALL, [Site(1, "resid")], out / "store", shard_size=8)
+            store = capture_to_store(model, tokenizer, SMALL, [Site(1, "hidden")], out / "store", shard_size=8)
             shift = jobs.find("shift", out / "shifts", model=model, tokenizer=tokenizer, corpus=SMALL, progress=False)
             jobs.measure(store.path, out / "metrics.csv")
         finally:

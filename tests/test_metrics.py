@@ -35,7 +35,8 @@ from probes.analysis import (
 from probes.capture import Tokenization, capture_corpus, capture_to_store
 from probes.data import demo_corpus
 from probes.find import LanguageIDProbe
-from probes.model import Site
+from probes.model import Site, n_layers
+from reference_mexa import reference_mexa
 
 
 def brute_cosine(u, v):
@@ -443,3 +444,19 @@ def test_metrics_refuse_nan_rows_and_impossible_k():
         strong_alignment_ap({"eng": x, "deu": y})
     with pytest.raises(MetricError, match="k must be between 1 and the 6"):
         retrieval_topk(x, x, 7)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "bloom"])
+def test_mexa_of_hidden_sites_equals_the_released_mexa_pipeline(family):
+    """Weighted pooling of ``hidden`` sites (batched, padded) gives MEXA's released numbers: one sentence at a
+    time through output_hidden_states (the last one after the final norm)."""
+    model, tokenizer = tiny(family)
+    corpus = demo_corpus().subset(["eng", "deu", "jpn"], 16)
+    sites = [Site(layer, "hidden") for layer in range(n_layers(model) + 1)]
+    acts = capture_corpus(model, tokenizer, corpus, sites, pooling="weighted", tokenization=Tokenization(batch_size=5))
+    table = measure(acts, metrics=["mexa"], component="hidden").set_index(["language", "layer"])["value"]
+    for lang, per_layer in reference_mexa(model, tokenizer, corpus).items():
+        assert [table[lang, layer] for layer in range(len(per_layer))] == pytest.approx(per_layer), (family, lang)
+    last = Site(n_layers(model), "resid")  # hidden.L is after the final norm, resid.L before it
+    before_norm = capture_corpus(model, tokenizer, corpus.subset(["deu"]), [last], pooling="weighted").get(last, "deu")
+    assert not torch.allclose(acts.get(sites[-1], "deu"), before_norm)

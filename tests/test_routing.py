@@ -12,10 +12,13 @@ import torch
 
 from conftest import TEXTS, tiny
 from probes.analysis import (
-    expert_set_overlap, expert_usage, jsd, language_experts, routing_divergence, set_overlap, universal_experts,
+    expert_set_overlap, expert_usage, jsd, language_experts, measure_routing, routing_divergence, set_overlap,
+    universal_experts,
 )  # fmt: skip
-from probes.capture import ActivationStore, Tokenization, batches, capture, capture_to_store, trace_batches, trace_router
+from probes.capture import ActivationStore, Tokenization, batches, capture, capture_corpus, capture_to_store, trace_batches
+from probes.capture import trace_router
 from probes.capture import watch
+from probes.data import demo_corpus
 from probes.model import MOE_FAMILIES, RULES, HookSet, Site, SiteError, load_model, locate, model_identity
 from probes.model import router_layers, width
 from probes.model.hooks import first_tensor
@@ -207,6 +210,29 @@ def test_large_negative_bias_and_ban_remove_an_expert(family):
             assert not (steered[layer].ids[valid] == expert).any(), f"{family} {intervention} router.{layer}"
 
 
+def test_force_and_ban_on_one_layer_follow_steermoe_in_either_order():
+    """SteerMoE (src/modeling_vllm/*.py): on log-softmax scores s, s[activate] <- max(s) + 0.01 and
+    s[deactivate] <- min(s) - 0.01, both from the unedited s; Mixtral then routes by top-2 of softmax(s)."""
+    model, tokenizer = tiny("mixtral")
+    ids, mask = prompt_batch(tokenizer, TEXTS, side="right")
+    layer, valid = router_layers(model)[0], mask.bool()
+    plain = routed(model, ids, mask)[layer]
+    favourite = int(torch.bincount(plain.ids[..., 0][valid]).argmax())  # banned: often the max itself
+    forced = (favourite + 3) % 8
+    force, ban = ForceExperts({layer: [forced]}), BanExperts({layer: [favourite]})
+    scores = torch.log_softmax(plain.logits.float(), dim=-1)
+    top, bottom = scores.amax(-1), scores.amin(-1)
+    scores[..., forced], scores[..., favourite] = top + 0.01, bottom - 0.01
+    weights, expected = torch.softmax(scores, dim=-1).topk(2, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    for plan in ([force, ban], [ban, force]):
+        steered = routed(model, ids, mask, plan)[layer]
+        assert torch.equal(steered.ids[valid].sort(-1).values, expected[valid].sort(-1).values)
+        got = torch.zeros_like(scores).scatter_(-1, steered.ids, steered.weights.float())
+        want = torch.zeros_like(scores).scatter_(-1, expected, weights)
+        torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", MOE_FAMILIES)
 def test_generation_under_router_steering_is_cache_and_batch_proof(family):
     model, tokenizer = tiny(family)
@@ -282,6 +308,56 @@ def test_sites_know_which_layers_route():
         trace_router(dense, _, TEXTS[:1])
 
 
+def _reference_total_actual_weight(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Bandarkar et al., calculate_total_actual_weight_per_sequence: softmax, keep the top-k, renormalise,
+    mean over the sequence's tokens (one unpadded sequence: logits (tokens, experts))."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    threshold = probs.topk(k, dim=-1).values[..., -1:]
+    kept = probs * (probs >= threshold)
+    return (kept / (kept.sum(-1, keepdim=True) + 1e-20)).mean(dim=0)
+
+
+def _reference_jsd(p: torch.Tensor, q: torch.Tensor, normalised: bool) -> torch.Tensor:
+    """analysis_helpers.js_divergence / calculate_entropy_normalized_jsd on rows."""
+    log_m = (0.5 * (p + q)).clamp(min=1e-10).log()
+    kl = lambda a: torch.nn.functional.kl_div(log_m, a, reduction="none").sum(-1)  # noqa: E731
+    js = 0.5 * (kl(p) + kl(q))
+    if not normalised:
+        return js
+    entropy_of = lambda a: -(a * (a + 1e-10).log()).sum(-1)  # noqa: E731
+    bound = math.log(p.shape[-1]) - 0.5 * (entropy_of(p) + entropy_of(q))
+    return js / bound.clamp(min=1e-6)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen2_moe", "qwen3_moe"])
+def test_routing_divergence_equals_the_released_code_one_sequence_at_a_time(family):
+    model, tokenizer = tiny(family)
+    corpus = demo_corpus().subset(["eng", "deu", "jpn"], 10)
+    layers = router_layers(model)
+    activations = capture_corpus(model, tokenizer, corpus, [Site(l, "router") for l in layers], pooling="mean",
+                                 tokenization=Tokenization(batch_size=4))  # fmt: skip
+    table = measure_routing(activations, "eng").set_index(["layer", "language", "metric"])["value"]
+    k = int(getattr(model.config, "num_experts_per_tok"))
+    importance = {}
+    for lang in corpus.languages:
+        rows = []
+        for text in corpus.texts(lang):
+            seen = {}
+            hooks = [points(model)[l].gate.register_forward_hook(lambda m, a, out, l=l: seen.__setitem__(l, out[0]))
+                     for l in layers]  # fmt: skip
+            with torch.no_grad():
+                model(**tokenizer(text, return_tensors="pt"))
+            for hook in hooks:
+                hook.remove()
+            rows.append(torch.stack([_reference_total_actual_weight(seen[l], k) for l in layers]))
+        importance[lang] = torch.stack(rows)  # (sentences, layers, experts)
+    for lang in corpus.languages[1:]:
+        for normalised, metric in ((False, "jsd"), (True, "jsd_norm")):
+            expected = _reference_jsd(importance["eng"], importance[lang], normalised).mean(0)
+            for index, layer in enumerate(layers):
+                assert table[layer, lang, metric] == pytest.approx(float(expected[index]), rel=1e-4, abs=1e-7)
+
+
 def test_divergence_and_overlap_match_hand_computation():
     p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
     q = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
@@ -294,8 +370,8 @@ def test_divergence_and_overlap_match_hand_computation():
     value = table.set_index(["language", "metric"])["value"]
     assert value["deu", "jsd"] == pytest.approx(math.log(2) / 2)
     assert value["fra", "jsd"] == pytest.approx(0.0) and value["fra", "jsd_norm"] == pytest.approx(0.0)
-    entropy_p = (math.log(2) + math.log(4)) / 2  # both sides have the same mean entropy
-    assert value["deu", "jsd_norm"] == pytest.approx((math.log(2) / 2) / (math.log(4) - entropy_p))
+    # per sentence: ln 2 / (ln 4 - ln 2) = 1, then 0 (uniform rows: a zero bound, clamped); their mean
+    assert value["deu", "jsd_norm"] == pytest.approx(0.5)
     assert list(table.columns) == ["layer", "language", "metric", "value", "ci_low", "ci_high"]
     assert set_overlap(p, q, 2).tolist() == [0.0, 1.0]  # uniform rows: topk picks the same first two
     overlap = expert_set_overlap({3: {"eng": p, "deu": q}}, k=2)

@@ -26,7 +26,8 @@ def reference() -> dict[tuple[Site, str], torch.Tensor]:
     """Per-token activations of every text, concatenated per language: the full in-memory tensor.
 
     One right-padded batch per language through ``watch``; each text's rows are cut to its own token count
-    (from the tokenizer, not from any mask), so padding cannot reach the reference.
+    (from the tokenizer, not from any mask), so padding cannot reach the reference, and the BOS is dropped
+    (statistics count the text, as LAPE's released code does).
     """
     model, tokenizer = tiny("llama")
     out: dict[tuple[Site, str], list[torch.Tensor]] = {}
@@ -39,7 +40,8 @@ def reference() -> dict[tuple[Site, str], torch.Tensor]:
         with torch.no_grad(), watch(model, SITES, lambda site, t, _ctx: seen.__setitem__(site, t.clone())):
             model.base_model(input_ids=input_ids, attention_mask=mask)
         for site in SITES:
-            out[site, language] = [seen[site][row, : len(tokens)].double() for row, tokens in enumerate(ids)]
+            out[site, language] = [seen[site][row, : len(tokens)][torch.tensor(tokens) != tokenizer.bos_token_id].double()
+                                   for row, tokens in enumerate(ids)]  # fmt: skip
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

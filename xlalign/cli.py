@@ -11,12 +11,13 @@ from typing import Sequence
 
 from probes import __version__
 from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS
+from probes.analysis.routing import IMPORTANCE
 from probes.capture import POOLINGS, Tokenization
 from probes.capture.store import REPAIR
 from probes.model import COMPONENTS
 from probes.model.loading import DEVICES, DTYPES
 from steer.methods import METHODS
-from xlalign.jobs import FIND_METHODS
+from xlalign.jobs import DEFAULT_K, FIND_METHODS
 
 
 def _csv(text: str) -> list[str]:
@@ -88,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     capture = add("capture", "capture pooled activations of a parallel corpus into a resumable store")
     _model(capture)
     _corpus(capture)
-    capture.add_argument("--pooling", choices=POOLINGS, default="mean", help=POOLING)
-    capture.add_argument("--sites", default="resid", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7)")
+    capture.add_argument("--pooling", choices=POOLINGS,
+                         help=f"{POOLING} (default: weighted, as MEXA; mean when router sites are captured)")
+    capture.add_argument("--sites", default="hidden", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7); "
+                         "hidden = output_hidden_states, the last after the final norm, as MEXA reads them")
     capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
     capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
 
@@ -102,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--metrics", type=_csv, default="retrieval_top1,mexa",
                          help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store pooled "
                               f"'active' (mlp_gate): {', '.join(NEURON_METRICS)}")  # fmt: skip
-    measure.add_argument("--component", default="resid", choices=COMPONENTS,
+    measure.add_argument("--component", default="hidden", choices=COMPONENTS,
                          help="router: routing divergence (jsd, jsd_norm) and top-k expert overlap instead")
+    measure.add_argument("--importance", default="weight", choices=IMPORTANCE,
+                         help="router: expert importance; weight = top-k renormalised weights, the released code of "
+                              "Bandarkar et al.; prob = softmax over all experts, the paper's description")  # fmt: skip
     measure.add_argument("--ci", action="store_true", help="add 95%% bootstrap intervals (ci_low, ci_high)")
     measure.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     measure.add_argument("--out", required=True, type=Path, help="CSV file: layer,language,metric,value")
@@ -115,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _corpus(find)
     find.add_argument("--method", help="; ".join(f"{kind}: {'|'.join(m)} (default {m[0]})" for kind, m in FIND_METHODS.items()))
     find.add_argument("--pivot", default="eng", help=PIVOT)
-    find.add_argument("--k", type=int, default=1000, help="ap: units per language; claim: heads")
+    find.add_argument("--k", type=int, help=f"ap: units per language (default {DEFAULT_K['ap']}); claim: heads, "
+                                            f"ranked by held-out log-likelihood (default {DEFAULT_K['claim']})")
     find.add_argument("--out", required=True, type=Path, help="neurons: a .safetensors file; shift/map: a directory")
     find.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
 
@@ -184,7 +191,7 @@ def _run(args) -> str:
         return f"{args.store}: every shard verified, the store is good"
     if args.command == "measure":
         table = jobs.measure(args.store, args.out, pivot=args.pivot, metrics=args.metrics, component=args.component,
-                             ci=args.ci, n_boot=args.n_boot, overwrite=args.overwrite)  # fmt: skip
+                             importance=args.importance, ci=args.ci, n_boot=args.n_boot, overwrite=args.overwrite)  # fmt: skip
         return f"wrote {args.out}: {len(table)} rows"
     if args.command == "find":
         written = jobs.find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,

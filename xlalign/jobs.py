@@ -23,11 +23,14 @@ from probes.data import ParallelCorpus, load_corpus
 from probes.data.files import write_text
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
 from probes.model import COMPONENTS, Site, SiteError, model_identity, n_layers, resolve_model, router_layers
+from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import to_intervention, zero_neurons
 from steer.evaluate import continuations, next_token_loss
 from xlalign.resume import ResumableTable
 
+# Units (ap) or heads (claim) kept when find's k is not given.
+DEFAULT_K = {"ap": 1000, "claim": 8}
 FIND_METHODS = {"neurons": ("lape", "ap"), "shift": ("mean", "pca", "logistic", "claim"), "map": ("incline", "procrustes")}
 
 
@@ -74,14 +77,15 @@ def job_bar(progress: bool, what: str) -> Iterator[tqdm]:
 
 
 def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[Site]:
-    """``'resid,mlp_act'`` -> those components at every layer (``resid`` from 0, ``router`` where the model has
-    one); ``'resid.7'`` -> one site."""
+    """``'resid,mlp_act'`` -> those components at every layer (``resid`` and ``hidden`` from 0, ``router`` where
+    the model has one); ``'resid.7'`` -> one site."""
     sites = []
     for item in (part.strip() for part in spec.split(",") if part.strip()):
         if "." in item:
             sites.append(Site.parse(item))
         elif item in COMPONENTS:
-            every = router_layers(model) if item == "router" else range(0 if item == "resid" else 1, n_layers(model) + 1)
+            first = 0 if item in FROM_EMBEDDINGS else 1
+            every = router_layers(model) if item == "router" else range(first, n_layers(model) + 1)
             sites += [Site(layer, item) for layer in every if layers is None or layer in layers]
         else:
             raise SiteError(f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER")
@@ -96,18 +100,25 @@ def capture(
     model="default",
     tokenizer=None,
     corpus: ParallelCorpus | str = "demo",
-    sites: str | Sequence[Site] = "resid",
+    sites: str | Sequence[Site] = "hidden",
     layers: Sequence[int] | None = None,
-    pooling: str = "mean",
+    pooling: str | None = None,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
 ) -> ActivationStore:
-    """Capture pooled ``sites`` of every language of ``corpus`` into the (resumable) store at ``out``."""
+    """Capture pooled ``sites`` of every language of ``corpus`` into the (resumable) store at ``out``.
+
+    The defaults are MEXA's (cisnlp/Mexa): ``hidden`` sites (the model's ``output_hidden_states``, the last
+    after the final norm) pooled ``weighted``; ``pooling`` defaults to ``mean`` when ``router`` sites are
+    captured (routing metrics average over tokens, as Bandarkar et al.'s code does).
+    """
     parallel = open_corpus(corpus)
     network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
+    if pooling is None:
+        pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
     with job_bar(progress, f"capture into {out}") as bar:
         return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, tokenization=tokenization,
                                 progress=bar)  # fmt: skip
@@ -119,17 +130,19 @@ def measure(
     *,
     pivot: str = "eng",
     metrics: str | Sequence[str] = ("retrieval_top1", "mexa"),
-    component: str = "resid",
+    component: str = "hidden",
+    importance: str = "weight",
     ci: bool = False,
     n_boot: int = 1000,
     overwrite: bool = False,
 ) -> pd.DataFrame:
-    """Alignment (or, for ``component='router'``, routing) metrics of a store, written as a CSV to ``out``."""
+    """Alignment (or, for ``component='router'``, routing metrics of the expert ``importance``: see
+    :func:`probes.analysis.measure_routing`) of a store, written as a CSV to ``out``."""
     out = Path(out)
     refuse_overwrite(out, overwrite)
     activations = ActivationStore(store)
     if component == "router":
-        table = measure_routing(activations, pivot, ci=ci, n_boot=n_boot)
+        table = measure_routing(activations, pivot, importance=importance, ci=ci, n_boot=n_boot)
     else:
         table = measure_activations(activations, pivot=pivot, metrics=metrics, component=component, ci=ci,
                                     n_boot=n_boot)  # fmt: skip
@@ -151,7 +164,7 @@ def find(
     tokenizer=None,
     corpus: ParallelCorpus | str = "demo",
     pivot: str = "eng",
-    k: int = 1000,
+    k: int | None = None,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
@@ -184,10 +197,10 @@ def find(
         sites = [Site(layer, component) for layer in layers]
         acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
         if kind == "neurons":
-            return [APExperts(k=k).fit(acts).neurons_.save(out, overwrite=overwrite)]
+            return [APExperts(k=k or DEFAULT_K["ap"]).fit(acts).neurons_.save(out, overwrite=overwrite)]
         for lang, path in zip(languages, targets):
             if method == "claim":
-                artifact = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k)
+                artifact = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k or DEFAULT_K["claim"])
             elif kind == "shift":
                 artifact = fit_shift(acts, lang, pivot=pivot, method=method)
             else:

@@ -4,11 +4,16 @@ Inputs are per-sentence routing matrices by layer and language, ``{layer: {langu
 from mean-pooled ``router`` activations or from traces (:func:`router_matrices`), sentences aligned across
 languages.
 
-- :func:`routing_divergence` (Bandarkar et al.): per layer and language, the mean over parallel sentences of
-  the Jensen-Shannon *divergence* between the language's and the pivot's expert importance (scipy's
-  ``jensenshannon`` distance squared, natural log: 0 to ln 2), and the entropy-normalised variant, the
-  mean divergence over ``log E - mean entropy`` of the compared importance vectors (our reading of
-  METHODS.md: the divergence relative to how far from uniform the routing is).
+- :func:`routing_divergence` (Bandarkar et al., ``routing_analysis/analysis_helpers.py``): per layer and
+  language, the mean over parallel sentences of the Jensen-Shannon *divergence* between the language's and
+  the pivot's expert importance (scipy's ``jensenshannon`` distance squared, natural log: 0 to ln 2), and the
+  entropy-normalised variant as the released code computes it: each sentence's divergence over
+  ``log E - `` the mean entropy of that sentence's two importance vectors (the bound clamped at 1e-6), then
+  the mean over sentences.
+- Expert importance (:func:`measure_routing`'s ``importance``): ``weight``, the released code's default
+  (``calculate_total_actual_weight_per_sequence``: per token the top-k probabilities renormalised to sum 1,
+  zero elsewhere, averaged over the sentence's tokens), or ``prob``, the token mean of the softmax over all
+  experts (the paper's description; marked deprecated in the released code).
 - :func:`expert_set_overlap`: Jaccard overlap of each sentence's ``k`` most important experts with its
   translation's (token positions do not align across languages, so sets are compared per sentence).
 - :func:`expert_usage`, :func:`language_experts`, :func:`universal_experts`: how often each expert is
@@ -74,10 +79,11 @@ def entropy(p: Float[Tensor, "n experts"]) -> Float[Tensor, " n"]:
     return -(p * p.clamp(min=1e-300).log()).sum(dim=-1)
 
 
-def normalised_jsd(pivot: Float[Tensor, "n experts"], other: Float[Tensor, "n experts"]) -> float:
-    """Mean divergence over ``log E - mean entropy`` of both sides."""
-    spread = math.log(pivot.shape[-1]) - 0.5 * (entropy(pivot).mean() + entropy(other).mean())
-    return float(jsd(pivot, other).mean() / spread.clamp(min=1e-12))
+def normalised_jsd(pivot: Float[Tensor, "n experts"], other: Float[Tensor, "n experts"]) -> Float[Tensor, " n"]:
+    """Per sentence, the divergence over ``log E`` minus the mean entropy of the sentence's two rows (clamped
+    at 1e-6, as in Bandarkar et al.'s ``calculate_entropy_normalized_jsd``)."""
+    spread = math.log(pivot.shape[-1]) - 0.5 * (entropy(pivot) + entropy(other))
+    return jsd(pivot, other) / spread.clamp(min=1e-6)
 
 
 def set_overlap(pivot: Float[Tensor, "n experts"], other: Float[Tensor, "n experts"], k: int) -> Float[Tensor, " n"]:
@@ -148,12 +154,19 @@ def expert_set_overlap(
     return _table(rows, ci)
 
 
+IMPORTANCE = ("weight", "prob")
+
+
 def measure_routing(
-    activations: Activations, pivot: str = "eng", *, k: int = 2, ci: bool = False, n_boot: int = 1000
-) -> pd.DataFrame:
+    activations: Activations, pivot: str = "eng", *, k: int = 2, importance: str = "weight", ci: bool = False,
+    n_boot: int = 1000,
+) -> pd.DataFrame:  # fmt: skip
     """The routing metrics of mean-pooled ``router`` activations, per layer and language: ``jsd``, ``jsd_norm``
-    (expert importance) and ``topk_jaccard`` (the ``k`` most important experts), as one tidy table."""
-    importance = router_matrices(activations, "prob")
+    and ``topk_jaccard`` (the ``k`` most important experts) of the expert ``importance`` (``weight``: the
+    released code's total actual weight, the default; ``prob``: the softmax mean), as one tidy table."""
+    if importance not in IMPORTANCE:
+        raise ValueError(f"unknown expert importance {importance!r}; choose one of {', '.join(IMPORTANCE)}")
+    importance = router_matrices(activations, importance)
     return pd.concat([routing_divergence(importance, pivot, ci=ci, n_boot=n_boot),
                       expert_set_overlap(importance, pivot, k=k, ci=ci, n_boot=n_boot)], ignore_index=True)  # fmt: skip
 

@@ -11,7 +11,7 @@ from torch import nn
 from probes.capture.context import batch_context, new_call
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.capture.tokenization import Batch
-from probes.model.architectures import blocks, decoder
+from probes.model.architectures import blocks, decoder, n_layers
 from probes.model.hooks import HookSet, StopForward
 
 
@@ -20,7 +20,10 @@ def _stop(*_) -> None:
 
 
 def add_early_exit(hooks: HookSet, model: nn.Module, layer: int) -> None:
-    """Stop the forward pass once block ``layer`` ran (0: before block 1), after every read there."""
+    """Stop the forward pass once block ``layer`` ran (0: before block 1), after every read there; after the
+    last block only the final norm is left (read by ``hidden`` sites), so the pass runs to the end."""
+    if layer >= n_layers(model):
+        return
     if layer == 0:
         hooks.add(blocks(model)[0], "input", _stop, stage="stop", raw=True, name="early exit")
     else:

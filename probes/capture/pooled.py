@@ -23,7 +23,8 @@ from probes.data import ParallelCorpus
 from probes.model.identity import model_identity
 from probes.model.sites import Site
 
-# on_tokens(site, values, rows): each batch's counted tokens (n, *shape) and the index of the text of each.
+# on_tokens(site, values, rows): each batch's counted tokens (n, *shape) and the index of the text of each
+# (without the BOS token unless asked: statistics count the text, as LAPE's released code does).
 TokenCallback = Callable[[Site, Float[Tensor, "n *shape"], Int[Tensor, " n"]], None]
 
 
@@ -36,15 +37,18 @@ def capture(
     pooling: str | None = "mean",
     tokenization: Tokenization = Tokenization(),
     on_tokens: TokenCallback | None = None,
+    count_bos: bool = False,
     progress: Progress = False,
 ) -> dict[Site, Float[Tensor, "n *shape"]]:
     """Pooled activations of ``texts`` at ``sites``, in the order of ``texts`` (float32, on the CPU).
 
-    ``on_tokens`` additionally receives each batch's counted tokens (for streaming statistics); with
-    ``pooling=None`` only it is fed. ``head`` sites come out as ``(n, heads, head_dim)``.
+    ``on_tokens`` additionally receives each batch's counted tokens (for streaming statistics), the BOS token
+    only with ``count_bos`` (the released LAPE code counts text without BOS, whose activation is the same in
+    every language); with ``pooling=None`` only it is fed. ``head`` sites come out as ``(n, heads, head_dim)``.
     """
     work = batches(tokenizer, texts, tokenization, device=next(model.parameters()).device)
-    return capture_batches(model, work, sites, pooling=pooling, on_tokens=on_tokens, progress=progress)
+    skip = None if count_bos else tokenizer.bos_token_id
+    return capture_batches(model, work, sites, pooling=pooling, on_tokens=on_tokens, skip_id=skip, progress=progress)
 
 
 def capture_batches(
@@ -54,9 +58,11 @@ def capture_batches(
     *,
     pooling: str | None = "mean",
     on_tokens: TokenCallback | None = None,
+    skip_id: int | None = None,
     progress: Progress = False,
 ) -> dict[Site, Float[Tensor, "n *shape"]]:
-    """:func:`capture` on batches already tokenised (the rows of all batches together must be 0..n-1)."""
+    """:func:`capture` on batches already tokenised (the rows of all batches together must be 0..n-1);
+    ``on_tokens`` never receives tokens whose id is ``skip_id``."""
     if pooling is not None:
         check_pooling(pooling)
     chosen = check_sites(sites)
@@ -66,8 +72,10 @@ def capture_batches(
         if pooling is not None:
             parts[site].append((ctx.example.cpu(), pool(x, ctx.counted, pooling).cpu()))
         if on_tokens is not None:
-            rows = ctx.example[:, None].expand(ctx.counted.shape)
-            on_tokens(site, x[ctx.counted], rows[ctx.counted])
+            skipping = skip_id is not None and ctx.input_ids is not None
+            fed = ctx.counted & (ctx.input_ids != skip_id) if skipping else ctx.counted
+            rows = ctx.example[:, None].expand(fed.shape)
+            on_tokens(site, x[fed], rows[fed])
 
     with watch(model, chosen, on_activation):
         run_batches(model, work, stop_after=max(site.layer for site in chosen), progress=progress, phase="capture")

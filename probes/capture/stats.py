@@ -292,7 +292,8 @@ def collect_stats(
 ) -> NeuronStats:
     """Run ``corpus`` (one language at a time) through ``model`` and accumulate :class:`NeuronStats` at ``sites``.
 
-    ``per="token"``: statistics over every counted token (nothing is pooled). ``per="sentence"``: over the
+    ``per="token"``: statistics over every counted token but the BOS (nothing is pooled; see
+    :func:`probes.capture.capture`'s ``count_bos``). ``per="sentence"``: over the
     sentences' ``pooling``-pooled vectors. ``head`` sites are flattened to ``heads * head_dim`` neurons.
     """
     if per not in PER:

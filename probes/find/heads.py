@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedKFold, cross_validate
 from torch import Tensor
 
 from probes.analysis.activations import Activations
@@ -19,12 +19,15 @@ class HeadProbe:
     """Language-specific attention heads (CLAIM, Ye et al. 2025; paper only, no released code).
 
     For every (layer, head), a logistic regression (standardised features, ``C``) separates the pivot's
-    pooled head outputs (the per-head input of the output projection) from language l's; its ``cv``-fold
-    stratified cross-validated accuracy ranks the heads. The shift of a head is pivot mean minus l mean of
-    its output. Selecting the top-k heads by this accuracy is our reading of the paper.
+    pooled head outputs (the per-head input of the output projection) from language l's, scored with
+    ``cv``-fold stratified cross-validation. Heads are ranked by the held-out log-likelihood (mean log
+    probability of the true language, the negated log loss), then by accuracy: language ID saturates, so most
+    heads reach accuracy 1.0 and ranking by accuracy alone would pick the earliest probed heads. The shift of a
+    head is pivot mean minus l mean of its output. Selecting the top-k heads is our reading of the paper.
 
-    After :meth:`fit`: ``ranking_`` (DataFrame ``layer, head, accuracy``, best first), ``shifts_``
-    (``{layer: (heads, head_dim)}``), ``model_`` (the identity of the model the activations came from).
+    After :meth:`fit`: ``ranking_`` (DataFrame ``layer, head, log_likelihood, accuracy, tied``, best first;
+    ``tied``: another head has the same scores), ``shifts_`` (``{layer: (heads, head_dim)}``), ``model_`` (the
+    identity of the model the activations came from).
     """
 
     def __init__(self, cv: int = 5, C: float = 1.0, max_iter: int = 1000, n_jobs: int | None = None) -> None:
@@ -45,19 +48,25 @@ class HeadProbe:
             folds = StratifiedKFold(self.cv, shuffle=True, random_state=0)
             for head in range(ours.shape[1]):
                 features = torch.cat([ours[:, head], theirs[:, head]]).double().numpy()
-                scores = cross_val_score(
-                    probe_pipeline(self.C, self.max_iter), features, labels, cv=folds, n_jobs=self.n_jobs
-                )
-                rows.append((layer, head, float(scores.mean())))
+                scores = cross_validate(probe_pipeline(self.C, self.max_iter), features, labels, cv=folds,
+                                        scoring=("neg_log_loss", "accuracy"), n_jobs=self.n_jobs)  # fmt: skip
+                rows.append((layer, head, float(scores["test_neg_log_loss"].mean()), float(scores["test_accuracy"].mean())))
             self.shifts_[layer] = mean_shift(ours, theirs)
-        self.ranking_ = (
-            pd.DataFrame(rows, columns=["layer", "head", "accuracy"])
-            .sort_values("accuracy", ascending=False, kind="stable")
-            .reset_index(drop=True)
+        ranking = pd.DataFrame(rows, columns=["layer", "head", "log_likelihood", "accuracy"])
+        ranking["tied"] = ranking.duplicated(["log_likelihood", "accuracy"], keep=False)
+        self.ranking_ = ranking.sort_values(["log_likelihood", "accuracy"], ascending=False, kind="stable").reset_index(
+            drop=True
         )
         self.pivot_, self.language_ = pivot, language
         self.model_ = dict(activations.model)
         return self
+
+    def _tied_at(self, k: int) -> bool:
+        """Whether the k-th head ties with the first one left out (the selection is then arbitrary there)."""
+        if k >= len(self.ranking_):
+            return False
+        scores = self.ranking_[["log_likelihood", "accuracy"]]
+        return bool((scores.iloc[k - 1] == scores.iloc[k]).all())
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` best-separating heads as ``(layer, head)``."""
@@ -71,6 +80,8 @@ class HeadProbe:
         vectors: dict[int, Tensor] = {}
         for layer, head in heads:
             vectors.setdefault(layer, torch.zeros_like(self.shifts_[layer]))[head] = self.shifts_[layer][head]
+        best = self.ranking_.head(k)
         params = {"k": k, "heads": [list(h) for h in heads], "cv": self.cv, "C": self.C,
-                  "accuracy": self.ranking_["accuracy"].head(k).tolist()}  # fmt: skip
+                  "log_likelihood": best["log_likelihood"].tolist(), "accuracy": best["accuracy"].tolist(),
+                  "tied_at_cutoff": self._tied_at(k)}  # fmt: skip
         return ShiftVector(vectors, "head", self.pivot_, self.language_, "claim", params, self.model_, tuple(sorted(vectors)))

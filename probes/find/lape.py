@@ -41,8 +41,9 @@ class LAPE:
     the repository's history use ``top_rate`` 0.01 and 0.05 — pass ``top_fraction=0.05`` for the latter.
     ``bar_quantile`` (default: ``filter_quantile``, as the code's ``activation_bar_ratio``) sets step 5's bar;
     dismissed neurons are never selected, even when a lower ``bar_quantile`` would let the released code
-    assign them. Tokens are those of the corpus sentences (BOS included unless ``exclude_bos``), where the
-    released code counts fixed-length chunks of concatenated Wikipedia text.
+    assign them. Tokens are those of the corpus sentences without BOS (statistics never count it, as the
+    released code, which counts fixed-length chunks of concatenated Wikipedia token ids, has none); each
+    sentence is still run with its BOS, where the released code's chunks start mid-text.
 
     Learned: ``probabilities_`` (layers, neurons, languages), ``entropy_`` (layers, neurons), ``bar_``,
     ``assign_bar_``, ``selected_`` (bool, layers x neurons), ``layers_``, ``languages_``, ``neurons_``

@@ -248,6 +248,8 @@ def locate(model: nn.Module, site: Site) -> tuple[nn.Module, Side] | RouterPoint
         raise SiteError(f"{site}: the model has {len(layers)} blocks (layers 0..{len(layers)})")
     if site.layer == 0:
         return layers[0], "input"
+    if site.component == "hidden":
+        return (final_norm(model), "output") if site.layer == len(layers) else locate(model, Site(site.layer, "resid"))
     where = getattr(table, site.component)
     if where is None:
         raise SiteError(f"{site}: component {site.component!r} does not exist in a {model_type(model)} model")
@@ -272,7 +274,7 @@ def _router_point(model: nn.Module, site: Site, block: nn.Module, spec: RouterTa
 
 def width(model: nn.Module, component: str) -> int:
     """Size of the last dimension of a component's tensor (for ``head``: the per-head size)."""
-    if component in ("resid", "attn_out", "mlp_out"):
+    if component in ("resid", "hidden", "attn_out", "mlp_out"):
         return int(unwrap(model).config.hidden_size)
     if component == "router":
         layers = router_layers(model)

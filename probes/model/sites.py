@@ -8,13 +8,19 @@ Per token, ``resid``, ``attn_out`` and ``mlp_out`` are ``(hidden,)``; ``mlp_act`
 projection) and ``mlp_gate`` (the activation function's output) are ``(intermediate,)``; ``head`` is
 ``(heads, head_dim)`` (the per-head input of the attention output projection); ``router`` is
 ``(3, experts)`` (see :mod:`probes.model.moe`).
+
+``hidden`` is the model's own ``output_hidden_states``, what MEXA's released code pools: ``hidden.i`` is
+``resid.i`` for ``i`` below the last layer ``L``, and ``hidden.L`` the output of the final norm (``resid.L`` is
+before it). Per token ``(hidden,)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMPONENTS = ("resid", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router")
+COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router")
+# Components that exist at layer 0 (the embedding output).
+FROM_EMBEDDINGS = ("resid", "hidden")
 
 
 class SiteError(ValueError):
@@ -33,8 +39,8 @@ class Site:
             raise SiteError(f"unknown component {self.component!r} in {self}; choose one of {', '.join(COMPONENTS)}")
         if not isinstance(self.layer, int) or isinstance(self.layer, bool):
             raise SiteError(f"{self}: the layer must be an int, got {type(self.layer).__name__}")
-        if self.layer < 0 or (self.layer == 0 and self.component != "resid"):
-            raise SiteError(f"{self}: layer 0 exists only for 'resid' (the embedding output); blocks count from 1")
+        if self.layer < 0 or (self.layer == 0 and self.component not in FROM_EMBEDDINGS):
+            raise SiteError(f"{self}: layer 0 exists only for 'resid' and 'hidden' (the embedding output); blocks count from 1")
 
     def __str__(self) -> str:
         return f"{self.component}.{self.layer}"

@@ -19,7 +19,7 @@ def validate_architecture(model: nn.Module, *, atol: float = 1e-4) -> None:
     try:
         depth = n_layers(model)
         for component in COMPONENTS:
-            if component != "router" and getattr(table, component) is not None:
+            if component not in ("router", "hidden") and getattr(table, component) is not None:
                 site_shape(model, Site(1, component))  # the submodule exists
         norm = final_norm(model)
     except (AttributeError, TypeError, IndexError) as error:
