@@ -38,23 +38,14 @@ def _experts(experts: Mapping[int, Sequence[int] | Tensor]) -> dict[int, Tensor]
 
 
 @dataclass(frozen=True)
-class RouterBias:
-    """logits[experts] += delta before top-k (Bandarkar et al.): delta > 0 promotes, delta < 0 suppresses.
-
-    ``delta`` is one number or, per layer, one value per expert.
-    """
+class _ExpertEdit:
+    """An edit of some experts' router logits at some layers (``experts``: per layer, the expert ids)."""
 
     experts: dict[int, Int[Tensor, " n"]]
-    delta: float | dict[int, Float[Tensor, " n"]] = 1.0
     component: str = field(default="router", init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "experts", _experts(self.experts))
-        if isinstance(self.delta, Mapping):
-            object.__setattr__(self, "delta", frozen_tensors(self.delta))
-            for layer, ids in self.experts.items():
-                if layer not in self.delta or self.delta[layer].shape != ids.shape:
-                    raise InterventionError(f"RouterBias layer {layer}: {len(ids)} experts need as many deltas")
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -62,6 +53,24 @@ class RouterBias:
 
     def check(self, site: Site, shape: tuple[int, ...]) -> None:
         _check_router(site, shape, self.experts[site.layer])
+
+
+@dataclass(frozen=True)
+class RouterBias(_ExpertEdit):
+    """logits[experts] += delta before top-k (Bandarkar et al.): delta > 0 promotes, delta < 0 suppresses.
+
+    ``delta`` is one number or, per layer, one value per expert.
+    """
+
+    delta: float | dict[int, Float[Tensor, " n"]] = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.delta, Mapping):
+            object.__setattr__(self, "delta", frozen_tensors(self.delta))
+            for layer, ids in self.experts.items():
+                if layer not in self.delta or self.delta[layer].shape != ids.shape:
+                    raise InterventionError(f"RouterBias layer {layer}: {len(ids)} experts need as many deltas")
 
     def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
         delta = self.delta[ctx.layer].to(x) if isinstance(self.delta, dict) else self.delta
@@ -71,22 +80,10 @@ class RouterBias:
 
 
 @dataclass(frozen=True)
-class _SetExpertLogits:
+class _SetExpertLogits(_ExpertEdit):
     """Set the chosen experts' logits to a value derived from each token's logits (see subclasses)."""
 
-    experts: dict[int, Int[Tensor, " n"]]
     eps: float = 1e-2
-    component: str = field(default="router", init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "experts", _experts(self.experts))
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return tuple(sorted(self.experts))
-
-    def check(self, site: Site, shape: tuple[int, ...]) -> None:
-        _check_router(site, shape, self.experts[site.layer])
 
     def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
         out = x.clone()
