@@ -106,8 +106,9 @@ def summary(jsd: pd.DataFrame, per_layer: pd.DataFrame, per_language: pd.DataFra
         f"- Divergence from English differs across languages: averaged over layers it runs from "
         f"{by_lang.idxmin()} {by_lang.min():.3f} to {by_lang.idxmax()} {by_lang.max():.3f} nats; and across layers: "
         f"averaged over languages from {by_layer.min():.3f} (layer {by_layer.idxmin()}) to {by_layer.max():.3f} "
-        f"(layer {by_layer.idxmax()}). The untrained model routes almost uniformly (at most "
-        f"{per_layer['untrained jsd'].max():.3f}).",
+        f"(layer {by_layer.idxmax()}). The untrained model's near-uniform gates pick their top-2 by chance, so "
+        f"its divergence is not zero either (up to {per_layer['untrained jsd'].max():.3f}; mean over layers "
+        f"{per_layer['untrained jsd'].mean():.3f} against {per_layer['trained jsd'].mean():.3f} trained).",
         f"- Promoting English's top-2 experts in layers {middle} with delta={delta} lowers the middle-layer "
         f"divergence averaged over the non-English languages from {per_language.loc['mean', 'middle jsd']:.3f} to "
         f"{per_language.loc['mean', strongest]:.3f}, per layer "

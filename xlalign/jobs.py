@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from probes.analysis import measure as measure_activations
 from probes.analysis import measure_routing
-from probes.artifacts import NeuronSet, ShiftVector, load_artifact
+from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
 from probes.capture.progress import add_steps
 from probes.data import ParallelCorpus, load_corpus
@@ -26,6 +26,7 @@ from probes.model import COMPONENTS, Site, SiteError, model_identity, n_layers, 
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import to_intervention, zero_neurons
+from steer.incline import incline
 from steer.evaluate import continuations, next_token_loss
 from xlalign.resume import ResumableTable
 
@@ -193,7 +194,7 @@ def find(
             sites = [Site(layer, "mlp_gate") for layer in layers]
             stats = collect_stats(network, tokenizer, parallel, sites, bins=0, tokenization=tokenization, progress=bar)
             return [LAPE().fit(stats).neurons_.save(out, overwrite=overwrite)]
-        component = {"ap": "mlp_act", "claim": "head"}.get(method, "resid")
+        component = {"ap": "mlp_act", "claim": "head", "incline": "mlp_out"}.get(method, "resid")  # as their papers
         sites = [Site(layer, component) for layer in layers]
         acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
         if kind == "neurons":
@@ -204,7 +205,7 @@ def find(
             elif kind == "shift":
                 artifact = fit_shift(acts, lang, pivot=pivot, method=method)
             else:
-                artifact = fit_map(acts, lang, pivot=pivot, method=method)
+                artifact = fit_map(acts, lang, pivot=pivot, method=method, component=component)
             artifact.save(path, overwrite=overwrite)
     return targets
 
@@ -288,14 +289,19 @@ def steer(
     dtype: str = "float32",
 ) -> pd.DataFrame:
     """Greedy continuations of ``prompts`` without and with ``artifact`` applied (``layers``: default, the
-    artifact's recommended layers), as a table ``prompt, off, on``."""
+    artifact's recommended layers), as a table ``prompt, off, on``. An INCLINE map is applied as its released
+    code does (:func:`steer.incline.incline`: every layer of the map unless ``layers``, the last prompt token,
+    targets from a clean pass, ``sigma = strength``)."""
     network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
     found = load_artifact(artifact, model=network)
     if isinstance(found, NeuronSet) and layers is not None:
         raise JobError("--layers applies to shift vectors and maps; a NeuronSet is applied where its units are")
-    intervention = to_intervention(found, strength=strength, language=language, layers=layers)
+    if isinstance(found, LinearMap) and found.method == "incline":
+        plan = [incline(network, tokenizer, prompts, found, strength, layers=layers, tokenization=tokenization)]
+    else:
+        plan = [to_intervention(found, strength=strength, language=language, layers=layers)]
     off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
-    with steering(network, [intervention]):
+    with steering(network, plan):
         on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
     return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
 
@@ -308,4 +314,6 @@ def describe_artifact(path: str | os.PathLike) -> str:
     target = f"{found.language} -> {found.pivot}"
     where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
     kind = "shift" if isinstance(found, ShiftVector) else "map"
+    if kind == "map" and found.method == "incline":
+        where = "the last prompt token of every layer (INCLINE)"
     return f"{path}: {kind} {found.method} {target}, applied at {where} unless --layers says otherwise"

@@ -1,0 +1,52 @@
+"""INCLINE applied as its released code applies it (weixuan-wang123/INCLINE: ``intervention.py``,
+``intervention_llama.py``).
+
+A clean forward pass of the prompts gives, at every mapped layer ``l``, the last prompt token's value ``c_l``
+(INCLINE maps MLP outputs: ``mlp_out``); its target is ``c_l + sign * sigma * (c_l W_l)`` from that clean
+value (``sign=-1`` as the Llama script, ``+1`` as the BLOOM one); the steered pass overwrites the last prompt
+token at every layer with its target, in the prefill only (decode steps are untouched). Because each target
+comes from the clean pass, the edits do not compound through the layers, as an
+:class:`~steer.interventions.ApplyMap` at every layer (which maps the already-steered value) does.
+
+The released scripts sweep ``sigma`` over -1..1 in steps of 0.1 (their list reads ``-0.3-0.2``, so -0.3 and
+-0.2 are missing and -0.5 appears twice): :data:`SIGMAS` is the intended grid.
+
+    plan = [incline(model, tokenizer, prompts, fitted_map, sigma=0.5)]
+    with steer(model, plan):
+        out = model.generate(**batch_of(prompts), ...)   # the same prompts, in the same order
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from probes.artifacts import LinearMap, map_formula
+from probes.capture import Tokenization, trace
+from probes.model import Site
+from steer.convert import default_layers
+from steer.patch import Patch
+from steer.schedule import Schedule
+
+SIGMAS = tuple(round(0.1 * step, 1) for step in range(-10, 11))
+
+
+def incline(
+    model, tokenizer, prompts: Sequence[str], fitted: LinearMap, sigma: float, *, sign: float = 1.0,
+    layers: Sequence[int] | None = None, tokenization: Tokenization = Tokenization(),
+) -> tuple[Patch, Schedule]:  # fmt: skip
+    """The plan item that applies ``fitted`` to ``prompts`` as INCLINE does (every layer of the map unless
+    ``layers``); example ``e`` of a steered batch is ``prompts[e]``."""
+    chosen = sorted(fitted.matrices) if layers is None else default_layers(fitted, layers)
+    sites = {layer: Site(layer, fitted.component) for layer in chosen}
+    clean = trace(model, tokenizer, list(prompts), list(sites.values()), tokenization=tokenization)
+    values = {}
+    for layer, site in sites.items():
+        per_prompt = []
+        for tokens in clean.tokens(site):
+            last = tokens[-1]
+            moved = map_formula(last, fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer))
+            target = tokens.clone()
+            target[-1] = last + sign * sigma * moved
+            per_prompt.append(target)
+        values[layer] = per_prompt
+    return Patch(values, fitted.component), Schedule(prefill="last", decode="none")
