@@ -5,6 +5,8 @@ with 130 and says what was kept."""
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -220,8 +222,23 @@ class _Damaged(Exception):
     """A check that found damage (exit status 1, not an input error)."""
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed memory instead of mapping every large block afresh: each large-vocabulary logits
+    tensor is hundreds of MB, and mapping it anew costs a page fault per 4 KB (in ``xlalign run`` 16 M faults and
+    a minute of system time; without them next-token loss is 11% faster). A no-op where glibc is absent."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _keep_freed_memory()
     try:
         print(_run(args))
         return 0
