@@ -58,7 +58,7 @@ def write_shard(path: Path, tensors: dict[str, Tensor], info: ShardInfo) -> None
         raise OSError(f"writing {path} failed ({error}); is the disk full? Nothing partial was left") from None
 
 
-def _header(handle, path: Path, expected: ShardInfo, sites: list[str]) -> dict:
+def _header(handle, expected: ShardInfo, sites: list[str]) -> dict:
     raw = (handle.metadata() or {}).get(_KEY)
     if raw is None:
         raise ShardDamage("it carries no xlalign shard header (not written by this xlalign, or overwritten)")
@@ -77,7 +77,7 @@ def read_tensor(path: Path, site: str, expected: ShardInfo, sites: list[str]) ->
     """The tensor of ``site``, after checking the shard's header and the tensor's checksum."""
     try:
         with safe_open(path, framework="pt") as handle:
-            header = _header(handle, path, expected, sites)
+            header = _header(handle, expected, sites)
             tensor = handle.get_tensor(site)
     except ShardDamage:
         raise
