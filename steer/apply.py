@@ -74,6 +74,11 @@ class SteerHandle:
         """The language of each example of the next forward passes (one code: all examples), for gating."""
         self.languages = languages if languages is None or isinstance(languages, str) else tuple(languages)
 
+    def touches(self, language: str) -> bool:
+        """Whether any plan item can edit an example in ``language``; if not, such inputs run exactly as
+        without the plan (every edit returns the tensor unchanged)."""
+        return any(not schedule.excludes(language) for _, schedule in self.plan)
+
     def remove(self) -> None:
         self._stack.close()
 

@@ -3,23 +3,25 @@
 For each language and setting, every alignment metric is computed per layer between the (unsteered) pivot
 sentences and the language's sentences with the intervention off and on; the confidence interval of the
 change comes from a paired bootstrap over sentences. Side effects: next-token loss on the language's and on
-the pivot's held-out text (the pivot runs with the same, language-gated plan: it must stay untouched), and
+the pivot's held-out text (the pivot runs with the same plan: a plan gated to the language leaves it untouched), and
 the output-language fidelity of greedy continuations, judged by a character n-gram identifier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
 from probes.analysis import PAIR_METRICS, bootstrap_ci
-from probes.capture import Tokenization, batches, capture
+from probes.capture import Tokenization, batches, pooling_during
 from probes.capture.context import batch_context, new_call
+from probes.capture.decoder import run_batches
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
 from probes.find import LanguageIdentifier
@@ -32,12 +34,14 @@ EVAL_METRICS = ("mexa", "retrieval_top1")
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration of one method: ``plan(language)`` builds the (language-gated) plan for a language."""
+    """One configuration of one method: ``plan(language, texts)`` builds the (language-gated) plan that steers
+    ``texts`` (example ``e`` of a steered batch is ``texts[e]`` or a prefix's; only plans computed from a clean
+    pass of the texts, as INCLINE's, depend on them)."""
 
     method: str
     setting: str
     layer: int  # the first layer the plan edits; summaries average the layers from here on
-    plan: Callable[[str], Sequence[PlanItem]]
+    plan: Callable[[str, Sequence[str]], Sequence[PlanItem]]
 
 
 def _need_lm_head(model: nn.Module, what: str) -> None:
@@ -77,6 +81,23 @@ def next_token_loss(
     if not count:
         raise ValueError("next-token loss: the texts have no token with a successor (each is one token long)")
     return total / count
+
+
+def pooled_and_loss(
+    model: nn.Module, tokenizer, texts: Sequence[str], sites: Sequence[Site], *, pooling: str = "mean",
+    n_loss: int | None = None, tokenization: Tokenization = Tokenization(),
+) -> tuple[dict[Site, Float[Tensor, "n *shape"]], float]:  # fmt: skip
+    """``capture`` of ``texts`` and the :func:`next_token_loss` of the first ``n_loss`` (all when None) in one
+    pass over those: their sites are pooled during the loss's own forward passes. Example ``e`` of every pass
+    is ``texts[e]``, so plans built for ``texts`` (INCLINE's patch) line up."""
+    scored = list(texts[:n_loss])
+    with pooling_during(model, sites, pooling) as pooled:
+        loss = next_token_loss(model, tokenizer, scored, tokenization=tokenization)
+        if len(texts) > len(scored):
+            rest = batches(tokenizer, texts[len(scored) :], tokenization, device=next(model.parameters()).device)
+            run_batches(model, [replace(batch, rows=batch.rows + len(scored)) for batch in rest],
+                        stop_after=max(site.layer for site in sites))  # fmt: skip
+    return pooled, loss
 
 
 def continuations(
@@ -133,8 +154,9 @@ def evaluate(
     Per layer and metric: off, on, delta and a 95% paired-bootstrap interval of the delta. Per setting also
     ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
     that layer), ``loss_target``, ``loss_pivot`` (on the first ``n_loss`` texts: the LM head of a large
-    vocabulary dominates the cost) and, when an ``identifier`` is given, ``lang_fidelity`` (greedy
-    continuations of the first ``n_prompts`` texts).
+    vocabulary dominates the cost; the pivot pass is skipped when every plan item is gated to other languages,
+    which leaves pivot inputs exactly as they are, so ``on`` is ``off``) and, when an ``identifier`` is given,
+    ``lang_fidelity`` (greedy continuations of the first ``n_prompts`` texts).
 
     Each (language, setting) is a unit: ``on_unit`` receives its rows as soon as they are computed, and the units
     already in ``done`` (an earlier, interrupted evaluation) are taken from it instead of being computed again.
@@ -145,19 +167,17 @@ def evaluate(
 
     def measured(lang: str) -> _Measured:
         texts = test.texts(lang)
-        pooled = capture(model, tokenizer, texts, sites, pooling=pooling, tokenization=tokenization)
-        loss = next_token_loss(model, tokenizer, texts[:n_loss], tokenization=tokenization)
+        pooled, loss = pooled_and_loss(model, tokenizer, texts, sites, pooling=pooling, n_loss=n_loss,
+                                       tokenization=tokenization)  # fmt: skip
         if identifier is None:
             return _Measured(pooled, loss, float("nan"))
         outputs = continuations(model, tokenizer, texts[:n_prompts], tokenization=tokenization)
         return _Measured(pooled, loss, sum(found == lang for found in identifier.predict(outputs)) / len(outputs))
 
-    def pivot_loss() -> float:
-        return next_token_loss(model, tokenizer, test.texts(pivot)[:n_loss], tokenization=tokenization)
-
+    pivot_texts = test.texts(pivot)[:n_loss]
     if todo:
-        reference = capture(model, tokenizer, test.texts(pivot), sites, pooling=pooling, tokenization=tokenization)
-        pivot_off = pivot_loss()
+        reference, pivot_off = pooled_and_loss(model, tokenizer, test.texts(pivot), sites, pooling=pooling,
+                                               n_loss=n_loss, tokenization=tokenization)  # fmt: skip
     pending = {lang for lang, _ in todo}
     units = []
     with progress_bar(progress, "evaluate") as bar:
@@ -173,10 +193,13 @@ def evaluate(
                     units.append(finished[head])
                     continue
                 bar.set_description(f"evaluate {lang}: {setting.method}")
-                with steer(model, setting.plan(lang), languages=lang) as handle:
+                with steer(model, setting.plan(lang, test.texts(lang)), languages=lang) as handle:
                     on = measured(lang)
-                    handle.set_languages(pivot)
-                    pivot_on = pivot_loss()
+                    touched = handle.touches(pivot)
+                pivot_on = pivot_off  # a plan gated to other languages leaves the pivot exactly as it is
+                if touched:
+                    with steer(model, setting.plan(lang, pivot_texts), languages=pivot):
+                        pivot_on = next_token_loss(model, tokenizer, pivot_texts, tokenization=tokenization)
                 rows = _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
                 rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))

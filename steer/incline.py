@@ -30,12 +30,19 @@ from steer.schedule import Schedule
 SIGMAS = tuple(round(0.1 * step, 1) for step in range(-10, 11))
 
 
+INCLINE_MODES = ("code", "interpolate")
+
+
 def incline(
     model, tokenizer, prompts: Sequence[str], fitted: LinearMap, sigma: float, *, sign: float = 1.0,
-    layers: Sequence[int] | None = None, tokenization: Tokenization = Tokenization(),
+    mode: str = "code", layers: Sequence[int] | None = None, tokenization: Tokenization = Tokenization(),
 ) -> tuple[Patch, Schedule]:  # fmt: skip
     """The plan item that applies ``fitted`` to ``prompts`` as INCLINE does (every layer of the map unless
-    ``layers``); example ``e`` of a steered batch is ``prompts[e]``."""
+    ``layers``); example ``e`` of a steered batch is ``prompts[e]``. ``mode="code"`` is the released rule
+    ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (METHODS.md's
+    variant), both from the clean ``c``."""
+    if mode not in INCLINE_MODES:
+        raise ValueError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")
     chosen = sorted(fitted.matrices) if layers is None else default_layers(fitted, layers)
     sites = {layer: Site(layer, fitted.component) for layer in chosen}
     clean = trace(model, tokenizer, list(prompts), list(sites.values()), tokenization=tokenization)
@@ -46,7 +53,7 @@ def incline(
             last = tokens[-1]
             moved = map_formula(last, fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer))
             target = tokens.clone()
-            target[-1] = last + sign * sigma * moved
+            target[-1] = last + sign * sigma * moved if mode == "code" else (1 - sigma) * last + sigma * moved
             per_prompt.append(target)
         values[layer] = per_prompt
     return Patch(values, fitted.component), Schedule(prefill="last", decode="none")

@@ -1,16 +1,17 @@
 """Fit every steering method on a training split and turn the findings into evaluable settings.
 
-Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``incline`` (least-squares maps at
-every layer, last prompt token, both rules), ``procrustes`` (orthogonal map at one layer), ``lape``
-(zero the language's LAPE neurons), ``ap`` (set the pivot's AP expert units to their median response) and
-``heads`` (CLAIM: shift the most language-specific heads) and, in MoE models, ``router`` (Bandarkar et al.:
-promote the pivot's most used experts in the middle layers). Every plan is gated to the language it was
-fitted for, so pivot inputs run untouched.
+Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``incline`` (least-squares maps of
+MLP outputs fitted on INCLINE's half code-switched pairs, applied as its released code applies them: targets
+from a clean pass written at the last prompt token of every layer, :mod:`steer.incline`), ``procrustes``
+(orthogonal map at one layer), ``lape`` (zero the language's LAPE neurons), ``ap`` (set the pivot's AP expert
+units to their median response) and ``heads`` (CLAIM: shift the most language-specific heads) and, in MoE
+models, ``router`` (Bandarkar et al.: promote the pivot's most used experts in the middle layers). Every plan
+is gated to the language it was fitted for, so pivot inputs run untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -21,10 +22,11 @@ from probes.artifacts import LinearMap, NeuronSet, ShiftVector
 from probes.capture import NeuronStats, Tokenization, capture
 from probes.capture.progress import Progress, progress_bar
 from probes.data import ParallelCorpus
-from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
+from probes.find import LAPE, APExperts, HeadProbe, code_switched_pairs, fit_map, fit_shift
 from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, model_type, n_layers, router_layers
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
+from steer.incline import incline
 from steer.router import promote_pivot_experts
 from steer.schedule import gated
 
@@ -64,15 +66,17 @@ def fit_methods(
     lape_languages: Sequence[str] | None = None,
     n_heads: int = 8,
     ap_k: int = 100,
+    incline_style: str = "llama",
     tokenization: Tokenization = Tokenization(),
     progress: Progress = False,
 ) -> Findings:
     """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``).
 
-    One forward pass per language feeds every method: pooled ``resid`` (shift, INCLINE, Procrustes), ``head``
-    in the middle layers (CLAIM), ``mlp_act`` (AP experts) and streaming ``mlp_gate`` counts (LAPE). LAPE
-    compares activation probabilities across ``lape_languages`` (default: pivot and ``languages``); more
-    languages make its entropy more telling.
+    One forward pass per language feeds most methods: pooled ``resid`` (shift, Procrustes), ``head`` in the
+    middle layers (CLAIM), ``mlp_act`` (AP experts) and streaming ``mlp_gate`` counts (LAPE). LAPE compares
+    activation probabilities across ``lape_languages`` (default: pivot and ``languages``); more languages make
+    its entropy more telling. INCLINE has its own passes over its training pairs (``incline_style``, see
+    :func:`probes.find.code_switched_pairs`): token-mean ``mlp_out`` at every layer, as its released code.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -84,7 +88,7 @@ def fit_methods(
     every_layer = range(1, depth + 1)
     middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
     wanted = {
-        "resid": every_layer if {"shift", "incline", "procrustes"} & set(methods) else (),
+        "resid": every_layer if {"shift", "procrustes"} & set(methods) else (),
         "head": middle if "heads" in methods else (),
         "mlp_act": every_layer if "ap" in methods else (),
         "router": router_layers(model) if "router" in methods else (),
@@ -101,6 +105,8 @@ def fit_methods(
             sites = pooled_sites if lang in everyone else []
             if lang in lape_languages:
                 sites = sites + [Site(layer, "mlp_gate") for layer in every_layer]
+            if not sites:  # only INCLINE, which has passes of its own
+                continue
 
             def count_active(site: Site, values: torch.Tensor, _rows, lang=lang) -> None:
                 if site.component == "mlp_gate":
@@ -109,17 +115,22 @@ def fit_methods(
             pooled = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
                              tokenization=tokenization, progress=bar)  # fmt: skip
             data |= {(site, lang): values for site, values in pooled.items() if site.component != "mlp_gate"}
+        identity = model_identity(model)
+        if "incline" in methods:
+            bar.set_description("fit: INCLINE pairs")
+            incline_maps = _fit_incline(model, tokenizer, train, languages, pivot, incline_style, identity,
+                                        tokenization, bar)  # fmt: skip
         bar.set_description(f"fit: {', '.join(methods)}")
-    identity = model_identity(model)
     stats.model = identity
     found = Findings(depth)
     acts = Activations(data, model=identity, pooling="mean", ids=train.ids) if data else None
+    if "incline" in methods:
+        found.incline = incline_maps
     for lang in languages:
         if "shift" in methods:
             found.shifts[lang] = fit_shift(acts, lang, pivot=pivot)
-        for method, maps in (("incline", found.incline), ("procrustes", found.procrustes)):
-            if method in methods:
-                maps[lang] = fit_map(acts, lang, pivot=pivot, method=method)
+        if "procrustes" in methods:
+            found.procrustes[lang] = fit_map(acts, lang, pivot=pivot, method="procrustes")
         if "heads" in methods:
             found.heads[lang] = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(n_heads)
     if wanted["router"]:
@@ -133,37 +144,71 @@ def fit_methods(
     return found
 
 
-def settings(found: Findings, *, pivot: str = "eng") -> list[Setting]:
-    """The evaluated grid: a few strengths and layers per method, every plan gated to its language."""
+def _fit_incline(model, tokenizer, train: ParallelCorpus, languages, pivot: str, style: str, identity: dict,
+                 tokenization: Tokenization, progress) -> dict[str, LinearMap]:  # fmt: skip
+    """INCLINE maps on ``mlp_out`` at every layer from the (half code-switched) training pairs."""
+    sites = [Site(layer, "mlp_out") for layer in range(1, n_layers(model) + 1)]
+    _, doubled = code_switched_pairs(train.texts(pivot), train.texts(pivot), style)  # the pivot side of every pair
+    pivot_side = capture(model, tokenizer, doubled, sites, tokenization=tokenization, progress=progress)
+    maps = {}
+    for lang in languages:
+        source, _ = code_switched_pairs(train.texts(lang), train.texts(pivot), style)
+        own = capture(model, tokenizer, source, sites, tokenization=tokenization, progress=progress)
+        pairs = {(site, lang): own[site] for site in sites} | {(site, pivot): pivot_side[site] for site in sites}
+        maps[lang] = fit_map(Activations(pairs, model=identity, pooling="mean"), lang, pivot=pivot,
+                             component="mlp_out", method="incline")  # fmt: skip
+    return maps
+
+
+INCLINE_SETTINGS = (("code", -0.5), ("code", 0.5), ("interpolate", 0.5))
+
+
+def settings(
+    found: Findings, model: nn.Module | None = None, tokenizer=None, *, pivot: str = "eng",
+    incline_settings: Sequence[tuple[str, float]] = INCLINE_SETTINGS, tokenization: Tokenization = Tokenization(),
+) -> list[Setting]:  # fmt: skip
+    """The evaluated grid: a few strengths and layers per method, every plan gated to its language.
+
+    ``incline_settings``: the (mode, sigma) pairs of INCLINE (:func:`steer.incline.incline`, sign +1: the
+    released BLOOM script's ``c + sigma c W``; the Llama script's sigma is the negative); its plans are built
+    for the texts they steer from a clean pass of ``model``, so INCLINE needs ``model`` and ``tokenizer``.
+    """
     middle = max(1, found.layers // 2)
     out: list[Setting] = []
 
     if found.shifts:
         for layer, alpha in ((middle, 0.5), (middle, 1.0)):
-            out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, layer=layer, alpha=alpha: [
-                (add_vector(found.shifts[lang], alpha, [layer]), gated([lang]))]))
+            out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, texts, layer=layer,
+                               alpha=alpha: [(add_vector(found.shifts[lang], alpha, [layer]), gated([lang]))]))
     if found.incline:
-        for rule in ("code", "interpolate"):
-            out.append(Setting("incline", f"all layers,last token,mode={rule},sigma=0.5", 1, lambda lang, rule=rule: [
-                (apply_map(found.incline[lang], 0.5, rule), gated([lang], prefill="last", decode="none"))]))
+        if model is None or tokenizer is None:
+            raise ValueError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")
+
+        def incline_plan(lang, texts, mode, sigma):
+            patch, schedule = incline(model, tokenizer, texts, found.incline[lang], sigma, mode=mode,
+                                      tokenization=tokenization)  # fmt: skip
+            return [(patch, replace(schedule, languages=(lang,)))]
+
+        for mode, sigma in incline_settings:
+            out.append(Setting("incline", f"clean pass,last token,every layer,mode={mode},sigma={sigma}", 1,
+                               lambda lang, texts, mode=mode, sigma=sigma: incline_plan(lang, texts, mode, sigma)))
     if found.procrustes:
-        out.append(Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang: [
+        out.append(Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang, texts: [
             (apply_map(found.procrustes[lang], 1.0, "interpolate", [middle]), gated([lang]))]))
     if found.lape is not None:
-        out.append(Setting("lape", "zero own neurons", 1, lambda lang: [
+        out.append(Setting("lape", "zero own neurons", 1, lambda lang, texts: [
             (zero_neurons(found.lape, lang), gated([lang]))] if lang in found.lape.languages else []))
     if found.ap is not None:
         experts = set_neurons(found.ap, pivot)
-        out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang: [
+        out.append(Setting("ap", f"set {pivot} experts to on_p50", min(experts.layers), lambda lang, texts: [
             (experts, gated([lang]))]))
     if found.router_usage:
         promote = promote_pivot_experts(found.router_usage, n_experts=2, delta=2.0)
         layers = "-".join(map(str, promote.layers))
         out.append(Setting("router", f"promote top-2 {pivot} experts,layers={layers},delta=2.0",
-                           min(promote.layers), lambda lang: [(promote, gated([lang]))]))
+                           min(promote.layers), lambda lang, texts: [(promote, gated([lang]))]))
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
-        out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang: [
+        out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang, texts: [
             (head_shift(found.heads[lang], 1.0), gated([lang]))]))
     return out
-

@@ -93,6 +93,10 @@ class Schedule:
             chosen = chosen | (generated & (steps >= (start or 1)) & (steps < stop if stop is not None else True))
         return chosen & self._gate(ctx, languages)[:, None]
 
+    def excludes(self, language: str) -> bool:
+        """Whether the schedule never touches an example in ``language`` (it is gated on other languages)."""
+        return self.languages is not None and language not in self.languages
+
     def _prefill(self, ctx: ForwardContext, prompt: Tensor) -> Tensor:
         if isinstance(self.prefill, Tensor):
             if tuple(self.prefill.shape) != tuple(ctx.prompt_mask.shape):

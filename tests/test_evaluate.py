@@ -25,7 +25,7 @@ def corpus():
 def shift_setting(alpha: float) -> Setting:
     vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
     return Setting("shift", f"alpha={alpha}", 2,
-                   lambda lang: [(AddVector({2: vector}, alpha), Schedule(languages=(lang,)))])
+                   lambda lang, texts: [(AddVector({2: vector}, alpha), Schedule(languages=(lang,)))])
 
 
 def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus):
@@ -42,7 +42,7 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     # 'on' at layer 3 equals MEXA computed by hand from a steered capture.
     site = Site(3, "resid")
     english = capture(model, tokenizer, corpus.texts("eng"), [site])[site]
-    with steer(model, shift_setting(3.0).plan("rus"), languages="rus"):
+    with steer(model, shift_setting(3.0).plan("rus", []), languages="rus"):
         russian = capture(model, tokenizer, corpus.texts("rus"), [site])[site]
     row = strong[(strong.metric == "mexa") & (strong.layer == 3)]
     assert row.on.item() == pytest.approx(mexa(english, russian))
@@ -51,6 +51,23 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     summary = strong[strong.metric == "mexa_mean_after"]
     assert summary.on.item() == pytest.approx(layers.on.mean())
     assert set(strong.metric) >= {"lang_fidelity", "retrieval_top1", "retrieval_top1_mean_after"}
+
+
+def test_pivot_loss_is_measured_when_the_plan_can_touch_the_pivot(corpus):
+    """A gated plan's pivot pass is skipped: running it gives the unsteered loss bit for bit. An ungated plan's
+    pivot loss is measured and equals a direct steered computation."""
+    model, tokenizer = tiny("llama")
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    ungated = Setting("shift", "ungated", 2, lambda lang, texts: [AddVector({2: vector}, 3.0)])
+    table = evaluate(model, tokenizer, corpus, [shift_setting(3.0), ungated], languages=["deu"], n_boot=10, n_loss=8)
+    pivot = table[table.metric == "loss_pivot"].set_index("setting")
+    english = corpus.texts("eng")[:8]
+    plain = next_token_loss(model, tokenizer, english)
+    with steer(model, shift_setting(3.0).plan("deu", []), languages="eng") as handle:
+        assert not handle.touches("eng") and handle.touches("deu")
+        assert next_token_loss(model, tokenizer, english) == plain == pivot.on["alpha=3.0"]
+    with steer(model, ungated.plan("deu", []), languages="eng"):
+        assert pivot.on["ungated"] == next_token_loss(model, tokenizer, english) != plain
 
 
 def test_language_identifier_and_continuations(corpus):
@@ -88,3 +105,20 @@ def test_one_pass_fitting_equals_each_finder_run_alone(corpus):
     assert torch.equal(found.ap.neurons["eng"], ap.neurons["eng"])
     data = capture_corpus(model, tokenizer, corpus, [Site(2, "resid")], languages=["eng", "deu"])
     torch.testing.assert_close(found.shifts["deu"].vectors[2], fit_shift(data, "deu").vectors[2])
+
+
+@pytest.mark.parametrize("n_loss", [5, 9])
+def test_pooling_during_the_loss_equals_capture_and_the_loss_alone(corpus, monkeypatch, n_loss):
+    """The evaluation pools the loss texts during the loss's own passes (here split into parts of one row)."""
+    import steer.evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "LOGITS_PER_CALL", 1)
+    model, tokenizer = tiny("qwen3")
+    texts = corpus.texts("rus")[:9]
+    sites = [Site(0, "resid"), Site(2, "resid"), Site(3, "mlp_out")]
+    tokenization = Tokenization(batch_size=4)
+    pooled, loss = evaluation.pooled_and_loss(model, tokenizer, texts, sites, n_loss=n_loss, tokenization=tokenization)
+    expected = capture(model, tokenizer, texts, sites, tokenization=tokenization)
+    for site in sites:
+        torch.testing.assert_close(pooled[site], expected[site], atol=1e-5, rtol=1e-5)
+    assert loss == next_token_loss(model, tokenizer, texts[:n_loss], tokenization=tokenization)

@@ -4,16 +4,22 @@ forward pass is the prompt's), with raw torch hooks on the model's MLP modules."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TEXTS, tiny
+from probes.analysis import PAIR_METRICS
 from probes.artifacts import LinearMap
-from probes.capture import Tokenization, batches, record
+from probes.capture import Tokenization, batches, capture, record
+from probes.data import demo_corpus
+from probes.find import code_switched_pairs
 from probes.model import Site, model_identity, n_layers
 from steer.apply import steer
+from steer.evaluate import evaluate, next_token_loss
 from steer.incline import SIGMAS, incline
 from steer.interventions import ApplyMap
+from steer.methods import Findings, fit_methods, settings
 
 PROMPTS = TEXTS[:3]
 NEW_TOKENS = 6
@@ -26,7 +32,9 @@ def random_map(model) -> LinearMap:
     return LinearMap(matrices, "mlp_out", "incline", "deu", "eng", {}, model_identity(model))
 
 
-def reference_generation(model, tokenizer, prompt: str, fitted: LinearMap, sigma: float, sign: float, new_tokens=NEW_TOKENS):
+def reference_generation(
+    model, tokenizer, prompt: str, fitted: LinearMap, sigma: float, sign: float, new_tokens=NEW_TOKENS, mode="code"
+):  # fmt: skip
     """One prompt, no padding: clean MLP outputs of the last token, targets, then greedy generation with the
     last prompt token overwritten at every layer while the input is the whole prompt."""
     mlps = [layer.mlp for layer in model.model.layers]
@@ -38,7 +46,10 @@ def reference_generation(model, tokenizer, prompt: str, fitted: LinearMap, sigma
         model(ids)
     for hook in hooks:
         hook.remove()
-    targets = {i: clean[i] + sign * sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
+    if mode == "code":  # mlp_val + sigma * dire, dire = (+/-) mlp_val W
+        targets = {i: clean[i] + sign * sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
+    else:  # METHODS.md's interpolation between the clean value and its image
+        targets = {i: (1 - sigma) * clean[i] + sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
 
     def patch(i):
         def hook(module, args, out):
@@ -59,11 +70,11 @@ def reference_generation(model, tokenizer, prompt: str, fitted: LinearMap, sigma
     return out[0, ids.shape[1] :], targets
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_incline_edits_every_layer_from_the_clean_pass_and_generates_as_the_released_code(sign):
+@pytest.mark.parametrize("sign,mode", [(1.0, "code"), (-1.0, "code"), (1.0, "interpolate")])
+def test_incline_edits_every_layer_from_the_clean_pass_and_generates_as_the_released_code(sign, mode):
     model, tokenizer = tiny("llama")
     fitted, sigma = random_map(model), 0.5
-    plan = [incline(model, tokenizer, PROMPTS, fitted, sigma, sign=sign)]
+    plan = [incline(model, tokenizer, PROMPTS, fitted, sigma, sign=sign, mode=mode)]
     (batch,) = batches(tokenizer, PROMPTS, Tokenization(batch_size=3), padding_side="left")
     order = batch.rows.argsort()
     ids, mask = batch.input_ids[order], batch.attention_mask[order]
@@ -72,7 +83,7 @@ def test_incline_edits_every_layer_from_the_clean_pass_and_generates_as_the_rele
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     for row, prompt in enumerate(PROMPTS):
-        expected, targets = reference_generation(model, tokenizer, prompt, fitted, sigma, sign)
+        expected, targets = reference_generation(model, tokenizer, prompt, fitted, sigma, sign, mode=mode)
         assert torch.equal(out[row, ids.shape[1] :], expected), f"row {row}"
         for site in sites:  # the steered prompt's last token holds c_l + sign * sigma * c_l W_l of the clean pass
             last = int(mask[row].sum()) - 1
@@ -96,3 +107,60 @@ def test_incline_does_not_compound_like_a_map_at_every_layer():
         norms[name] = float(seen.tokens(last)[0][-1].norm())
     assert norms["every layer"] != pytest.approx(norms["incline"], rel=1e-3)
     assert SIGMAS[0] == -1.0 and SIGMAS[-1] == 1.0 and len(SIGMAS) == 21 and -0.3 in SIGMAS and -0.2 in SIGMAS
+
+
+def test_incline_pairs_and_fit_equal_the_released_training_loop():
+    """intervention_llama.py: pair ``ind`` is plain when even, else English + newline + language -> English +
+    newline + English; per layer the token mean of the ``mlp`` module's output; ``np.linalg.lstsq`` per layer."""
+    model, tokenizer = tiny("llama")
+    corpus = demo_corpus().subset(["eng", "deu"], 10)
+    english, german = corpus.texts("eng"), corpus.texts("deu")
+    source, target = code_switched_pairs(german, english, "llama")
+    for ind in range(len(english)):
+        assert source[ind] == (german[ind] if ind % 2 == 0 else english[ind] + "\n" + german[ind])
+        assert target[ind] == (english[ind] if ind % 2 == 0 else english[ind] + "\n" + english[ind])
+    bloom_source, bloom_target = code_switched_pairs(german, english, "bloom")  # intervention.py
+    assert bloom_source[1] == german[1] + " " + english[1] and bloom_target[1] == english[1] + " " + english[1]
+    assert code_switched_pairs(german, english, "none") == (german, english)
+
+    def token_means(texts):
+        rows = []
+        for text in texts:
+            outputs = {}
+            hooks = [layer.mlp.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[0].mean(0)))
+                     for i, layer in enumerate(model.model.layers)]  # fmt: skip
+            with torch.no_grad():
+                model(**tokenizer(text, return_tensors="pt"))
+            for hook in hooks:
+                hook.remove()
+            rows.append(torch.stack([outputs[i] for i in sorted(outputs)]))
+        return torch.stack(rows).double().numpy()  # (pairs, layers, d)
+
+    zh, en = token_means(source), token_means(target)
+    found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["incline"])
+    assert found.incline["deu"].component == "mlp_out"
+    for layer in range(n_layers(model)):
+        expected = np.linalg.lstsq(zh[:, layer, :], en[:, layer, :], rcond=None)[0]
+        np.testing.assert_allclose(found.incline["deu"].matrices[layer + 1].double().numpy(), expected, atol=2e-4)
+
+
+def test_the_closed_loop_applies_incline_from_a_clean_pass_of_the_texts_it_measures():
+    model, tokenizer = tiny("llama")
+    corpus = demo_corpus().subset(["eng", "deu"], 12)
+    fitted = random_map(model)
+    grid = settings(Findings(n_layers(model), incline={"deu": fitted}), model, tokenizer,
+                    incline_settings=[("code", 0.5), ("interpolate", 0.5)])  # fmt: skip
+    table = evaluate(model, tokenizer, corpus, grid, languages=["deu"], metrics=["matched_random_gap"], n_boot=10,
+                     n_loss=6)  # fmt: skip
+    site = Site(3, "resid")
+    english = capture(model, tokenizer, corpus.texts("eng"), [site])[site]
+    german = corpus.texts("deu")
+    for mode in ("code", "interpolate"):
+        rows = table[table.setting.str.contains(f"mode={mode}")]
+        with steer(model, [incline(model, tokenizer, german, fitted, 0.5, mode=mode)]):
+            steered = capture(model, tokenizer, german, [site])[site]
+            loss = next_token_loss(model, tokenizer, german[:6])
+        row = rows[(rows.metric == "matched_random_gap") & (rows.layer == 3)]
+        assert row.on.item() == pytest.approx(PAIR_METRICS["matched_random_gap"](english, steered).mean().item())
+        assert row.on.item() != pytest.approx(row.off.item(), abs=1e-6)
+        assert rows[rows.metric == "loss_target"].on.item() == pytest.approx(loss)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from probes.model import (
-    ARCHITECTURES, RANDOM_FAMILIES, ModelError, Site, SiteError, load_model, locate, model_identity, random_model, width,
+    ARCHITECTURES, LINEAR_COMPONENTS, MOE_FAMILIES, RANDOM_FAMILIES, ModelError, Site, SiteError, arch_table, blocks,
+    load_model, locate, model_identity, random_model, site_shape, width,
 )  # fmt: skip
 
 
@@ -33,6 +34,41 @@ def test_every_random_family_has_a_site_table_and_sizes(family):
     assert width(model, "head") == 16
     identity = model_identity(model)
     assert identity["model_type"] == family and identity["n_layers"] == 4
+
+
+@pytest.mark.parametrize("family", RANDOM_FAMILIES + MOE_FAMILIES)
+def test_linear_projection_sites_are_every_linear_module_of_a_block_as_kojima_lists_them(family):
+    """The table's linear components are the block's Linear/Conv1D modules outside the experts (DeepSeek's latent
+    attention: o_proj only), and a site reads that module's output, as a raw forward hook does."""
+    from probes.capture import trace
+
+    model, tokenizer = random_model(family)
+    table = arch_table(model)
+    block = blocks(model)[0]
+    linear = {name for name, module in block.named_modules()
+              if type(module).__name__ in ("Linear", "Conv1D") and "expert" not in name}  # fmt: skip
+    if family == "deepseek_v3":
+        assert set(table.linear.values()) == {"self_attn.o_proj"} < linear
+    elif family in MOE_FAMILIES:
+        assert set(table.linear.values()) == {n for n in linear if n.startswith("self_attn.")}
+    else:
+        assert set(table.linear.values()) == linear
+    sites = [Site(1, component) for component in table.linear]
+    seen = {}
+    hooks = [block.get_submodule(path).register_forward_hook(lambda m, a, out, c=c: seen.__setitem__(c, out[0]))
+             for c, path in table.linear.items()]  # fmt: skip
+    with torch.no_grad():
+        model(**tokenizer("Guten Morgen, wie geht es dir?", return_tensors="pt"))
+    for hook in hooks:
+        hook.remove()
+    recording = trace(model, tokenizer, ["Guten Morgen, wie geht es dir?"], sites)
+    for site in sites:
+        torch.testing.assert_close(recording.tokens(site)[0], seen[site.component])
+        assert site_shape(model, site) == (seen[site.component].shape[-1],)
+    missing = next((c for c in LINEAR_COMPONENTS if c not in table.linear), None)
+    if missing:
+        with pytest.raises(SiteError, match=f"no {missing}; its linear projections"):
+            locate(model, Site(1, missing))
 
 
 def test_site_errors():

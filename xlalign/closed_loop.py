@@ -157,7 +157,7 @@ def closed_loop(
     methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
                         lape_languages=train.languages, tokenization=tokenization, progress=progress)  # fmt: skip
-    grid = settings(found, pivot=pivot)
+    grid = settings(found, model, tokenizer, pivot=pivot, tokenization=tokenization)
     identifier = LanguageIdentifier().fit(train)
     table = ResumableTable(out / "evaluation.csv", {
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
@@ -197,7 +197,7 @@ def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: 
     for lang in languages:
         prompts = test.texts(lang)[:n]
         off = continuations(model, tokenizer, prompts, tokenization=tokenization)
-        with steer(model, setting.plan(lang), languages=lang):
+        with steer(model, setting.plan(lang, prompts), languages=lang):
             on = continuations(model, tokenizer, prompts, tokenization=tokenization)
         rows += [(lang, f"{setting.method}: {setting.setting}", p, a, b) for p, a, b in zip(prompts, off, on)]
     return pd.DataFrame(rows, columns=["language", "setting", "prompt", "off", "on"])

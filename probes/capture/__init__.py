@@ -2,7 +2,7 @@
 streaming neuron statistics, MoE router traces, and the on-disk ActivationStore."""
 
 from probes.capture.context import ContextError, ForwardContext
-from probes.capture.pooled import capture, capture_batches, capture_corpus
+from probes.capture.pooled import capture, capture_batches, capture_corpus, pooling_during
 from probes.capture.pooling import POOLINGS, pool
 from probes.capture.record import Recording, record, trace, watch
 from probes.capture.router_trace import RouterTrace, trace_batches, trace_router
@@ -13,6 +13,6 @@ from probes.capture.tokenization import Batch, Tokenization, TokenizationError, 
 __all__ = [
     "POOLINGS", "ActivationStore", "Batch", "ContextError", "ForwardContext", "NeuronStats", "Recording",
     "RouterTrace", "StatsError", "StoreError", "Tokenization", "TokenizationError", "batches", "capture",
-    "capture_batches", "capture_corpus", "capture_to_store", "collect_stats", "pool", "record", "trace",
-    "trace_batches", "trace_router", "watch",
+    "capture_batches", "capture_corpus", "capture_to_store", "collect_stats", "pool", "pooling_during", "record",
+    "trace", "trace_batches", "trace_router", "watch",
 ]

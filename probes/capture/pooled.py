@@ -7,7 +7,8 @@ decoder without its LM head in length-sorted batches and stop after the deepest 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -63,6 +64,19 @@ def capture_batches(
 ) -> dict[Site, Float[Tensor, "n *shape"]]:
     """:func:`capture` on batches already tokenised (the rows of all batches together must be 0..n-1);
     ``on_tokens`` never receives tokens whose id is ``skip_id``."""
+    chosen = check_sites(sites)
+    with pooling_during(model, chosen, pooling, on_tokens=on_tokens, skip_id=skip_id) as pooled:
+        run_batches(model, work, stop_after=max(site.layer for site in chosen), progress=progress, phase="capture")
+    return pooled
+
+
+@contextmanager
+def pooling_during(
+    model: nn.Module, sites: Sequence[Site], pooling: str | None = "mean", *,
+    on_tokens: TokenCallback | None = None, skip_id: int | None = None,
+) -> Iterator[dict[Site, Float[Tensor, "n *shape"]]]:  # fmt: skip
+    """Pool ``sites`` over the forward passes that run inside the block (any caller's: a loss, ``generate``),
+    one row per example index of one call's batches; the yielded dict is filled on exit."""
     if pooling is not None:
         check_pooling(pooling)
     chosen = check_sites(sites)
@@ -77,17 +91,15 @@ def capture_batches(
             rows = ctx.example[:, None].expand(fed.shape)
             on_tokens(site, x[fed], rows[fed])
 
+    result: dict[Site, Tensor] = {}
     with watch(model, chosen, on_activation):
-        run_batches(model, work, stop_after=max(site.layer for site in chosen), progress=progress, phase="capture")
-    if pooling is None:
-        return {}
-    result = {}
+        yield result
     for site, pieces in parts.items():
-        rows = torch.cat([row for row, _ in pieces])
-        stacked = torch.cat([value for _, value in pieces])
-        result[site] = torch.empty_like(stacked)
-        result[site][rows] = stacked
-    return result
+        if pieces:
+            rows = torch.cat([row for row, _ in pieces])
+            stacked = torch.cat([value for _, value in pieces])
+            result[site] = torch.empty_like(stacked)
+            result[site][rows] = stacked
 
 
 def capture_corpus(

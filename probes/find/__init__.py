@@ -5,11 +5,14 @@ from probes.find.ap import APExperts, average_precision
 from probes.find.heads import HeadProbe
 from probes.find.langid import LanguageIdentifier, LanguageIDProbe
 from probes.find.lape import LAPE
-from probes.find.maps import fit_incline, fit_map, fit_procrustes, orthogonality_deviation
+from probes.find.maps import (
+    SWITCH_STYLES, code_switched_pairs, fit_incline, fit_map, fit_procrustes, orthogonality_deviation,
+)
 from probes.find.shifts import SHIFT_METHODS, fit_shift, fit_shift_vectors, logistic_shift, mean_shift, pca_shift, shift
 
 __all__ = [
-    "APExperts", "HeadProbe", "LAPE", "LanguageIDProbe", "LanguageIdentifier", "SHIFT_METHODS", "average_precision",
+    "APExperts", "HeadProbe", "LAPE", "LanguageIDProbe", "LanguageIdentifier", "SHIFT_METHODS", "SWITCH_STYLES",
+    "average_precision", "code_switched_pairs",
     "fit_incline", "fit_map", "fit_procrustes", "fit_shift", "fit_shift_vectors", "logistic_shift", "mean_shift",
     "orthogonality_deviation", "pca_shift", "shift",
 ]

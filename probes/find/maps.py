@@ -39,6 +39,29 @@ def fit_incline(
     return torch.from_numpy(W).to(X_l.dtype)
 
 
+SWITCH_STYLES = ("llama", "bloom", "none")
+
+
+def code_switched_pairs(
+    source: Sequence[str], pivot: Sequence[str], style: str = "llama"
+) -> tuple[list[str], list[str]]:  # fmt: skip
+    """INCLINE's training pairs from translations ``source[i] <-> pivot[i]``: the even pairs (0-based) stay
+    plain, every odd pair is code-switched. ``llama`` (intervention_llama.py): ``pivot + "\\n" + source`` ->
+    ``pivot + "\\n" + pivot``; ``bloom`` (intervention.py): ``source + " " + pivot`` -> ``pivot + " " + pivot``;
+    ``none``: every pair plain. (The released code also drops pairs over 500 tokens; here
+    ``Tokenization.max_length`` truncates instead.) Returns ``(source side, pivot side)``."""
+    if style not in SWITCH_STYLES:
+        raise ValueError(f"code-switching style {style!r}: choose from {', '.join(SWITCH_STYLES)}")
+    if len(source) != len(pivot):
+        raise ValueError(f"code-switched pairs need parallel texts; got {len(source)} and {len(pivot)}")
+    joined = {"llama": lambda s, p: (f"{p}\n{s}", f"{p}\n{p}"), "bloom": lambda s, p: (f"{s} {p}", f"{p} {p}")}
+    pairs = [
+        joined[style](s, p) if style != "none" and index % 2 == 1 else (s, p)
+        for index, (s, p) in enumerate(zip(source, pivot))
+    ]
+    return [s for s, _ in pairs], [p for _, p in pairs]
+
+
 def fit_procrustes(
     X_l: Float[Tensor, "n d"], X_pivot: Float[Tensor, "n d"], center: bool = True, normalize: bool = True
 ) -> tuple[Float[Tensor, "d d"], Float[Tensor, " d"], Float[Tensor, " d"]]:

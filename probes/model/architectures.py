@@ -13,12 +13,12 @@ logits into top-k (:data:`probes.model.moe.RULES`), and the block's experts; :fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
 
 from torch import nn
 
-from probes.model.sites import Site, SiteError
+from probes.model.sites import LINEAR_COMPONENTS, Site, SiteError
 
 Side = Literal["input", "output"]
 
@@ -65,7 +65,9 @@ class RouterPoint:
 @dataclass(frozen=True)
 class ArchTable:
     """How one model family is laid out. ``blocks`` and ``final_norm`` are relative to the decoder, the rest to
-    one block. ``mlp_act`` / ``mlp_gate`` are None in MoE families (no single per-neuron module)."""
+    one block. ``mlp_act`` / ``mlp_gate`` are None in MoE families (no single per-neuron module). ``linear``
+    maps each linear-projection component the family has (:data:`probes.model.sites.LINEAR_COMPONENTS`) to
+    its module; the site is that module's output."""
 
     blocks: str
     final_norm: str
@@ -76,6 +78,16 @@ class ArchTable:
     head: Tap
     router: RouterTap | None = None
     resid: Tap = Tap("", "output")
+    linear: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.linear) - set(LINEAR_COMPONENTS))
+        if unknown:
+            raise SiteError(f"ArchTable.linear: unknown components {unknown}; choose from {', '.join(LINEAR_COMPONENTS)}")
+
+
+_ATTENTION = {name: f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+_GATED_MLP = {name: f"mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")}
 
 
 def _llama_like(attn_out: str = "self_attn", mlp_out: str = "mlp") -> ArchTable:
@@ -87,10 +99,11 @@ def _llama_like(attn_out: str = "self_attn", mlp_out: str = "mlp") -> ArchTable:
         mlp_act=Tap("mlp.down_proj", "input"),
         mlp_gate=Tap("mlp.act_fn", "output"),
         head=Tap("self_attn.o_proj", "input"),
+        linear=_ATTENTION | _GATED_MLP,
     )
 
 
-def _moe(router: RouterTap, block: str = "mlp") -> ArchTable:
+def _moe(router: RouterTap, block: str = "mlp", linear: Mapping[str, str] = _ATTENTION) -> ArchTable:
     return ArchTable(
         blocks="layers",
         final_norm="norm",
@@ -100,6 +113,7 @@ def _moe(router: RouterTap, block: str = "mlp") -> ArchTable:
         mlp_gate=None,
         head=Tap("self_attn.o_proj", "input"),
         router=router,
+        linear=linear,  # the experts' projections are not one module each
     )
 
 
@@ -124,6 +138,8 @@ BUILTIN: dict[str, ArchTable] = {
         mlp_act=Tap("mlp.dense_4h_to_h", "input"),
         mlp_gate=Tap("mlp.gelu_impl", "output"),
         head=Tap("self_attention.dense", "input"),
+        linear={"qkv_proj": "self_attention.query_key_value", "o_proj": "self_attention.dense",
+                "up_proj": "mlp.dense_h_to_4h", "down_proj": "mlp.dense_4h_to_h"},
     ),
     "xglm": ArchTable(
         blocks="layers",
@@ -133,6 +149,8 @@ BUILTIN: dict[str, ArchTable] = {
         mlp_act=Tap("fc2", "input"),
         mlp_gate=Tap("activation_fn", "output"),
         head=Tap("self_attn.out_proj", "input"),
+        linear={**{name: f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj")}, "o_proj": "self_attn.out_proj",
+                "up_proj": "fc1", "down_proj": "fc2"},
     ),
     "gpt2": ArchTable(
         blocks="h",
@@ -142,6 +160,7 @@ BUILTIN: dict[str, ArchTable] = {
         mlp_act=Tap("mlp.c_proj", "input"),
         mlp_gate=Tap("mlp.act", "output"),
         head=Tap("attn.c_proj", "input"),
+        linear={"qkv_proj": "attn.c_attn", "o_proj": "attn.c_proj", "up_proj": "mlp.c_fc", "down_proj": "mlp.c_proj"},
     ),
     # Mixture-of-experts families. What each gate returns, checked against transformers 5.23:
     # softmax_topk: softmax(logits) -> top-k -> renormalised (Mixtral always; OLMoE, Qwen: norm_topk_prob).
@@ -161,7 +180,9 @@ BUILTIN: dict[str, ArchTable] = {
         block="block_sparse_moe",
     ),  # fmt: skip
     "phimoe": _moe(RouterTap("mlp.router", rule="sparsemixer")),
-    "deepseek_v3": _moe(RouterTap("mlp.gate", rule="sigmoid_group", shared_expert="mlp.shared_experts")),
+    # DeepSeek-V3's latent attention has no q/k/v projections of the usual kind: only o_proj is listed.
+    "deepseek_v3": _moe(RouterTap("mlp.gate", rule="sigmoid_group", shared_expert="mlp.shared_experts"),
+                        linear={"o_proj": "self_attn.o_proj"}),
 }
 
 ARCHITECTURES: dict[str, ArchTable] = dict(BUILTIN)
@@ -250,6 +271,12 @@ def locate(model: nn.Module, site: Site) -> tuple[nn.Module, Side] | RouterPoint
         return layers[0], "input"
     if site.component == "hidden":
         return (final_norm(model), "output") if site.layer == len(layers) else locate(model, Site(site.layer, "resid"))
+    if site.component in LINEAR_COMPONENTS:
+        path = table.linear.get(site.component)
+        if path is None:
+            raise SiteError(f"{site}: a {model_type(model)} model has no {site.component}; its linear projections: "
+                            f"{', '.join(table.linear) or 'none in the table'}")  # fmt: skip
+        return layers[site.layer - 1].get_submodule(path), "output"
     where = getattr(table, site.component)
     if where is None:
         raise SiteError(f"{site}: component {site.component!r} does not exist in a {model_type(model)} model")
@@ -281,6 +308,9 @@ def width(model: nn.Module, component: str) -> int:
         if not layers:
             raise SiteError(f"component 'router' does not exist in a {model_type(model)} model (not MoE)")
         return locate(model, Site(layers[0], "router")).n_experts
+    if component in LINEAR_COMPONENTS:
+        module, _ = locate(model, Site(1, component))
+        return int(module.out_features) if hasattr(module, "out_features") else int(module.weight.shape[1])
     module, _ = locate(model, Site(1, "mlp_act" if component == "mlp_gate" else component))
     size = _in_features(module)
     return size // n_heads(model) if component == "head" else size

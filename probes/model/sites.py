@@ -9,6 +9,10 @@ projection) and ``mlp_gate`` (the activation function's output) are ``(intermedi
 ``(heads, head_dim)`` (the per-head input of the attention output projection); ``router`` is
 ``(3, experts)`` (see :mod:`probes.model.moe`).
 
+The outputs of a block's linear projections are ``q_proj``, ``k_proj``, ``v_proj`` (``qkv_proj`` where the
+family fuses them: BLOOM, GPT-2), ``o_proj``, ``gate_proj`` (the gate's pre-activation), ``up_proj`` and
+``down_proj``, ``(out_features,)`` per token, where the family has them (Kojima et al. rank all of them together).
+
 ``hidden`` is the model's own ``output_hidden_states``, what MEXA's released code pools: ``hidden.i`` is
 ``resid.i`` for ``i`` below the last layer ``L``, and ``hidden.L`` the output of the final norm (``resid.L`` is
 before it). Per token ``(hidden,)``.
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router")
+# Outputs of the linear projections of a block (per-family paths in ArchTable.linear).
+LINEAR_COMPONENTS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router", *LINEAR_COMPONENTS)
 # Components that exist at layer 0 (the embedding output).
 FROM_EMBEDDINGS = ("resid", "hidden")
 
