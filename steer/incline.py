@@ -1,5 +1,6 @@
-"""INCLINE applied as its released code applies it (weixuan-wang123/INCLINE: ``intervention.py``,
-``intervention_llama.py``).
+"""INCLINE fitted and applied as its released code does (weixuan-wang123/INCLINE: ``intervention.py``,
+``intervention_llama.py``). :func:`fit_incline_maps` fits the maps on its half code-switched pairs;
+:func:`incline` applies one.
 
 A clean forward pass of the prompts gives, at every mapped layer ``l``, the last prompt token's value ``c_l``
 (INCLINE maps MLP outputs: ``mlp_out``); its target is ``c_l + sign * sigma * (c_l W_l)`` from that clean
@@ -20,9 +21,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import nn
+
+from probes.analysis import Activations
 from probes.artifacts import LinearMap, map_formula
-from probes.capture import Tokenization, trace
-from probes.model import Site
+from probes.capture import Tokenization, capture, trace
+from probes.capture.progress import Progress
+from probes.data import ParallelCorpus
+from probes.find import code_switched_pairs, fit_map
+from probes.model import Site, model_identity, model_type, n_layers
 from steer.convert import default_layers
 from steer.patch import Patch
 from steer.schedule import Schedule
@@ -57,3 +64,26 @@ def incline(
             per_prompt.append(target)
         values[layer] = per_prompt
     return Patch(values, fitted.component), Schedule(prefill="last", decode="none")
+
+
+def fit_incline_maps(
+    model: nn.Module, tokenizer, train: ParallelCorpus, languages: Sequence[str], *, pivot: str = "eng",
+    style: str | None = None, tokenization: Tokenization = Tokenization(), progress: Progress = False,
+) -> dict[str, LinearMap]:  # fmt: skip
+    """INCLINE maps fitted as its released code fits them: per layer, least squares from the token-mean
+    ``mlp_out`` of the training pairs, every second one code-switched (``style``: ``bloom`` for BLOOM, as
+    ``intervention.py``, else ``llama``, as ``intervention_llama.py``; see
+    :func:`probes.find.code_switched_pairs`), one map per language of ``languages``."""
+    style = style or ("bloom" if model_type(model) == "bloom" else "llama")
+    sites = [Site(layer, "mlp_out") for layer in range(1, n_layers(model) + 1)]
+    identity = model_identity(model)
+    _, doubled = code_switched_pairs(train.texts(pivot), train.texts(pivot), style)  # the pivot side of every pair
+    pivot_side = capture(model, tokenizer, doubled, sites, tokenization=tokenization, progress=progress)
+    maps = {}
+    for lang in languages:
+        source, _ = code_switched_pairs(train.texts(lang), train.texts(pivot), style)
+        own = capture(model, tokenizer, source, sites, tokenization=tokenization, progress=progress)
+        pairs = {(site, lang): own[site] for site in sites} | {(site, pivot): pivot_side[site] for site in sites}
+        maps[lang] = fit_map(Activations(pairs, model=identity, pooling="mean"), lang, pivot=pivot,
+                             component="mlp_out", method="incline")  # fmt: skip
+    return maps

@@ -20,9 +20,9 @@ from torch import Tensor
 
 from probes.artifacts import map_formula
 from probes.capture import ForwardContext
-from probes.model import Site
+from probes.model import LINEAR_COMPONENTS, Site
 
-FLAT_COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate")
+FLAT_COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", *LINEAR_COMPONENTS)
 
 
 class InterventionError(ValueError):

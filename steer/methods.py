@@ -22,11 +22,11 @@ from probes.artifacts import LinearMap, NeuronSet, ShiftVector
 from probes.capture import NeuronStats, Tokenization, capture
 from probes.capture.progress import Progress, progress_bar
 from probes.data import ParallelCorpus
-from probes.find import LAPE, APExperts, HeadProbe, code_switched_pairs, fit_map, fit_shift
+from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
 from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, model_type, n_layers, router_layers
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
-from steer.incline import incline
+from steer.incline import fit_incline_maps, incline
 from steer.router import promote_pivot_experts
 from steer.schedule import gated
 
@@ -66,7 +66,7 @@ def fit_methods(
     lape_languages: Sequence[str] | None = None,
     n_heads: int = 8,
     ap_k: int = 100,
-    incline_style: str = "llama",
+    incline_style: str | None = None,
     tokenization: Tokenization = Tokenization(),
     progress: Progress = False,
 ) -> Findings:
@@ -75,8 +75,8 @@ def fit_methods(
     One forward pass per language feeds most methods: pooled ``resid`` (shift, Procrustes), ``head`` in the
     middle layers (CLAIM), ``mlp_act`` (AP experts) and streaming ``mlp_gate`` counts (LAPE). LAPE compares
     activation probabilities across ``lape_languages`` (default: pivot and ``languages``); more languages make
-    its entropy more telling. INCLINE has its own passes over its training pairs (``incline_style``, see
-    :func:`probes.find.code_switched_pairs`): token-mean ``mlp_out`` at every layer, as its released code.
+    its entropy more telling. INCLINE has its own passes over its training pairs
+    (:func:`steer.incline.fit_incline_maps`, ``incline_style``).
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -118,8 +118,8 @@ def fit_methods(
         identity = model_identity(model)
         if "incline" in methods:
             bar.set_description("fit: INCLINE pairs")
-            incline_maps = _fit_incline(model, tokenizer, train, languages, pivot, incline_style, identity,
-                                        tokenization, bar)  # fmt: skip
+            incline_maps = fit_incline_maps(model, tokenizer, train, languages, pivot=pivot, style=incline_style,
+                                            tokenization=tokenization, progress=bar)  # fmt: skip
         bar.set_description(f"fit: {', '.join(methods)}")
     stats.model = identity
     found = Findings(depth)
@@ -144,28 +144,17 @@ def fit_methods(
     return found
 
 
-def _fit_incline(model, tokenizer, train: ParallelCorpus, languages, pivot: str, style: str, identity: dict,
-                 tokenization: Tokenization, progress) -> dict[str, LinearMap]:  # fmt: skip
-    """INCLINE maps on ``mlp_out`` at every layer from the (half code-switched) training pairs."""
-    sites = [Site(layer, "mlp_out") for layer in range(1, n_layers(model) + 1)]
-    _, doubled = code_switched_pairs(train.texts(pivot), train.texts(pivot), style)  # the pivot side of every pair
-    pivot_side = capture(model, tokenizer, doubled, sites, tokenization=tokenization, progress=progress)
-    maps = {}
-    for lang in languages:
-        source, _ = code_switched_pairs(train.texts(lang), train.texts(pivot), style)
-        own = capture(model, tokenizer, source, sites, tokenization=tokenization, progress=progress)
-        pairs = {(site, lang): own[site] for site in sites} | {(site, pivot): pivot_side[site] for site in sites}
-        maps[lang] = fit_map(Activations(pairs, model=identity, pooling="mean"), lang, pivot=pivot,
-                             component="mlp_out", method="incline")  # fmt: skip
-    return maps
+INCLINE_SIGMAS = (-0.5, 0.5)  # the released scripts sweep steer.incline.SIGMAS (-1..1 by 0.1)
 
 
-INCLINE_SETTINGS = (("code", -0.5), ("code", 0.5), ("interpolate", 0.5))
+def incline_grid(sigmas: Sequence[float] = INCLINE_SIGMAS) -> list[tuple[str, float]]:
+    """(mode, sigma) of the INCLINE settings: the released rule at each of ``sigmas``, interpolation at 0.5."""
+    return [("code", float(sigma)) for sigma in sigmas] + [("interpolate", 0.5)]
 
 
 def settings(
     found: Findings, model: nn.Module | None = None, tokenizer=None, *, pivot: str = "eng",
-    incline_settings: Sequence[tuple[str, float]] = INCLINE_SETTINGS, tokenization: Tokenization = Tokenization(),
+    incline_settings: Sequence[tuple[str, float]] = tuple(incline_grid()), tokenization: Tokenization = Tokenization(),
 ) -> list[Setting]:  # fmt: skip
     """The evaluated grid: a few strengths and layers per method, every plan gated to its language.
 

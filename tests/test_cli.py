@@ -13,8 +13,9 @@ from reference_mexa import reference_mexa
 from test_incline import reference_generation
 from probes.analysis import ALL_METRICS, NEURON_METRICS, mexa, retrieval_top1
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector
-from probes.capture import ActivationStore, capture
+from probes.capture import ActivationStore, capture, capture_corpus
 from probes.data import demo_corpus
+from probes.find import APExperts
 from probes.model import Site, blocks, load_model, locate
 from steer.evaluate import COLUMNS, next_token_loss
 from steer.methods import METHODS
@@ -226,6 +227,46 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
     assert "made on model 'random:llama'" in capsys.readouterr().err
 
 
+def test_kojima_experts_over_every_linear_projection_and_forcing_them_all(tmp_path, capsys):
+    """find neurons --preset kojima (--components linear, mean pooling) ranks the units of all linear projections
+    together (one file per component; here 6 top and 6 bottom instead of 1000); steer with every file forces the
+    pivot's units to on_p50 on those modules' outputs."""
+    model, tokenizer = tiny("llama")
+    out = tmp_path / "kojima"
+    assert main(["find", "neurons", "--preset", "kojima", "--k", "6", "--bottom-k", "6", *SMALL, "--out", str(out)]) == 0
+    components = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"ap.{c}.safetensors" for c in components)
+    corpus = demo_corpus().subset(["eng", "deu", "jpn"], 12)
+    sites = [Site(layer, c) for c in components for layer in range(1, 5)]
+    direct = APExperts(k=6, bottom_k=6).fit(capture_corpus(model, tokenizer, corpus, sites), components).neuron_sets_
+    found = {c: NeuronSet.load(out / f"ap.{c}.safetensors") for c in components}
+    for c in components:
+        for lang in corpus.languages:
+            assert torch.equal(found[c].neurons[lang], direct[c].neurons[lang])
+    assert sum(len(found[c].neurons["eng"]) for c in components) == 12
+    capsys.readouterr()
+    prompt = "Guten Morgen"
+    argv = ["steer", "--model", "random:llama", "--prompt", prompt, "--language", "eng", "--max-new-tokens", "3"]
+    assert main([*argv, *(x for c in components for x in ("--artifact", str(out / f"ap.{c}.safetensors")))]) == 0
+    on = capsys.readouterr().out.splitlines()[-1].split(":", 1)[1].strip()
+
+    def force(units, values):
+        def edit(x):
+            x = x.clone()
+            x[..., units] = values
+            return x
+
+        return edit
+
+    edits = {}
+    for c, neurons in found.items():
+        rows, values = neurons.neurons["eng"], neurons.values["eng"]["on_p50"].float()
+        for layer in rows[:, 0].unique().tolist():
+            here = rows[:, 0] == layer
+            edits[locate(model, Site(layer, c))[0]] = force(rows[here, 1], values[here])
+    assert on == greedy(model, tokenizer, prompt, 3, edits).strip()
+
+
 def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     out = tmp_path / "eval"
     argv = ["evaluate", *SMALL[:4], "--langs", "eng,deu", "--max-sentences", "20", "--methods", "shift,procrustes",
@@ -320,9 +361,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, mo
 
 
 INTERRUPTED_CAPTURE = """
-import sys, time, pathlib
+import signal, sys, time, pathlib
 import probes.capture.store as store
 from xlalign.cli import main
+
+# A job started in the background of a non-interactive shell inherits SIGINT ignored, and Python then leaves it
+# ignored: restore what a terminal's Ctrl-C meets.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 real, calls = store.capture, []
 

@@ -4,6 +4,7 @@ leave them untouched; outputs honour the umask; an interrupted ablation resumes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import stat
 
@@ -120,6 +121,10 @@ def test_an_unknown_family_is_registered_with_a_table_and_validated():
         assert resolve_model(custom, tokenizer)[0] is custom  # validated against its own hidden states
         register_architecture("my_decoder", wrong, replace=True)
         with pytest.raises(SiteError, match="final_norm .embed_tokens. cannot be applied to resid.4"):
+            resolve_model(copy.deepcopy(custom), tokenizer)
+        misnamed = dataclasses.replace(good, linear={"q_proj": "self_attn.query"})
+        register_architecture("my_decoder", misnamed, replace=True)
+        with pytest.raises(SiteError, match="a path of its ArchTable does not exist"):
             resolve_model(copy.deepcopy(custom), tokenizer)
     finally:
         ARCHITECTURES.pop("my_decoder", None)

@@ -222,8 +222,48 @@ def test_ap_experts_top_k_and_unit_values_equal_numpy():
         on = stacked[positive][:, chosen]
         np.testing.assert_allclose(values["on_p90"], np.percentile(on, 90, axis=0), rtol=1e-12)
         np.testing.assert_allclose(values["off_mean"], stacked[~positive][:, chosen].mean(axis=0), rtol=1e-12)
-        np.testing.assert_allclose(experts.ap_[3][experts.languages_.index(lang)], ap[12:], rtol=1e-12)
+        np.testing.assert_allclose(experts.ap_[Site(3, "mlp_act")][experts.languages_.index(lang)], ap[12:], rtol=1e-12)
     assert experts.neurons_.neurons["deu"][0].tolist() == [3, 2]
+
+
+def test_ap_experts_over_every_linear_projection_equal_kojimas_pipeline():
+    """selfcond/expertise.py (sklearn AP per unit of every response, on_p50 over positives) then
+    make_limited_expert.py (sort by ap, top N and bottom N of the whole table), on the units of several
+    components and layers together."""
+    import pandas as pd
+
+    model, tokenizer = tiny("llama")
+    corpus = demo_corpus().subset(["eng", "deu", "fra"], 12)
+    components = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    sites = [Site(layer, c) for c in components for layer in (1, 2)]
+    acts = capture_corpus(model, tokenizer, corpus, sites)
+    experts = APExperts(k=20, bottom_k=20).fit(acts, components)
+    with pytest.raises(NeuronError, match="use neuron_sets_"):
+        experts.neurons_
+    labels = np.repeat(corpus.languages, len(corpus))
+    for lang in corpus.languages:
+        rows = []
+        for c in components:
+            for layer in (1, 2):
+                responses = np.concatenate([acts.get(Site(layer, c), other).double().numpy()
+                                            for other in corpus.languages])  # fmt: skip
+                positive = labels == lang
+                for unit in range(responses.shape[1]):
+                    rows.append((c, layer, unit, average_precision_score(positive, responses[:, unit]),
+                                 np.percentile(responses[positive, unit], q=50)))  # fmt: skip
+        df = pd.DataFrame(rows, columns=["component", "layer", "unit", "ap", "on_p50"])
+        top, bottom = df.sort_values("ap", ascending=False).head(20), df.sort_values("ap", ascending=True).head(20)
+        both = pd.concat([top, bottom])
+        expected = {(r.component, r.layer, r.unit): (r.ap, r.on_p50) for r in both.itertuples()}
+        got = {}
+        for c, found in experts.neuron_sets_.items():
+            assert found.component == c and found.params["ranked_with"] == components
+            values = found.values[lang]
+            for (layer, unit), ap, on in zip(found.neurons[lang].tolist(), values["ap"], values["on_p50"]):
+                got[c, layer, unit] = (float(ap), float(on))
+        assert got.keys() == expected.keys(), lang
+        for key, (ap, on) in expected.items():
+            assert got[key] == pytest.approx((ap, on), rel=1e-9), key
 
 
 # ---- NeuronSet ---------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS
 from probes.analysis.routing import IMPORTANCE
 from probes.capture import POOLINGS, Tokenization
 from probes.capture.store import REPAIR
-from probes.model import COMPONENTS
+from probes.model import COMPONENTS, LINEAR_COMPONENTS
 from probes.model.loading import DEVICES, DTYPES
-from steer.methods import METHODS
+from steer.methods import INCLINE_SIGMAS, METHODS
 from xlalign.jobs import DEFAULT_K, FIND_METHODS
+from xlalign.presets import PresetError, names_for, preset_options
 
 
 def _csv(text: str) -> list[str]:
@@ -31,6 +32,13 @@ def _ints(text: str) -> list[int]:
         return [int(item) for item in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(item) for item in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -85,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    parser.subcommands = {}
+
     def add(name: str, text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        command = parser.subcommands[name] = commands.add_parser(name, help=text, description=text,
+                                                                 formatter_class=_Formatter)  # fmt: skip
+        if names_for(name):
+            command.add_argument("--preset", choices=names_for(name),
+                                 help="set every option as that paper's released code does (explicit options win)")
+        return command
 
     capture = add("capture", "capture pooled activations of a parallel corpus into a resumable store")
     _model(capture)
@@ -125,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--pivot", default="eng", help=PIVOT)
     find.add_argument("--k", type=int, help=f"ap: units per language (default {DEFAULT_K['ap']}); claim: heads, "
                                             f"ranked by held-out log-likelihood (default {DEFAULT_K['claim']})")
+    find.add_argument("--bottom-k", type=int, default=0, help="ap: also the units of lowest AP (Kojima et al.: 1000)")
+    find.add_argument("--components", type=_csv, help="ap: components whose units are ranked together; linear = "
+                      f"every linear projection ({','.join(LINEAR_COMPONENTS)}, those the model has), as Kojima et "
+                      "al. (default: mlp_act; several: one file per component in the --out directory)")
+    find.add_argument("--pooling", choices=("mean", "max"), default="mean",
+                      help="ap: sentence pooling of the responses (mean: Kojima et al.; max: Suau et al.)")
     find.add_argument("--out", required=True, type=Path, help="neurons: a .safetensors file; shift/map: a directory")
     find.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
 
@@ -136,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--overwrite", action="store_true", help="start again instead of resuming or refusing")
 
     steer = add("steer", "generate with an artifact applied (off vs on)")
-    steer.add_argument("--artifact", required=True, type=Path, help="a shift vector, map or NeuronSet file")
+    steer.add_argument("--artifact", required=True, type=Path, action="append",
+                       help="a shift vector, map or NeuronSet file; repeat to apply several at once")
     _model(steer)
     steer.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     steer.add_argument("--language", help="NeuronSet: whose neurons (LAPE) or experts (AP) to use")
@@ -157,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out")
         command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
         command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--incline-sigmas", type=_floats, default=list(INCLINE_SIGMAS),
+                             help="INCLINE strengths, released rule c + sigma c W (its scripts sweep -1..1 by 0.1); "
+                                  "the interpolation runs at 0.5")  # fmt: skip
         command.add_argument("--out", required=True, type=Path, help="output directory (report.md, CSVs, figures)")
     return parser
 
@@ -197,7 +222,8 @@ def _run(args) -> str:
         return f"wrote {args.out}: {len(table)} rows"
     if args.command == "find":
         written = jobs.find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,
-                            k=args.k, overwrite=args.overwrite, progress=progress, **_loading(args))  # fmt: skip
+                            k=args.k, bottom_k=args.bottom_k, components=args.components, pooling=args.pooling,
+                            overwrite=args.overwrite, progress=progress, **_loading(args))  # fmt: skip
         return "\n".join(f"wrote {jobs.describe_artifact(path)}" for path in written)
     if args.command == "ablate":
         table = jobs.ablate(args.neurons, args.out, corpus=_corpus_of(args), overwrite=args.overwrite,
@@ -211,7 +237,8 @@ def _run(args) -> str:
                            layers=args.layers, max_new_tokens=args.max_new_tokens, **_loading(args))  # fmt: skip
         return "\n".join(f"prompt: {r.prompt}\n  off: {r.off}\n  on:  {r.on}" for r in table.itertuples())
     options = dict(corpus=_corpus_of(args), pivot=args.pivot, methods=args.methods, test_fraction=args.test_fraction,
-                   n_loss=args.loss_sentences, n_prompts=args.prompts, progress=progress, **_loading(args))
+                   n_loss=args.loss_sentences, n_prompts=args.prompts, incline_sigmas=args.incline_sigmas,
+                   progress=progress, **_loading(args))
     if args.command == "evaluate":
         return f"wrote {closed_loop.evaluate(args.out, **options)}"
     report = closed_loop.run(args.out, pooling=args.pooling, steer_langs=args.steer_langs, **options)
@@ -236,8 +263,22 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; a ``--preset`` becomes the defaults of its command, so explicit options still win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        try:
+            options = preset_options(args.preset, args.command, getattr(args, "kind", None))
+        except PresetError as error:
+            parser.subcommands[args.command].error(str(error))
+        parser.subcommands[args.command].set_defaults(**options)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _keep_freed_memory()
     try:
         print(_run(args))

@@ -20,9 +20,10 @@ from probes.model import Site, has_lm_head, model_identity, n_layers, router_lay
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
 from steer.apply import steer
 from steer.evaluate import continuations, evaluate as evaluate_settings
-from steer.methods import available_methods, fit_methods, settings
+from steer.methods import INCLINE_SIGMAS, available_methods, fit_methods, incline_grid, settings
 from steer.summary import before_after, best_settings, pareto
 from xlalign.jobs import JobError, claim, job_bar, open_corpus, open_model
+from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 from xlalign.report import (
     alignment_section, header, language_specific_section, routing_section, save_figure, steering_section,
@@ -51,6 +52,7 @@ def _command() -> str:
     return shlex.join(["xlalign", *sys.argv[1:]]) if Path(sys.argv[0]).name == "xlalign" else "(Python API)"
 
 
+@takes_preset("run")
 def run(
     out: str | os.PathLike,
     *,
@@ -64,6 +66,7 @@ def run(
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
+    incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
@@ -96,7 +99,8 @@ def run(
             steer_langs = mexa.sort_values().index[:3].tolist()
         steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
                                         methods=methods, test_fraction=test_fraction, n_loss=n_loss,
-                                        n_prompts=n_prompts, tokenization=tokenization, progress=bar)  # fmt: skip
+                                        n_prompts=n_prompts, incline_sigmas=incline_sigmas, tokenization=tokenization,
+                                        progress=bar)  # fmt: skip
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
@@ -113,6 +117,7 @@ def run(
     return report
 
 
+@takes_preset("evaluate")
 def evaluate(
     out: str | os.PathLike,
     *,
@@ -124,6 +129,7 @@ def evaluate(
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
+    incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
@@ -137,7 +143,7 @@ def evaluate(
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
                                   methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-                                  tokenization=tokenization, progress=bar)  # fmt: skip
+                                  incline_sigmas=incline_sigmas, tokenization=tokenization, progress=bar)  # fmt: skip
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
                    languages=parallel.languages, pivot=pivot, pooling="mean", command=command or _command())
     report = out / "report.md"
@@ -148,16 +154,18 @@ def evaluate(
 def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
     methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
-    progress, n_generations: int = 2,
+    progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2,
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
     evaluation.csv grows by each finished (language, setting); an interrupted evaluation with the same inputs
-    resumes from it. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    resumes from it. INCLINE runs at each of ``incline_sigmas`` (its released rule, ``c + sigma c W``) and
+    interpolated at 0.5. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
     methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
                         lape_languages=train.languages, tokenization=tokenization, progress=progress)  # fmt: skip
-    grid = settings(found, model, tokenizer, pivot=pivot, tokenization=tokenization)
+    grid = settings(found, model, tokenizer, pivot=pivot, incline_settings=incline_grid(incline_sigmas),
+                    tokenization=tokenization)  # fmt: skip
     identifier = LanguageIdentifier().fit(train)
     table = ResumableTable(out / "evaluation.csv", {
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),

@@ -22,12 +22,15 @@ from probes.capture.progress import add_steps
 from probes.data import ParallelCorpus, load_corpus
 from probes.data.files import write_text
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
-from probes.model import COMPONENTS, Site, SiteError, model_identity, n_layers, resolve_model, router_layers
+from probes.model import (
+    COMPONENTS, Site, SiteError, arch_table, model_identity, n_layers, resolve_model, router_layers,
+)  # fmt: skip
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import to_intervention, zero_neurons
-from steer.incline import incline
+from steer.incline import fit_incline_maps, incline
 from steer.evaluate import continuations, next_token_loss
+from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 
 # Units (ap) or heads (claim) kept when find's k is not given.
@@ -95,6 +98,7 @@ def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[S
     return sites
 
 
+@takes_preset("capture")
 def capture(
     out: str | os.PathLike,
     *,
@@ -125,6 +129,7 @@ def capture(
                                 progress=bar)  # fmt: skip
 
 
+@takes_preset("measure")
 def measure(
     store: str | os.PathLike,
     out: str | os.PathLike,
@@ -156,6 +161,7 @@ def check(store: str | os.PathLike) -> dict[Path, str]:
     return ActivationStore(store).check()
 
 
+@takes_preset("find")
 def find(
     kind: str,
     out: str | os.PathLike,
@@ -166,6 +172,9 @@ def find(
     corpus: ParallelCorpus | str = "demo",
     pivot: str = "eng",
     k: int | None = None,
+    bottom_k: int = 0,
+    components: Sequence[str] | None = None,
+    pooling: str = "mean",
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
@@ -173,39 +182,61 @@ def find(
     progress: bool = True,
 ) -> list[Path]:
     """Find language-specific ``neurons`` (one file: ``out``), ``shift`` vectors or ``map``s (one file per
-    non-pivot language in the directory ``out``). Returns the files written."""
+    non-pivot language in the directory ``out``). Returns the files written.
+
+    AP experts: the ``k`` units of highest and ``bottom_k`` of lowest AP per language among the units of
+    ``components`` (default ``mlp_act``), ranked together, over sentences pooled with ``pooling`` (``mean`` as
+    Kojima et al., ``max`` as Suau et al.); several components give one file per component in the directory
+    ``out`` (``ap.<component>.safetensors``)."""
     if kind not in FIND_METHODS:
         raise JobError(f"find: unknown kind {kind!r}; choose from {', '.join(FIND_METHODS)}")
     method = method or FIND_METHODS[kind][0]
     if method not in FIND_METHODS[kind]:
         raise JobError(f"find {kind}: method {method!r}; choose from {', '.join(FIND_METHODS[kind])}")
+    if (components or bottom_k or pooling != "mean") and method != "ap":
+        raise JobError(f"find {kind} --method {method}: components, bottom_k and pooling are options of AP experts")
     parallel = open_corpus(corpus)
     out = Path(out)
     languages = [lang for lang in parallel.languages if lang != pivot]
-    targets = [out] if kind == "neurons" else [out / f"{kind}.{lang}.safetensors" for lang in languages]
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    linear = list(arch_table(network).linear)  # "linear": every linear projection the family has, as Kojima et al.
+    named = components or ["mlp_act"]
+    units = list(dict.fromkeys(c for name in named for c in (linear if name == "linear" else [name])))
+    if kind != "neurons":
+        targets = [out / f"{kind}.{lang}.safetensors" for lang in languages]
+    else:
+        targets = [out] if len(units) == 1 else [out / f"ap.{component}.safetensors" for component in units]
     if kind != "neurons" and pivot not in parallel.languages:
         raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
     for path in targets:
         refuse_overwrite(path, overwrite)
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
     layers = range(1, n_layers(network) + 1)
     with job_bar(progress, f"find {kind} ({method}) into {out}") as bar:
         if kind == "neurons" and method == "lape":
             sites = [Site(layer, "mlp_gate") for layer in layers]
             stats = collect_stats(network, tokenizer, parallel, sites, bins=0, tokenization=tokenization, progress=bar)
             return [LAPE().fit(stats).neurons_.save(out, overwrite=overwrite)]
-        component = {"ap": "mlp_act", "claim": "head", "incline": "mlp_out"}.get(method, "resid")  # as their papers
+        if kind == "neurons":
+            sites = [Site(layer, component) for component in units for layer in layers]
+            acts = capture_corpus(network, tokenizer, parallel, sites, pooling=pooling, tokenization=tokenization,
+                                  progress=bar)  # fmt: skip
+            experts = APExperts(k=DEFAULT_K["ap"] if k is None else k, bottom_k=bottom_k, pooling=pooling)
+            found = experts.fit(acts, units).neuron_sets_
+            return [found[component].save(path, overwrite=overwrite) for component, path in zip(units, targets)]
+        if method == "incline":  # its own (half code-switched) training pairs
+            maps = fit_incline_maps(network, tokenizer, parallel, languages, pivot=pivot, tokenization=tokenization,
+                                    progress=bar)  # fmt: skip
+            return [maps[lang].save(path, overwrite=overwrite) for lang, path in zip(languages, targets)]
+        component = "head" if method == "claim" else "resid"  # as their papers
         sites = [Site(layer, component) for layer in layers]
         acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
-        if kind == "neurons":
-            return [APExperts(k=k or DEFAULT_K["ap"]).fit(acts).neurons_.save(out, overwrite=overwrite)]
         for lang, path in zip(languages, targets):
             if method == "claim":
                 artifact = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k or DEFAULT_K["claim"])
             elif kind == "shift":
                 artifact = fit_shift(acts, lang, pivot=pivot, method=method)
             else:
-                artifact = fit_map(acts, lang, pivot=pivot, method=method, component=component)
+                artifact = fit_map(acts, lang, pivot=pivot, method=method)
             artifact.save(path, overwrite=overwrite)
     return targets
 
@@ -275,7 +306,7 @@ def _ablation_table(rows: list) -> pd.DataFrame:
 
 
 def steer(
-    artifact: str | os.PathLike,
+    artifact: str | os.PathLike | Sequence[str | os.PathLike],
     prompts: Sequence[str],
     *,
     model="default",
@@ -288,18 +319,21 @@ def steer(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> pd.DataFrame:
-    """Greedy continuations of ``prompts`` without and with ``artifact`` applied (``layers``: default, the
-    artifact's recommended layers), as a table ``prompt, off, on``. An INCLINE map is applied as its released
-    code does (:func:`steer.incline.incline`: every layer of the map unless ``layers``, the last prompt token,
-    targets from a clean pass, ``sigma = strength``)."""
+    """Greedy continuations of ``prompts`` without and with ``artifact`` applied (several: all at once, e.g. the
+    AP experts of each linear component; ``layers``: default, the artifact's recommended layers), as a table
+    ``prompt, off, on``. An INCLINE map is applied as its released code does (:func:`steer.incline.incline`:
+    every layer of the map unless ``layers``, the last prompt token, targets from a clean pass, ``sigma =
+    strength``)."""
     network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
-    found = load_artifact(artifact, model=network)
-    if isinstance(found, NeuronSet) and layers is not None:
-        raise JobError("--layers applies to shift vectors and maps; a NeuronSet is applied where its units are")
-    if isinstance(found, LinearMap) and found.method == "incline":
-        plan = [incline(network, tokenizer, prompts, found, strength, layers=layers, tokenization=tokenization)]
-    else:
-        plan = [to_intervention(found, strength=strength, language=language, layers=layers)]
+    paths = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact)
+    plan = []
+    for found in (load_artifact(path, model=network) for path in paths):
+        if isinstance(found, NeuronSet) and layers is not None:
+            raise JobError("--layers applies to shift vectors and maps; a NeuronSet is applied where its units are")
+        if isinstance(found, LinearMap) and found.method == "incline":
+            plan.append(incline(network, tokenizer, prompts, found, strength, layers=layers, tokenization=tokenization))
+        else:
+            plan.append(to_intervention(found, strength=strength, language=language, layers=layers))
     off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
     with steering(network, plan):
         on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,17 +56,23 @@ class APExperts:
 
     A unit's expertise for language l is ``average_precision(labels == l, response)`` over pooled
     per-sentence responses, language-l sentences positive and all others negative. Per language the ``k``
-    units with the highest AP over all given layers are kept (and the ``bottom_k`` with the lowest, Kojima's
-    "bottom 1000"), each with ``ap``, ``on_p50`` / ``on_p90`` (median and 90th percentile of the response on
-    positives, numpy's linear interpolation) and ``off_mean`` (mean on negatives). ``pooling`` is the
-    sentence pooling the activations must have been captured with (``mean`` as Kojima; ``max`` as Suau).
+    units with the highest AP over all given layers (and components) are kept, and the ``bottom_k`` with the
+    lowest (Kojima's "bottom 1000"), each with ``ap``, ``on_p50`` / ``on_p90`` (median and 90th percentile of
+    the response on positives, numpy's linear interpolation) and ``off_mean`` (mean on negatives).
+    ``pooling`` is the sentence pooling the activations must have been captured with (``mean`` as Kojima;
+    ``max`` as Suau).
+
+    Kojima et al. rank the outputs of every linear projection of every block together (their ``layer_types``
+    in ``selfcond/models.py``; our :data:`probes.model.LINEAR_COMPONENTS`) and force the top 1000 and bottom
+    1000 (``scripts/make_limited_expert.py``): ``APExperts(k=1000, bottom_k=1000).fit(acts, components)``.
 
     Deviations: ``k`` and ``bottom_k`` are capped at the number of units (bottom-k chosen among units not
-    in the top-k); ties in AP are broken by (layer, neuron) order. Kojima samples 500 positives and 2500
-    negatives per language; here every given sentence is used — pass a corpus subset to match. One fit covers
-    one component (Kojima rank units of several linear layers together: fit per component and compare APs).
+    in the top-k: the same as the reference whenever ``k + bottom_k`` does not exceed the units); ties in AP are
+    broken by (component as given, layer, neuron) order. Kojima samples 500 positives and 2500 negatives per
+    language; here every given sentence is used — pass a corpus subset to match.
 
-    Learned: ``ap_`` ({layer: (languages, width)}), ``languages_``, ``layers_``, ``neurons_``.
+    Learned: ``ap_`` ({Site: (languages, width)}), ``languages_``, ``sites_``, ``neuron_sets_`` ({component:
+    NeuronSet}, each unit listed in the joint ranking's order) and, for one component, ``neurons_``.
     """
 
     def __init__(self, k: int = 1000, pooling: str = "mean", bottom_k: int = 0):
@@ -74,37 +80,54 @@ class APExperts:
         self.pooling = pooling
         self.bottom_k = bottom_k
 
+    @property
+    def neurons_(self) -> NeuronSet:
+        """The NeuronSet of a fit over one component (several: :attr:`neuron_sets_`, one per component)."""
+        if len(self.neuron_sets_) != 1:
+            raise NeuronError(f"ranked over {', '.join(self.neuron_sets_)} together: use neuron_sets_, one "
+                              "NeuronSet per component")  # fmt: skip
+        return next(iter(self.neuron_sets_.values()))
+
     def fit(
-        self, activations: Activations, component: str = "mlp_act", languages: Sequence[str] | None = None
-    ) -> APExperts:
-        """Rank every unit of ``component`` (all its layers in ``activations``) for each of ``languages``
-        (default: all): the sentences of a language are its positives, every other language's the negatives."""
+        self, activations: Activations, component: str | Sequence[str] = "mlp_act",
+        languages: Sequence[str] | None = None,
+    ) -> APExperts:  # fmt: skip
+        """Rank every unit of ``component`` (one or several, all their layers in ``activations``) for each of
+        ``languages`` (default: all): the sentences of a language are its positives, every other language's the
+        negatives."""
         if self.k < 0 or self.bottom_k < 0 or self.k + self.bottom_k == 0:
             raise NeuronError(f"k and bottom_k must be >= 0 and not both 0, got k={self.k}, bottom_k={self.bottom_k}")
         if activations.pooling not in (None, self.pooling):
             raise NeuronError(
                 f"APExperts(pooling={self.pooling!r}) was given activations pooled with {activations.pooling!r}"
             )
+        components = [component] if isinstance(component, str) else list(dict.fromkeys(component))
         languages = list(languages) if languages is not None else activations.languages
         if len(languages) < 2:
             raise NeuronError(f"AP experts compare languages: need sentences of 2 languages at least, got {languages}")
         labels = np.repeat(languages, len(activations))
         masks = {language: torch.from_numpy(labels == language) for language in languages}
         responses, ap = {}, {}
-        for layer, by_language in activations.by_layer(component, languages):
-            values = torch.cat([by_language[language].flatten(1) for language in languages]).double()
-            if not torch.isfinite(values).all():
-                raise NeuronError(f"{component}.{layer}: responses contain NaN or inf")
-            ordered, order = torch.sort(values, dim=0, descending=True, stable=True)
-            ap[layer] = torch.stack([_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum())) for lang in languages])
-            responses[layer] = values
-        layers = sorted(ap)
-        layer_of = torch.cat([torch.full((ap[layer].shape[1],), layer, dtype=torch.long) for layer in layers])
-        neuron_of = torch.cat([torch.arange(ap[layer].shape[1]) for layer in layers])
-        every = torch.cat([ap[layer] for layer in layers], dim=1)  # (languages, all units), by layer then neuron
+        site_named = {(site.component, site.layer): site for site in activations.sites}
+        for name in components:
+            for layer, by_language in activations.by_layer(name, languages):
+                site = site_named[name, layer]
+                values = torch.cat([by_language[language].flatten(1) for language in languages]).double()
+                if not torch.isfinite(values).all():
+                    raise NeuronError(f"{site}: responses contain NaN or inf")
+                ordered, order = torch.sort(values, dim=0, descending=True, stable=True)
+                ap[site] = torch.stack([_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum()))
+                                        for lang in languages])  # fmt: skip
+                responses[site] = values
+        sites = list(ap)  # components as given, then layers
+        site_of = torch.cat([torch.full((ap[site].shape[1],), index, dtype=torch.long)
+                             for index, site in enumerate(sites)])  # fmt: skip
+        neuron_of = torch.cat([torch.arange(ap[site].shape[1]) for site in sites])
+        every = torch.cat([ap[site] for site in sites], dim=1)  # (languages, all units), in that order
         k = min(self.k, every.shape[1])
         bottom_k = min(self.bottom_k, every.shape[1] - k)
-        units, values = {}, {}
+        units = {name: {} for name in components}
+        values = {name: {} for name in components}
         for row, language in enumerate(languages):
             scores = every[row]
             top = torch.sort(-scores, stable=True).indices[:k]
@@ -114,32 +137,42 @@ class APExperts:
                 rest[top] = False
                 candidates = rest.nonzero().flatten()
                 chosen = torch.cat([top, candidates[torch.sort(scores[candidates], stable=True).indices[:bottom_k]]])
-            unit_layers, neurons = layer_of[chosen], neuron_of[chosen]
-            units[language] = torch.stack([unit_layers, neurons], dim=1)
-            values[language] = {"ap": scores[chosen], **_unit_values(responses, unit_layers, neurons, masks[language])}
+            unit_sites, neurons = site_of[chosen], neuron_of[chosen]
+            named = {"ap": scores[chosen], **_unit_values([responses[site] for site in sites], unit_sites, neurons,
+                                                          masks[language])}  # fmt: skip
+            for name in components:
+                mine = torch.tensor([sites[int(index)].component == name for index in unit_sites], dtype=torch.bool)
+                layers = torch.tensor([sites[int(index)].layer for index in unit_sites[mine]], dtype=torch.long)
+                units[name][language] = torch.stack([layers, neurons[mine]], dim=1)
+                values[name][language] = {key: value[mine] for key, value in named.items()}
         self.ap_ = ap
         self.languages_ = languages
-        self.layers_ = layers
-        self.neurons_ = NeuronSet(
-            component, units, values, dict(activations.model), "APExperts",
-            {"k": self.k, "bottom_k": self.bottom_k, "pooling": self.pooling, "layers": self.layers_,
-             "n_sentences": {language: int(masks[language].sum()) for language in languages}},
-        )  # fmt: skip
+        self.sites_ = sites
+        params = {"k": self.k, "bottom_k": self.bottom_k, "pooling": self.pooling,
+                  "n_sentences": {language: int(masks[language].sum()) for language in languages}}  # fmt: skip
+        if len(components) > 1:
+            params["ranked_with"] = components
+        self.neuron_sets_ = {
+            name: NeuronSet(name, units[name], values[name], dict(activations.model), "APExperts",
+                            {**params, "layers": sorted(site.layer for site in sites if site.component == name)})
+            for name in components
+        }  # fmt: skip
         return self
 
 
 def _unit_values(
-    responses: Mapping[int, Tensor], layers: Tensor, neurons: Tensor, positive: Tensor
+    responses: Sequence[Tensor], sites: Tensor, neurons: Tensor, positive: Tensor
 ) -> dict[str, Tensor]:
-    """on_p50, on_p90 (over positives) and off_mean (over negatives) of the chosen units."""
-    columns = torch.zeros(positive.shape[0], len(layers), dtype=torch.float64)
-    for layer, values in responses.items():
-        here = (layers == layer).nonzero().flatten()
+    """on_p50, on_p90 (over positives) and off_mean (over negatives) of the chosen units (``sites`` index
+    ``responses``)."""
+    columns = torch.zeros(positive.shape[0], len(sites), dtype=torch.float64)
+    for index, values in enumerate(responses):
+        here = (sites == index).nonzero().flatten()
         if len(here):
             columns[:, here] = values[:, neurons[here]]
     on, off = columns[positive], columns[~positive]
     return {
-        "on_p50": torch.quantile(on, 0.5, dim=0) if len(layers) else columns[0],
-        "on_p90": torch.quantile(on, 0.9, dim=0) if len(layers) else columns[0],
+        "on_p50": torch.quantile(on, 0.5, dim=0) if len(sites) else columns[0],
+        "on_p90": torch.quantile(on, 0.9, dim=0) if len(sites) else columns[0],
         "off_mean": off.mean(dim=0),
     }

@@ -9,7 +9,7 @@ from torch import nn
 from probes.model.access import read_site
 from probes.model.architectures import arch_table, decoder, final_norm, model_type, n_layers, site_shape
 from probes.model.hooks import HookSet
-from probes.model.sites import COMPONENTS, Site, SiteError
+from probes.model.sites import COMPONENTS, LINEAR_COMPONENTS, Site, SiteError
 
 
 def validate_architecture(model: nn.Module, *, atol: float = 1e-4) -> None:
@@ -19,7 +19,10 @@ def validate_architecture(model: nn.Module, *, atol: float = 1e-4) -> None:
     try:
         depth = n_layers(model)
         for component in COMPONENTS:
-            if component not in ("router", "hidden") and getattr(table, component) is not None:
+            if component in ("router", "hidden"):
+                continue
+            listed = table.linear if component in LINEAR_COMPONENTS else {component: getattr(table, component)}
+            if listed.get(component) is not None:
                 site_shape(model, Site(1, component))  # the submodule exists
         norm = final_norm(model)
     except (AttributeError, TypeError, IndexError) as error:
