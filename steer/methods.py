@@ -5,7 +5,9 @@ MLP outputs fitted on INCLINE's half code-switched pairs, applied as its release
 from a clean pass written at the last prompt token of every layer, :mod:`steer.incline`), ``procrustes``
 (orthogonal map at one layer), ``lape`` (zero the language's LAPE neurons), ``ap`` (set the pivot's AP expert
 units to their median response) and ``heads`` (CLAIM: shift the most language-specific heads) and, in MoE
-models, ``router`` (Bandarkar et al.: promote the pivot's most used experts in the middle layers). Every plan
+models, ``router`` (Bandarkar et al.: promote the pivot's most used experts in the middle layers) and
+``steermoe`` (force the experts the pivot uses more than the language, ban those it uses less, by risk
+difference of token-level top-k routing). Every plan
 is gated to the language it was fitted for, so pivot inputs run untouched.
 """
 
@@ -17,9 +19,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from probes.analysis import Activations
+from probes.analysis import Activations, risk_difference
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector
-from probes.capture import NeuronStats, Tokenization, capture
+from probes.capture import NeuronStats, Tokenization, capture, trace_router
 from probes.capture.progress import Progress, progress_bar
 from probes.data import ParallelCorpus
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
@@ -27,17 +29,18 @@ from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, mode
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
 from steer.incline import fit_incline_maps, incline
-from steer.router import promote_pivot_experts
+from steer.router import promote_pivot_experts, steermoe_experts
 from steer.schedule import gated
 
-METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router")
+METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router", "steermoe")
 
 
 def available_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> list[str]:
     """``methods`` that apply to ``model``: LAPE and AP need per-neuron MLP sites (dense models), ``router``
-    needs an MoE router."""
+    and ``steermoe`` need an MoE router."""
     table = arch_table(model)
-    missing = {"lape": table.mlp_gate is None, "ap": table.mlp_act is None, "router": not router_layers(model)}
+    dense = not router_layers(model)
+    missing = {"lape": table.mlp_gate is None, "ap": table.mlp_act is None, "router": dense, "steermoe": dense}
     return [method for method in methods if not missing.get(method, False)]
 
 
@@ -53,6 +56,8 @@ class Findings:
     lape: NeuronSet | None = None
     ap: NeuronSet | None = None
     router_usage: dict[int, torch.Tensor] = field(default_factory=dict)  # the pivot's expert usage per layer
+    risk: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # SteerMoE: pivot minus language
+    experts_per_token: int = 0
 
 
 def fit_methods(
@@ -120,6 +125,10 @@ def fit_methods(
             bar.set_description("fit: INCLINE pairs")
             incline_maps = fit_incline_maps(model, tokenizer, train, languages, pivot=pivot, style=incline_style,
                                             tokenization=tokenization, progress=bar)  # fmt: skip
+        if "steermoe" in methods:
+            bar.set_description("fit: SteerMoE routing")
+            routed = {lang: trace_router(model, tokenizer, train.texts(lang), tokenization=tokenization)
+                      for lang in everyone}  # fmt: skip
         bar.set_description(f"fit: {', '.join(methods)}")
     stats.model = identity
     found = Findings(depth)
@@ -137,6 +146,11 @@ def fit_methods(
         selected = ROUTER_CHANNELS.index("selected")
         found.router_usage = {layer: acts.get(Site(layer, "router"), pivot)[:, selected].mean(0)
                               for layer in wanted["router"]}  # fmt: skip
+    if "steermoe" in methods:
+        found.experts_per_token = int(next(iter(routed[pivot].ids.values())).shape[1])
+        found.risk = {lang: {layer: risk_difference(routed[pivot].probs[layer], routed[lang].probs[layer],
+                                                    found.experts_per_token) for layer in routed[pivot].layers}
+                      for lang in languages}  # fmt: skip
     if "lape" in methods:
         found.lape = LAPE().fit(stats, languages=lape_languages).neurons_
     if "ap" in methods:
@@ -196,8 +210,23 @@ def settings(
         layers = "-".join(map(str, promote.layers))
         out.append(Setting("router", f"promote top-2 {pivot} experts,layers={layers},delta=2.0",
                            min(promote.layers), lambda lang, texts: [(promote, gated([lang]))]))
+    if found.risk:
+        layers = sorted(next(iter(found.risk.values())))
+        out.append(Setting("steermoe", f"force and ban {len(layers)} experts each by risk difference", layers[0],
+                           lambda lang, texts: [(edit, gated([lang])) for edit in _steermoe(found, lang)]))
     if found.heads:
         first = min(found.heads[next(iter(found.heads))].layers)
         out.append(Setting("heads", "top heads,alpha=1.0", first, lambda lang, texts: [
             (head_shift(found.heads[lang], 1.0), gated([lang]))]))
     return out
+
+
+def _steermoe(found: Findings, language: str) -> list:
+    """SteerMoE for ``language``: force the experts the pivot uses more, ban those it uses less, as many of each
+    as there are routed layers (fewer if the risk differences have fewer of a sign)."""
+    risk = found.risk[language]
+    n_positive = sum(int((values > 0).sum()) for values in risk.values())
+    n_negative = sum(int((values < 0).sum()) for values in risk.values())
+    return steermoe_experts(risk, n_force=min(len(risk), n_positive), n_ban=min(len(risk), n_negative),
+                            k=found.experts_per_token)  # fmt: skip
+

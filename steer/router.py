@@ -146,3 +146,33 @@ def promote_pivot_experts(
         raise InterventionError(f"promote_pivot_experts: no usage for layers {missing}; usage has {sorted(usage)}")
     top = {layer: torch.as_tensor(usage[layer]).topk(n_experts).indices for layer in chosen}
     return RouterBias(top, delta)
+
+
+def steermoe_experts(
+    risk: Mapping[int, Float[Tensor, " experts"]], *, n_force: int, n_ban: int, k: int, eps: float = 1e-2
+) -> list[ForceExperts | BanExperts]:
+    """SteerMoE's selection (``src/utils.py: steer_moe``, strategy ``risk_diff``) from per-layer risk differences
+    (:func:`probes.analysis.risk_difference`, behaviour 1 = the one to steer towards): all (layer, expert) pairs
+    sorted by ``|risk|`` (descending; ties by layer, then expert), the first ``n_force`` positive ones forced
+    (at most ``k`` per layer: later ones are skipped, as the reference's per-layer limit does) and the first
+    ``n_ban`` negative ones banned. Returns the ForceExperts and BanExperts (each only if it has experts)."""
+    rows = sorted(((-abs(float(value)), layer, expert, float(value)) for layer, values in risk.items()
+                   for expert, value in enumerate(values.tolist())), key=lambda row: row[:3])  # fmt: skip
+    positive = [(layer, expert) for _, layer, expert, value in rows if value > 0][:n_force]
+    negative = [(layer, expert) for _, layer, expert, value in rows if value < 0][:n_ban]
+    if len(positive) != n_force or len(negative) != n_ban:
+        raise InterventionError(f"SteerMoE: asked for {n_force} positive and {n_ban} negative experts; the risk "
+                                f"differences have {len(positive)} and {len(negative)}")  # fmt: skip
+    forced: dict[int, list[int]] = {}
+    for layer, expert in positive:
+        if len(forced.setdefault(layer, [])) < k:
+            forced[layer].append(expert)
+    banned: dict[int, list[int]] = {}
+    for layer, expert in negative:
+        banned.setdefault(layer, []).append(expert)
+    edits: list[ForceExperts | BanExperts] = []
+    if forced:
+        edits.append(ForceExperts(forced, eps))
+    if banned:
+        edits.append(BanExperts(banned, eps))
+    return edits

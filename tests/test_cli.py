@@ -300,7 +300,9 @@ def test_moe_routing_from_the_command_line(tmp_path, capsys, moe_run):
     report = (moe_run / "report.md").read_text()
     assert "## Routing (mixture of experts)" in report and (moe_run / "routing_divergence.png").is_file()
     evaluation = pd.read_csv(moe_run / "evaluation.csv")
-    assert "router" in set(evaluation.method) and not {"lape", "ap"} & set(evaluation.method)
+    assert {"router", "steermoe"} <= set(evaluation.method) and not {"lape", "ap"} & set(evaluation.method)
+    steermoe = evaluation[(evaluation.method == "steermoe") & (evaluation.metric == "loss_target")]
+    assert (steermoe.delta != 0).all(), "forcing and banning experts changes the language's loss"
     assert main(["evaluate", *MOE, "--methods", "lape", "--out", str(tmp_path / "e")]) == 2
     assert "do not apply to a qwen2_moe model" in capsys.readouterr().err
 

@@ -97,6 +97,15 @@ PRESETS: dict[str, Preset] = {
              "evaluate": {"methods": ["router"]}, "run": {"methods": ["router"]}},
         ),
         Preset(
+            "steermoe",
+            "JACKPURCELL/SteerMoE: demo.py (calc_risk_diff: token-level top-k activation frequency, behaviour 1 "
+            "minus behaviour 2), src/utils.py (steer_moe: sorted by |risk_diff|, at most k forced per layer), "
+            "src/modeling_vllm (forced scores set to max + eps, banned to min - eps, from the unedited scores)",
+            "its paired behaviour datasets and vLLM; here behaviour 1 is the pivot's sentences, 2 the language's, "
+            "and as many experts as routed layers are forced and banned (the paper sweeps the count)",
+            {"evaluate": {"methods": ["steermoe"]}, "run": {"methods": ["steermoe"]}},
+        ),
+        Preset(
             "claim",
             "CLAIM (head steering, our reading of the paper): per-head probes in the middle layers, the most "
             "language-specific heads shifted by their pivot-minus-language mean",

@@ -14,7 +14,7 @@ _MODULES = {
     "probes.analysis.langid": "language_id_scores",
     "probes.analysis.tables": "COLUMNS measure metric_names",
     "probes.analysis.routing": "entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
-    "normalised_jsd router_matrices routing_divergence set_overlap universal_experts",
+    "normalised_jsd risk_difference router_matrices routing_divergence set_overlap universal_experts",
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 

@@ -248,3 +248,22 @@ def universal_experts(usage: pd.DataFrame, pivot: str = "eng", *, ratio: float =
         for expert in cube.columns[(ref > uniform) & (shared >= ratio)]:
             rows.append(dict(layer=layer, expert=int(expert), score=float(shared[expert])))
     return pd.DataFrame(rows, columns=["layer", "expert", "score"])
+
+
+def risk_difference(
+    probs_1: Float[Tensor, "tokens experts"], probs_2: Float[Tensor, "tokens experts"], k: int
+) -> Float[Tensor, " experts"]:  # fmt: skip
+    """SteerMoE's risk difference at one layer (JACKPURCELL/SteerMoE ``demo.py: calc_risk_diff``): per expert, the
+    fraction of behaviour-1 tokens whose top ``k`` router probabilities include it, minus that fraction for
+    behaviour-2 tokens. Positive: the expert is used more for behaviour 1."""
+    if probs_1.dim() != 2 or probs_2.dim() != 2 or probs_1.shape[1] != probs_2.shape[1] or not 0 < k <= probs_1.shape[1]:
+        raise ValueError(f"risk difference needs (tokens, experts) probabilities of the same experts and 0 < k <= "
+                         f"experts; got {tuple(probs_1.shape)}, {tuple(probs_2.shape)}, k={k}")  # fmt: skip
+    if not len(probs_1) or not len(probs_2):
+        raise ValueError("risk difference needs tokens of both behaviours")
+
+    def activated(probs: Tensor) -> Tensor:
+        chosen = torch.zeros_like(probs, dtype=torch.float64)
+        return chosen.scatter_(1, probs.topk(k, dim=1).indices, 1.0).mean(0)
+
+    return activated(probs_1) - activated(probs_2)
