@@ -140,7 +140,8 @@ def evaluate(
     pivot: str = "eng",
     identifier: LanguageIdentifier | None = None,
     metrics: Sequence[str] = EVAL_METRICS,
-    pooling: str = "mean",
+    component: str = "hidden",
+    pooling: str = "weighted",
     n_boot: int = 1000,
     n_prompts: int = 16,
     n_loss: int | None = 64,
@@ -150,6 +151,8 @@ def evaluate(
     progress: Progress = False,
 ) -> pd.DataFrame:
     """Every setting for every language, on the held-out ``test`` corpus, as a tidy table (:data:`COLUMNS`).
+
+    Alignment is measured on ``component`` pooled with ``pooling`` (default: MEXA's ``hidden``, ``weighted``).
 
     Per layer and metric: off, on, delta and a 95% paired-bootstrap interval of the delta. Per setting also
     ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
@@ -161,7 +164,7 @@ def evaluate(
     Each (language, setting) is a unit: ``on_unit`` receives its rows as soon as they are computed, and the units
     already in ``done`` (an earlier, interrupted evaluation) are taken from it instead of being computed again.
     """
-    sites = [Site(layer, "resid") for layer in range(n_layers(model) + 1)]
+    sites = [Site(layer, component) for layer in range(n_layers(model) + 1)]
     finished = {} if done is None else {key: part for key, part in done.groupby(["method", "setting", "language"])}
     todo = [(lang, s) for lang in languages for s in settings if (s.method, s.setting, lang) not in finished]
 

@@ -93,15 +93,17 @@ def test_run_writes_report_with_figures_and_numbers(llama_run):
     assert set(table.metric) == set(ALL_METRICS) and set(table.language) == {"deu", "jpn", "all"}
     assert sorted(table.layer.unique()) == [0, 1, 2, 3, 4]
     store = ActivationStore(out / "store")
-    layer2 = {lang: store.get(Site(2, "resid"), lang) for lang in ("eng", "jpn")}
-    row = table[(table.layer == 2) & (table.language == "jpn") & (table.metric == "mexa")]
-    assert row.value.item() == pytest.approx(mexa(layer2["eng"], layer2["jpn"]))
+    assert store.pooling == "weighted" and {site.component for site in store.sites} == {"hidden"}
+    mexa_table = table[table.metric == "mexa"].set_index(["language", "layer"])["value"]
+    model, tokenizer = load_model("random:llama")
+    for lang, per_layer in reference_mexa(model, tokenizer, demo_corpus().subset(["eng", "deu", "jpn"], 12)).items():
+        assert [mexa_table[lang, layer] for layer in range(5)] == pytest.approx(per_layer), lang  # MEXA's own rule
     for figure in ("langid_per_layer", "lape_neurons", "before_after", "pareto"):
         assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
     assert "Most aligned layers" in report and "Most language-specific layers" in report
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
-    assert set(evaluation.method) == set(METHODS) - {"router"} and set(evaluation.language) == {"deu", "jpn"}
+    assert set(evaluation.method) == set(METHODS) - {"router", "steermoe"} and set(evaluation.language) == {"deu", "jpn"}
     assert (evaluation[evaluation.metric == "loss_pivot"].delta == 0).all()
     generations = pd.read_csv(out / "generations.csv")
     assert len(generations) == 4 and "| language | setting | prompt | off | on |" in report
@@ -419,8 +421,10 @@ def test_the_command_keeps_freed_memory_so_large_tensors_do_not_fault_afresh():
 
     _keep_freed_memory()
     faults = []
-    for _ in range(3):  # a logits-sized tensor, allocated, written and freed again and again
+    for _ in range(8):  # a logits-sized tensor, allocated, written and freed again and again
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(64 * 2**20)  # 256 MB
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    assert faults[-1] < 2_000, faults  # mapped afresh it would be 65,536 faults (one per 4 KB page)
+    # Mapped afresh, every allocation costs 65,536 faults (one per 4 KB page); kept, the heap grows once or twice
+    # (small allocations may take the top of a freed block) and then reuses what it holds.
+    assert sum(faults) < 3 * 65_536 and max(faults[-3:]) < 2_000, faults

@@ -39,11 +39,11 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     strong = table[(table.setting == "alpha=3.0") & (table.language == "rus")]
     assert (strong[strong.metric == "loss_pivot"].delta == 0).all(), "English runs are gated out"
     assert strong[strong.metric == "loss_target"].delta.item() != 0
-    # 'on' at layer 3 equals MEXA computed by hand from a steered capture.
-    site = Site(3, "resid")
-    english = capture(model, tokenizer, corpus.texts("eng"), [site])[site]
+    # 'on' at layer 3 equals MEXA computed by hand from a steered capture (MEXA's hidden sites, weighted pooling).
+    site = Site(3, "hidden")
+    english = capture(model, tokenizer, corpus.texts("eng"), [site], pooling="weighted")[site]
     with steer(model, shift_setting(3.0).plan("rus", []), languages="rus"):
-        russian = capture(model, tokenizer, corpus.texts("rus"), [site])[site]
+        russian = capture(model, tokenizer, corpus.texts("rus"), [site], pooling="weighted")[site]
     row = strong[(strong.metric == "mexa") & (strong.layer == 3)]
     assert row.on.item() == pytest.approx(mexa(english, russian))
     assert row.ci_low.item() <= row.delta.item() <= row.ci_high.item()

@@ -152,15 +152,15 @@ def test_the_closed_loop_applies_incline_from_a_clean_pass_of_the_texts_it_measu
                     incline_settings=[("code", 0.5), ("interpolate", 0.5)])  # fmt: skip
     table = evaluate(model, tokenizer, corpus, grid, languages=["deu"], metrics=["matched_random_gap"], n_boot=10,
                      n_loss=6)  # fmt: skip
-    site = Site(3, "resid")
-    english = capture(model, tokenizer, corpus.texts("eng"), [site])[site]
+    site = Site(4, "hidden")  # the last layer: after the final norm, as MEXA reads it
+    english = capture(model, tokenizer, corpus.texts("eng"), [site], pooling="weighted")[site]
     german = corpus.texts("deu")
     for mode in ("code", "interpolate"):
         rows = table[table.setting.str.contains(f"mode={mode}")]
         with steer(model, [incline(model, tokenizer, german, fitted, 0.5, mode=mode)]):
-            steered = capture(model, tokenizer, german, [site])[site]
+            steered = capture(model, tokenizer, german, [site], pooling="weighted")[site]
             loss = next_token_loss(model, tokenizer, german[:6])
-        row = rows[(rows.metric == "matched_random_gap") & (rows.layer == 3)]
+        row = rows[(rows.metric == "matched_random_gap") & (rows.layer == 4)]
         assert row.on.item() == pytest.approx(PAIR_METRICS["matched_random_gap"](english, steered).mean().item())
         assert row.on.item() != pytest.approx(row.off.item(), abs=1e-6)
         assert rows[rows.metric == "loss_target"].on.item() == pytest.approx(loss)

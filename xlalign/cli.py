@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         _model(command)
         _corpus(command)
         if name == "run":
-            command.add_argument("--pooling", choices=POOLINGS, default="mean", help=POOLING)
+            command.add_argument("--pooling", choices=POOLINGS,
+                                 help=f"{POOLING} (default: weighted, as MEXA; mean in MoE models)")
             command.add_argument("--steer-langs", type=_csv, help="languages to steer (default: the 3 least aligned)")
         command.add_argument("--pivot", default="eng", help=PIVOT)
         command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")

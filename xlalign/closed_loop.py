@@ -60,7 +60,7 @@ def run(
     tokenizer=None,
     corpus: ParallelCorpus | str = "demo",
     pivot: str = "eng",
-    pooling: str = "mean",
+    pooling: str | None = None,
     steer_langs: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     test_fraction: float = 0.2,
@@ -75,18 +75,21 @@ def run(
 ) -> Path:
     """Measure alignment per layer for every language, then fit, steer and evaluate ``steer_langs``.
 
+    Alignment is measured on ``hidden`` sites (``output_hidden_states``), pooled ``weighted`` as MEXA's
+    released code (``pooling`` default; ``mean`` in MoE models, whose routing metrics average over tokens).
     ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
     Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
     """
     out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
                                                device, dtype)  # fmt: skip
     routed = router_layers(network)
-    sites = [Site(layer, "resid") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
+    pooling = pooling or ("mean" if routed else "weighted")
+    sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
     with job_bar(progress, f"run into {out}") as bar:
         store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
                                  tokenization=tokenization, progress=bar)  # fmt: skip
         bar.set_description("run: measuring alignment")
-        table = measure(store, pivot=pivot, metrics="all")
+        table = measure(store, pivot=pivot, metrics="all", component="hidden")
         routing = measure_routing(store, pivot) if routed and pooling == "mean" else None
         write_text(out / "metrics.csv", pd.concat([table, routing]).to_csv(index=False))
         name = str(network.config.name_or_path)
@@ -145,7 +148,7 @@ def evaluate(
                                   methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
                                   incline_sigmas=incline_sigmas, tokenization=tokenization, progress=bar)  # fmt: skip
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
-                   languages=parallel.languages, pivot=pivot, pooling="mean", command=command or _command())
+                   languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command())
     report = out / "report.md"
     write_text(report, "\n".join(lines + steering))
     return report

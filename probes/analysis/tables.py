@@ -34,13 +34,16 @@ def measure(
     *,
     pivot: str = "eng",
     metrics: str | Sequence[str] = ("retrieval_top1", "mexa"),
-    component: str = "resid",
+    component: str | None = None,
     ci: bool = False,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every metric, per layer of ``component`` and per language against ``pivot``, as a tidy table.
+
+    ``component`` defaults to ``hidden`` when the activations hold it (a capture with MEXA's defaults), else
+    ``resid``.
 
     ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``; on activations pooled with ``'active'``
     (fractions of tokens where each unit is > 0, e.g. of ``mlp_gate``) the names come from
@@ -49,6 +52,8 @@ def measure(
     ``langid_acc`` is the cross-validated accuracy of a language-ID probe over all languages (``language`` =
     ``'all'``). With ``ci`` the table adds ``ci_low, ci_high``, from a bootstrap over sentences.
     """
+    if component is None:
+        component = "hidden" if any(site.component == "hidden" for site in activations.sites) else "resid"
     names = metric_names(activations.pooling, metrics)
     if pivot not in activations.languages:
         raise ActivationsError(
