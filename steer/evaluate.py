@@ -3,8 +3,8 @@
 For each language and setting, every alignment metric is computed per layer between the (unsteered) pivot
 sentences and the language's sentences with the intervention off and on; the confidence interval of the
 change comes from a paired bootstrap over sentences. Side effects: next-token loss on the language's and on
-the pivot's held-out text (the pivot runs with the same plan: a plan gated to the language leaves it untouched), and
-the output-language fidelity of greedy continuations, judged by a character n-gram identifier.
+the pivot's held-out text (the pivot runs with the same plan: a plan gated to the language leaves it
+untouched), and the output-language fidelity of greedy continuations, judged by a character n-gram identifier.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from a clean pass written at the last prompt token of every layer, :mod:`steer.i
 units to their median response) and ``heads`` (CLAIM: shift the most language-specific heads) and, in MoE
 models, ``router`` (Bandarkar et al.: promote the pivot's most used experts in the middle layers) and
 ``steermoe`` (force the experts the pivot uses more than the language, ban those it uses less, by risk
-difference of token-level top-k routing). Every plan
-is gated to the language it was fitted for, so pivot inputs run untouched.
+difference of token-level top-k routing). Every plan is gated to the language it was fitted for, so pivot
+inputs run untouched.
 """
 
 from __future__ import annotations
