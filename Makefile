@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.steer
 	$(BIN)/python -m benchmarks.stats_memory
 	$(BIN)/python -m benchmarks.routing
+	$(BIN)/python -m benchmarks.peers
 
 clean:
 	rm -rf $(VENV) out

@@ -22,6 +22,7 @@ from probes.analysis import PAIR_METRICS, bootstrap_ci
 from probes.capture import Tokenization, batches, pooling_during
 from probes.capture.context import batch_context, new_call
 from probes.capture.decoder import run_batches
+from probes.capture.passes import forward, generate
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
 from probes.find import LanguageIdentifier
@@ -73,7 +74,7 @@ def next_token_loss(
             for start in range(0, len(batch), rows):
                 part = batch.part(slice(start, start + rows))
                 with batch_context(part, call):
-                    logits = model(**part.model_inputs(model)).logits[:, :-1].float()
+                    logits = forward(model, **part.model_inputs(model)).logits[:, :-1].float()
                 targets = part.input_ids[:, 1:]
                 scored = part.attention_mask[:, 1:].bool() & part.attention_mask[:, :-1].bool()
                 total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
@@ -111,8 +112,8 @@ def continuations(
     call = new_call()
     for batch in batches(tokenizer, prompts, tokenization, padding_side="left", device=device):
         with torch.inference_mode(), batch_context(batch, call):
-            generated = model.generate(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+            generated = generate(
+                model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             )  # fmt: skip
         texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)

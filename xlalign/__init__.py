@@ -18,7 +18,9 @@ from probes import __version__
 _MODULES = {
     "probes.data": "ParallelCorpus CorpusError load_corpus demo_corpus read_tsv read_jsonl read_ntrex read_flores read_hf",
     "probes.model": "load_model resolve_model random_model Site SiteError ArchTable Tap RouterTap register_architecture "
-    "validate_architecture model_identity n_layers n_heads site_shape router_layers unwrap",
+    "validate_architecture model_identity n_layers n_heads site_shape router_layers unwrap transformer_bridge BACKENDS "
+    "BackendError nnsight_model",
+    "probes.capture.passes": "forward generate",
     "probes.capture": "Tokenization record trace watch Recording ForwardContext capture capture_corpus capture_to_store "
     "ActivationStore NeuronStats collect_stats RouterTrace trace_router pool POOLINGS",
     "probes.analysis": "Activations measure mexa retrieval_top1 retrieval_top1_reverse retrieval_topk strong_alignment_map "

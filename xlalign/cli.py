@@ -17,7 +17,7 @@ from probes.analysis.routing import IMPORTANCE
 from probes.capture import POOLINGS, Tokenization
 from probes.capture.store import REPAIR
 from probes.model import COMPONENTS, LINEAR_COMPONENTS
-from probes.model.loading import DEVICES, DTYPES
+from probes.model.loading import BACKENDS, DEVICES, DTYPES
 from steer.methods import INCLINE_SIGMAS, METHODS
 from xlalign.jobs import DEFAULT_K, FIND_METHODS
 from xlalign.presets import PresetError, names_for, preset_options
@@ -68,6 +68,8 @@ def _model(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id")
     command.add_argument("--device", default="cpu", choices=DEVICES, help="auto: CUDA, then MPS, then the CPU")
     command.add_argument("--dtype", default="float32", choices=DTYPES, help="auto: bfloat16 where the GPU supports it")
+    command.add_argument("--backend", default="hf", choices=BACKENDS,
+                         help="hf: xlalign's hooks; tl: a TransformerLens bridge's hook points; nnsight: nnsight traces")
     defaults = Tokenization()
     command.add_argument("--batch-size", type=int, default=defaults.batch_size, help="texts per forward pass")
     command.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (longer: cut)")
@@ -194,7 +196,8 @@ def _tokenization(args) -> Tokenization:
 
 
 def _loading(args) -> dict:
-    return dict(model=args.model, device=args.device, dtype=args.dtype, tokenization=_tokenization(args))
+    return dict(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
+                tokenization=_tokenization(args))  # fmt: skip
 
 
 def _corpus_of(args):

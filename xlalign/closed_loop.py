@@ -35,12 +35,12 @@ EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generati
                       "pareto.png", "lape_neurons.png"}  # fmt: skip
 
 
-def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, dtype: str):
+def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, dtype: str, backend: str):
     """Check the corpus, the pivot and the model, then claim ``out`` (nothing is written before all are good)."""
     parallel = open_corpus(corpus)
     if pivot not in parallel.languages:
         raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
     out = Path(out)
@@ -70,6 +70,7 @@ def run(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
@@ -81,7 +82,7 @@ def run(
     Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
     """
     out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
-                                               device, dtype)  # fmt: skip
+                                               device, dtype, backend)  # fmt: skip
     routed = router_layers(network)
     pooling = pooling or ("mean" if routed else "weighted")
     sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
@@ -136,12 +137,13 @@ def evaluate(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
     """The closed loop for every non-pivot language of the corpus; returns report.md."""
     out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
-                                               tokenizer, device, dtype)  # fmt: skip
+                                               tokenizer, device, dtype, backend)  # fmt: skip
     languages = [lang for lang in parallel.languages if lang != pivot]
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,

@@ -55,9 +55,10 @@ def open_corpus(
     return parallel if rows is None else parallel.rows(*rows)
 
 
-def open_model(model, tokenizer=None, *, device: str = "cpu", dtype: str = "float32"):
-    """``(model, tokenizer)`` from a spec (loaded on ``device`` in ``dtype``) or an object (used as it is)."""
-    return resolve_model(model, tokenizer, device=device, dtype=dtype)
+def open_model(model, tokenizer=None, *, device: str = "cpu", dtype: str = "float32", backend: str = "hf"):
+    """``(model, tokenizer)`` from a spec (loaded on ``device`` in ``dtype``) or an object (used as it is), run
+    through ``backend`` (see :func:`probes.model.resolve_model`)."""
+    return resolve_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -111,6 +112,7 @@ def capture(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
     progress: bool = True,
 ) -> ActivationStore:
     """Capture pooled ``sites`` of every language of ``corpus`` into the (resumable) store at ``out``.
@@ -120,7 +122,7 @@ def capture(
     captured (routing metrics average over tokens, as Bandarkar et al.'s code does).
     """
     parallel = open_corpus(corpus)
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
@@ -178,6 +180,7 @@ def find(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[Path]:
@@ -198,7 +201,7 @@ def find(
     parallel = open_corpus(corpus)
     out = Path(out)
     languages = [lang for lang in parallel.languages if lang != pivot]
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
     linear = list(arch_table(network).linear)  # "linear": every linear projection the family has, as Kojima et al.
     named = components or ["mlp_act"]
     units = list(dict.fromkeys(c for name in named for c in (linear if name == "linear" else [name])))
@@ -251,6 +254,7 @@ def ablate(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -261,7 +265,7 @@ def ablate(
     """
     out = Path(out)
     parallel = open_corpus(corpus)
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
     found = NeuronSet.load(neurons, model=network)
     zeroed = [lang for lang in found.languages if lang in parallel.languages]
     if not zeroed:
@@ -318,13 +322,14 @@ def steer(
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
+    backend: str = "hf",
 ) -> pd.DataFrame:
     """Greedy continuations of ``prompts`` without and with ``artifact`` applied (several: all at once, e.g. the
     AP experts of each linear component; ``layers``: default, the artifact's recommended layers), as a table
     ``prompt, off, on``. An INCLINE map is applied as its released code does (:func:`steer.incline.incline`:
     every layer of the map unless ``layers``, the last prompt token, targets from a clean pass, ``sigma =
     strength``)."""
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype)
+    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
     paths = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact)
     plan = []
     for found in (load_artifact(path, model=network) for path in paths):

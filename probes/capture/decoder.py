@@ -9,10 +9,13 @@ import torch
 from torch import nn
 
 from probes.capture.context import batch_context, new_call
+from probes.capture.passes import decoder_forward
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.capture.tokenization import Batch
 from probes.model.architectures import blocks, decoder, n_layers
 from probes.model.hooks import HookSet, StopForward
+from probes.model.sites import Site
+from probes.model.tl import hook_point, is_bridged
 
 
 def _stop(*_) -> None:
@@ -24,7 +27,9 @@ def add_early_exit(hooks: HookSet, model: nn.Module, layer: int) -> None:
     last block only the final norm is left (read by ``hidden`` sites), so the pass runs to the end."""
     if layer >= n_layers(model):
         return
-    if layer == 0:
+    if layer == 0 and is_bridged(model):  # layer 0 is read inside block 1, at the bridge's hook point
+        hooks.add(hook_point(model, Site(0, "resid")), "output", _stop, stage="stop", raw=True, name="early exit")
+    elif layer == 0:
         hooks.add(blocks(model)[0], "input", _stop, stage="stop", raw=True, name="early exit")
     else:
         hooks.add(blocks(model)[layer - 1], "output", _stop, stage="stop", raw=True, name="early exit")
@@ -48,7 +53,7 @@ def run_batches(
         for batch in work:
             with batch_context(batch, call):
                 try:
-                    stack(**batch.model_inputs(stack), use_cache=False)
+                    decoder_forward(model, **batch.model_inputs(stack), use_cache=False)
                 except StopForward:
                     pass
             bar.update(1)

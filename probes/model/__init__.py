@@ -5,19 +5,22 @@ from probes.model.architectures import (
     ARCHITECTURES, ArchTable, RouterPoint, RouterTap, Tap, arch_table, blocks, decoder, final_norm, locate, model_type,
     n_heads, n_layers, register_architecture, router_layers, site_shape, unwrap, width,
 )  # fmt: skip
+from probes.model.envoys import is_nnsight, nnsight_model
 from probes.model.hooks import HookSet, StopForward
 from probes.model.identity import identity_mismatches, model_identity
-from probes.model.loading import DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
+from probes.model.loading import BACKENDS, DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
 from probes.model.moe import ROUTER_CHANNELS, RULES, Routing
-from probes.model.sites import COMPONENTS, LINEAR_COMPONENTS, Site, SiteError
+from probes.model.sites import COMPONENTS, LINEAR_COMPONENTS, BackendError, Site, SiteError
 from probes.model.tiny import MOE_FAMILIES, RANDOM_FAMILIES, ModelError, demo_tokenizer, random_model
+from probes.model.tl import BRIDGE_HOOKS, hook_point, is_bridged, transformer_bridge
 from probes.model.validation import validate_architecture
 
 __all__ = [
-    "ARCHITECTURES", "ArchTable", "COMPONENTS", "DEFAULT_MODEL_NAME", "HookSet", "LINEAR_COMPONENTS", "MOE_FAMILIES",
-    "ModelError", "RANDOM_FAMILIES", "ROUTER_CHANNELS", "RULES", "RouterPoint", "RouterTap", "Routing", "Site", "SiteError",
-    "StopForward", "Tap", "arch_table", "blocks", "cache_dir", "decoder", "demo_tokenizer", "edit_site",
-    "final_norm", "has_lm_head", "identity_mismatches", "load_model", "locate", "model_identity", "model_type", "n_heads",
-    "n_layers", "random_model", "read_site", "register_architecture", "resolve_model", "router_layers",
-    "site_shape", "unwrap", "validate_architecture", "width",
+    "ARCHITECTURES", "ArchTable", "BACKENDS", "BRIDGE_HOOKS", "BackendError", "COMPONENTS", "DEFAULT_MODEL_NAME",
+    "HookSet", "LINEAR_COMPONENTS", "MOE_FAMILIES", "ModelError", "RANDOM_FAMILIES", "ROUTER_CHANNELS", "RULES",
+    "RouterPoint", "RouterTap", "Routing", "Site", "SiteError", "StopForward", "Tap", "arch_table", "blocks",
+    "cache_dir", "decoder", "demo_tokenizer", "edit_site", "final_norm", "has_lm_head", "hook_point",
+    "identity_mismatches", "is_bridged", "is_nnsight", "load_model", "locate", "model_identity", "model_type",
+    "n_heads", "n_layers", "nnsight_model", "random_model", "read_site", "register_architecture", "resolve_model",
+    "router_layers", "site_shape", "transformer_bridge", "unwrap", "validate_architecture", "width",
 ]

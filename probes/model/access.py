@@ -4,6 +4,8 @@
 see the per-token layout of :func:`probes.model.architectures.site_shape`: ``(batch, tokens, *shape)``, so
 ``head`` sites arrive as ``(batch, tokens, heads, head_dim)``; a ``router`` site is read as the
 ``(batch, tokens, 3, experts)`` routing view and edited as ``(batch, tokens, experts)`` logits before top-k.
+In a model inside a TransformerLens bridge every site is the output of the bridge's hook point
+(:mod:`probes.model.tl`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from probes.model.architectures import RouterPoint, locate, n_heads
 from probes.model.hooks import HookSet
 from probes.model.moe import edit_router, observe_router
 from probes.model.sites import Site
+from probes.model.tl import hook_point, is_bridged
 
 
 def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tensor], Tensor | None]:
@@ -27,9 +30,13 @@ def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tenso
     return per_head
 
 
+def _locate(model: nn.Module, site: Site) -> tuple[nn.Module, str] | RouterPoint:
+    return (hook_point(model, site), "output") if is_bridged(model) else locate(model, site)
+
+
 def read_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor], None]) -> None:
     """Call ``fn`` with ``site``'s tensor on every forward pass while ``hooks`` is open (after every edit)."""
-    located = locate(model, site)
+    located = _locate(model, site)
     if isinstance(located, RouterPoint):
         observe_router(hooks, located, lambda routing: fn(routing.view()))
         return
@@ -39,7 +46,7 @@ def read_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor
 
 def edit_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor], Tensor | None]) -> None:
     """Let ``fn`` replace ``site``'s tensor (return None to leave it) on every forward pass while ``hooks`` is open."""
-    located = locate(model, site)
+    located = _locate(model, site)
     if isinstance(located, RouterPoint):
         edit_router(hooks, located, fn)
         return

@@ -199,9 +199,14 @@ def register_architecture(model_type: str, table: ArchTable, *, replace: bool = 
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (its modules are the wrapper's: hooks on them see every call)."""
+    """The transformers model inside a PEFT wrapper, a TransformerLens ``TransformerBridge`` or an nnsight model
+    (the wrapper's own modules: hooks on them see every call)."""
     if type(model).__module__.startswith("peft.") and hasattr(model, "get_base_model"):
         return model.get_base_model()
+    if type(model).__module__.startswith("transformer_lens.") and hasattr(model, "original_model"):
+        return model.original_model
+    if type(model).__module__.startswith("nnsight.") and hasattr(model, "_module"):
+        return model._module
     return model
 
 

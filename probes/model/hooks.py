@@ -14,12 +14,13 @@ Hook functions see the hidden-state tensor of the module's output (or input: the
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from typing import Any, Callable, Literal
 
 from torch import Tensor, nn
 
-from probes.model.sites import SiteError
+from probes.model.sites import BackendError, SiteError
 
 Stage = Literal["edit", "read", "stop"]
 _STAGES: tuple[Stage, ...] = ("edit", "read", "stop")
@@ -42,11 +43,37 @@ class _Entry:
         self.stage, self.order, self.fn, self.name = stage, next(_order), fn, name
 
 
+def is_envoyed(module: nn.Module) -> bool:
+    """Whether nnsight patched ``module``'s forward (it lives inside an nnsight model): its hooks then run from
+    nnsight traces (:mod:`probes.model.envoys`), not from a torch hook."""
+    return type(vars(module).get("forward")).__module__.startswith("nnsight.")
+
+
+class _Dispatch(threading.local):
+    depth = 0  # > 0 while xlalign runs an nnsight trace that dispatches the hooks
+
+
+DISPATCH = _Dispatch()
+
+
+def _outside_dispatch(module: nn.Module, *_) -> None:
+    if DISPATCH.depth == 0:
+        raise BackendError(
+            f"a forward pass of this nnsight model reached {type(module).__name__} outside xlalign, so the record() "
+            "or steer() blocks open on it would not apply; run it through xlalign (capture, trace, "
+            "probes.capture.passes.forward / generate)"
+        )
+
+
 class _Point:
-    """The xlalign hooks of one side of one module, behind one torch hook."""
+    """The xlalign hooks of one side of one module, behind one torch hook; inside an nnsight model the hooks run
+    from nnsight traces (:mod:`probes.model.envoys`) and the torch hook only refuses passes that run elsewhere."""
 
     def __init__(self, module: nn.Module, side: str) -> None:
         self.entries: list[_Entry] = []
+        if is_envoyed(module):
+            self.handle = module.register_forward_pre_hook(_outside_dispatch)
+            return
         if side == "output":
             self.handle = module.register_forward_hook(self._on_output)
         else:
@@ -56,7 +83,8 @@ class _Point:
         self.entries.append(entry)
         self.entries.sort(key=lambda e: (_STAGES.index(e.stage), e.order))
 
-    def _run(self, value: Any) -> tuple[Any, bool]:
+    def run(self, value: Any) -> tuple[Any, bool]:
+        """Every hook on ``value`` in stage order: (the final value, whether an edit replaced it)."""
         changed = False
         for entry in self.entries:
             new = entry.fn(value)
@@ -71,15 +99,15 @@ class _Point:
         return value, changed
 
     def _on_output(self, _module, _args, output):
-        value, changed = self._run(output)
+        value, changed = self.run(output)
         return value if changed else None
 
     def _on_input(self, _module, args, kwargs):
-        value, changed = self._run((args, kwargs))
+        value, changed = self.run((args, kwargs))
         return value if changed else None
 
 
-_POINTS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Point]] = weakref.WeakKeyDictionary()
+POINTS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Point]] = weakref.WeakKeyDictionary()
 
 
 def _tensor_fn(fn: Callable[[Tensor], Tensor | None], side: str) -> Callable[[Any], Any]:
@@ -116,7 +144,7 @@ class HookSet:
         """Run ``fn`` on ``side`` (``"input"`` or ``"output"``) of ``module`` at ``stage``; ``name`` labels errors."""
         if side not in ("input", "output") or stage not in _STAGES:
             raise ValueError(f"side must be 'input' or 'output' and stage one of {_STAGES}; got {side!r}, {stage!r}")
-        points = _POINTS.setdefault(module, {})
+        points = POINTS.setdefault(module, {})
         point = points.get(side) or points.setdefault(side, _Point(module, side))
         entry = _Entry(stage, fn if raw else _tensor_fn(fn, side), name or f"{type(module).__name__}.{side}")
         point.add(entry)
@@ -126,7 +154,7 @@ class HookSet:
         """Remove every hook of this set (idempotent)."""
         while self._entries:
             module, side, entry = self._entries.pop()
-            points = _POINTS.get(module, {})
+            points = POINTS.get(module, {})
             point = points.get(side)
             if point is None:
                 continue
@@ -135,7 +163,7 @@ class HookSet:
                 point.handle.remove()
                 del points[side]
                 if not points:
-                    _POINTS.pop(module, None)
+                    POINTS.pop(module, None)
 
     def __enter__(self) -> HookSet:
         return self

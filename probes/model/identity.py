@@ -25,9 +25,11 @@ IDENTITY_FIELDS = ("model_type", "n_layers", "hidden_size", "config_sha256")
 
 
 def weight_sample(model: nn.Module) -> torch.Tensor:
-    """``_PER_TENSOR`` evenly spaced values of every parameter, in parameter-name order, as float64 on the CPU."""
+    """``_PER_TENSOR`` evenly spaced values of every parameter, in parameter-name order, as float64 on the CPU
+    (names as transformers gives them: a TransformerLens bridge's ``_original_component`` levels are dropped)."""
     values = []
-    for _, parameter in sorted(unwrap(model).named_parameters(), key=lambda item: item[0]):
+    named = unwrap(model).named_parameters()
+    for _, parameter in sorted(named, key=lambda item: item[0].replace("._original_component", "")):
         if parameter.is_meta or not parameter.numel():
             continue
         flat = parameter.detach().reshape(-1)

@@ -17,11 +17,16 @@ from typing import TYPE_CHECKING
 
 from probes.model.architectures import BUILTIN, arch_table, model_type, unwrap
 from probes.model.tiny import ModelError, random_model
+from probes.model.envoys import is_nnsight, nnsight_model
+from probes.model.tl import is_bridged, transformer_bridge
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# hf: xlalign's hooks on the transformers modules (the reference); tl: a TransformerLens bridge's hook points;
+# nnsight: the same hooks run from nnsight traces at the modules' Envoys.
+BACKENDS = ("hf", "nnsight", "tl")
 DEFAULT_MODEL_NAME = "default:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -101,15 +106,20 @@ def load_model(
     return resolve_model(model.to(device).eval(), tokenizer)
 
 
-def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu"):
+def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu", backend: str = "hf"):
     """``(model, tokenizer)`` from a spec string (loaded) or a model object the user holds (used as it is).
 
-    Model objects may be a causal LM, a bare decoder (``AutoModel``) or a PEFT-wrapped model; they are never
-    changed. A family without a table is an error saying how to register one; a registered family is checked
-    against the model's own hidden states once per object.
+    Model objects may be a causal LM, a bare decoder (``AutoModel``), a PEFT-wrapped model or a TransformerLens
+    ``TransformerBridge``; they are never changed. A family without a table is an error saying how to register
+    one; a registered family is checked against the model's own hidden states once per object.
+    ``backend="tl"`` runs the model inside a TransformerBridge (:mod:`probes.model.tl`), ``backend="nnsight"``
+    inside nnsight's TransformersModel (:mod:`probes.model.envoys`); a model object the user holds is copied
+    first. A bridge or an nnsight model the user passes is always run through its own backend.
     """
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, dtype=dtype, device=device)
+        return _through(backend, *load_model(model, dtype=dtype, device=device), copy_model=False)
     if tokenizer is None:
         raise ModelError(f"a {type(model).__name__} object was given without its tokenizer: pass tokenizer=...")
     if not hasattr(unwrap(model), "base_model") or not hasattr(unwrap(model), "config"):
@@ -123,6 +133,14 @@ def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str 
 
         validate_architecture(model)
         _validated.add(model)
+    return _through(backend, model, tokenizer, copy_model=True)
+
+
+def _through(backend: str, model, tokenizer, *, copy_model: bool):
+    if backend == "tl" and not is_bridged(model):
+        return transformer_bridge(model, tokenizer, copy_model=copy_model), tokenizer
+    if backend == "nnsight" and not is_nnsight(model):
+        return nnsight_model(model, tokenizer, copy_model=copy_model), tokenizer
     return model, tokenizer
 
 

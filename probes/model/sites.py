@@ -33,6 +33,10 @@ class SiteError(ValueError):
     """A site that does not exist in a model, or an architecture without a table."""
 
 
+class BackendError(SiteError):
+    """A site or operation a backend cannot support, a pass it cannot see, or a backend that is not installed."""
+
+
 @dataclass(frozen=True, order=True)
 class Site:
     """A place in the model: ``layer`` (0 = embeddings, i = block i) and ``component``."""

@@ -1,0 +1,123 @@
+"""xlalign's backends and the peers used directly, interleaved in one run per model.
+
+Pooled (mean) capture of every layer's residual stream, against the decoder without its LM head (the floor):
+xlalign's ``hf`` backend, its ``tl`` backend (a TransformerBridge's hook points), HF's ``output_hidden_states``
+pooled by hand, and TransformerLens's ``run_with_cache`` pooled by hand. Steered greedy generation (one
+AddVector on the middle layer) through each backend against plain ``generate`` of the same model (for ``tl``:
+of the bridged copy, whose attention is eager). The run ends with ``RATIO`` lines (throughput ratios for
+capture, time ratios for generation; :func:`benchmarks.timing.paired_ratio`):
+
+- ``peers_hf_vs_floor``, ``peers_hf_vs_hidden_states``, ``peers_hf_vs_run_with_cache`` (targets >= 0.97, >= 1, >= 1);
+- ``peers_tl_vs_run_with_cache``: the tl backend against TransformerLens used directly (target >= 0.9);
+- ``peers_steered_vs_plain[hf|tl]`` (target <= 1.03).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.capture import random_llama
+from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
+from probes.capture import Tokenization, batches, capture_batches
+from probes.data import demo_corpus
+from probes.model import Site, load_model, n_layers, transformer_bridge
+from probes.model.tiny import demo_tokenizer
+from steer.apply import steer
+from steer.interventions import AddVector
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask[..., None].to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def capture_methods(model, bridge, work) -> dict:
+    layers = n_layers(model)
+    every_resid = [Site(layer, "resid") for layer in range(layers + 1)]
+    names = {"blocks.0.hook_in", *(f"blocks.{layer}.hook_out" for layer in range(layers))}
+
+    def floor():
+        with torch.inference_mode():
+            for batch in work:
+                model.base_model(**batch.model_inputs(model.base_model), use_cache=False)
+
+    def hidden_states():
+        with torch.inference_mode():
+            for batch in work:
+                out = model.base_model(**batch.model_inputs(model.base_model), use_cache=False,
+                                       output_hidden_states=True)  # fmt: skip
+                [masked_mean(h, batch.attention_mask) for h in out.hidden_states]
+
+    def run_with_cache():
+        with torch.inference_mode():
+            for batch in work:
+                _, cache = bridge.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask,
+                                                 names_filter=lambda name: name in names)  # fmt: skip
+                [masked_mean(cache[name], batch.attention_mask) for name in names]
+
+    return {
+        "floor": floor,
+        "hf": lambda: capture_batches(model, work, every_resid),
+        "tl": lambda: capture_batches(bridge, work, every_resid),
+        "hidden_states": hidden_states,
+        "run_with_cache": run_with_cache,
+    }
+
+
+def generate_methods(model, bridge, tokenizer, new_tokens: int) -> dict:
+    texts = demo_corpus().texts("deu")[:8]
+    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
+    options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.1
+    plan = [AddVector({n_layers(model) // 2: vector})]
+
+    def steered(network):
+        def run():
+            with steer(network, plan):
+                return network.generate(**options)
+
+        return run
+
+    bridged = bridge.original_model
+    return {
+        "plain_hf": lambda: model.generate(**options),
+        "steered_hf": steered(model),
+        "plain_tl": lambda: bridged.generate(**options),
+        "steered_tl": steered(bridged),
+    }
+
+
+def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> None:
+    bridge = transformer_bridge(model, tokenizer)
+    work = make_batches(model.config.vocab_size, 1)
+    times = interleaved(f"{name} capture, {describe(work)}", capture_methods(model, bridge, work), rounds,
+                        non_pad_tokens(work))  # fmt: skip
+    generation = interleaved(f"{name} generate, 8 prompts, {new_tokens} new tokens",
+                             generate_methods(model, bridge, tokenizer, new_tokens), rounds)  # fmt: skip
+    print()
+    for peer in ("floor", "hidden_states", "run_with_cache"):
+        print(f"RATIO peers_hf_vs_{peer}[{name}] {paired_ratio(times, peer, 'hf'):.3f}")
+    print(f"RATIO peers_tl_vs_run_with_cache[{name}] {paired_ratio(times, 'run_with_cache', 'tl'):.3f}")
+    for backend in ("hf", "tl"):
+        ratio = paired_ratio(generation, f"steered_{backend}", f"plain_{backend}")
+        print(f"RATIO peers_steered_vs_plain[{name},{backend}] {ratio:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--skip-default", action="store_true", help="only the random Llama-style model")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    tokenizer = demo_tokenizer()
+    bench("random_llama", random_llama(), tokenizer, args.rounds, args.new_tokens)
+    if not args.skip_default:
+        bench("gemma3_270m", *load_model("default"), args.rounds, args.new_tokens)
+
+
+if __name__ == "__main__":
+    main()
