@@ -1,15 +1,17 @@
 """xlalign's backends and the peers used directly, interleaved in one run per model.
 
 Pooled (mean) capture of every layer's residual stream, against the decoder without its LM head (the floor):
-xlalign's ``hf`` backend, its ``tl`` backend (a TransformerBridge's hook points), HF's ``output_hidden_states``
-pooled by hand, and TransformerLens's ``run_with_cache`` pooled by hand. Steered greedy generation (one
+xlalign's ``hf``, ``tl`` (a TransformerBridge's hook points) and ``nnsight`` (hooks run from nnsight traces)
+backends, and the peers used directly, each pooled by hand: HF's ``output_hidden_states``, TransformerLens's
+``run_with_cache``, and an nnsight trace that ``.save()``s every layer's output. Steered greedy generation (one
 AddVector on the middle layer) through each backend against plain ``generate`` of the same model (for ``tl``:
 of the bridged copy, whose attention is eager). The run ends with ``RATIO`` lines (throughput ratios for
 capture, time ratios for generation; :func:`benchmarks.timing.paired_ratio`):
 
-- ``peers_hf_vs_floor``, ``peers_hf_vs_hidden_states``, ``peers_hf_vs_run_with_cache`` (targets >= 0.97, >= 1, >= 1);
-- ``peers_tl_vs_run_with_cache``: the tl backend against TransformerLens used directly (target >= 0.9);
-- ``peers_steered_vs_plain[hf|tl]`` (target <= 1.03).
+- ``peers_hf_vs_floor``, ``peers_hf_vs_<peer>`` (targets >= 0.97 and >= 1: at least as fast as every peer);
+- ``peers_tl_vs_run_with_cache``, ``peers_nnsight_vs_nnsight_save``: each backend against its peer used
+  directly (target >= 0.9);
+- ``peers_steered_vs_plain[<model>,<backend>]`` (target <= 1.03 for hf).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 from benchmarks.capture import random_llama
 from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
 from probes.capture import Tokenization, batches, capture_batches
+from probes.capture.passes import generate
 from probes.data import demo_corpus
-from probes.model import Site, load_model, n_layers, transformer_bridge
+from probes.model import Site, load_model, n_layers, nnsight_model, transformer_bridge
 from probes.model.tiny import demo_tokenizer
 from steer.apply import steer
 from steer.interventions import AddVector
@@ -33,7 +36,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
 
 
-def capture_methods(model, bridge, work) -> dict:
+def capture_methods(model, bridge, lm, work) -> dict:
     layers = n_layers(model)
     every_resid = [Site(layer, "resid") for layer in range(layers + 1)]
     names = {"blocks.0.hook_in", *(f"blocks.{layer}.hook_out" for layer in range(layers))}
@@ -57,16 +60,28 @@ def capture_methods(model, bridge, work) -> dict:
                                                  names_filter=lambda name: name in names)  # fmt: skip
                 [masked_mean(cache[name], batch.attention_mask) for name in names]
 
+    def nnsight_save():
+        with torch.inference_mode():
+            for batch in work:
+                saved = []  # the trace body runs elsewhere: what it keeps goes into an outer container
+                with lm.trace(**batch.model_inputs(lm._module)):
+                    saved.append(lm.model.layers[0].input.save())
+                    for layer in lm.model.layers:
+                        saved.append(layer.output.save())
+                [masked_mean(value, batch.attention_mask) for value in saved]
+
     return {
         "floor": floor,
         "hf": lambda: capture_batches(model, work, every_resid),
         "tl": lambda: capture_batches(bridge, work, every_resid),
+        "nnsight": lambda: capture_batches(lm, work, every_resid),
         "hidden_states": hidden_states,
         "run_with_cache": run_with_cache,
+        "nnsight_save": nnsight_save,
     }
 
 
-def generate_methods(model, bridge, tokenizer, new_tokens: int) -> dict:
+def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
     texts = demo_corpus().texts("deu")[:8]
     (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
     options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
@@ -77,31 +92,33 @@ def generate_methods(model, bridge, tokenizer, new_tokens: int) -> dict:
     def steered(network):
         def run():
             with steer(network, plan):
-                return network.generate(**options)
+                return generate(network, **options)
 
         return run
 
-    bridged = bridge.original_model
     return {
-        "plain_hf": lambda: model.generate(**options),
+        "plain_hf": lambda: generate(model, **options),
         "steered_hf": steered(model),
-        "plain_tl": lambda: bridged.generate(**options),
-        "steered_tl": steered(bridged),
+        "plain_tl": lambda: generate(bridge, **options),
+        "steered_tl": steered(bridge),
+        "plain_nnsight": lambda: lm._module.generate(**options),
+        "steered_nnsight": steered(lm),
     }
 
 
 def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> None:
-    bridge = transformer_bridge(model, tokenizer)
+    bridge, lm = transformer_bridge(model, tokenizer), nnsight_model(model, tokenizer)
     work = make_batches(model.config.vocab_size, 1)
-    times = interleaved(f"{name} capture, {describe(work)}", capture_methods(model, bridge, work), rounds,
+    times = interleaved(f"{name} capture, {describe(work)}", capture_methods(model, bridge, lm, work), rounds,
                         non_pad_tokens(work))  # fmt: skip
     generation = interleaved(f"{name} generate, 8 prompts, {new_tokens} new tokens",
-                             generate_methods(model, bridge, tokenizer, new_tokens), rounds)  # fmt: skip
+                             generate_methods(model, bridge, lm, tokenizer, new_tokens), rounds)  # fmt: skip
     print()
-    for peer in ("floor", "hidden_states", "run_with_cache"):
+    for peer in ("floor", "hidden_states", "run_with_cache", "nnsight_save"):
         print(f"RATIO peers_hf_vs_{peer}[{name}] {paired_ratio(times, peer, 'hf'):.3f}")
     print(f"RATIO peers_tl_vs_run_with_cache[{name}] {paired_ratio(times, 'run_with_cache', 'tl'):.3f}")
-    for backend in ("hf", "tl"):
+    print(f"RATIO peers_nnsight_vs_nnsight_save[{name}] {paired_ratio(times, 'nnsight_save', 'nnsight'):.3f}")
+    for backend in ("hf", "tl", "nnsight"):
         ratio = paired_ratio(generation, f"steered_{backend}", f"plain_{backend}")
         print(f"RATIO peers_steered_vs_plain[{name},{backend}] {ratio:.3f}")
 
