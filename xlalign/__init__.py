@@ -21,6 +21,8 @@ _MODULES = {
     "validate_architecture model_identity n_layers n_heads site_shape router_layers unwrap transformer_bridge BACKENDS "
     "BackendError nnsight_model",
     "probes.capture.passes": "forward generate",
+    "probes.capture.remote": "capture_remote",
+    "steer.remote": "generate_remote",
     "probes.capture": "Tokenization record trace watch Recording ForwardContext capture capture_corpus capture_to_store "
     "ActivationStore NeuronStats collect_stats RouterTrace trace_router pool POOLINGS",
     "probes.analysis": "Activations measure mexa retrieval_top1 retrieval_top1_reverse retrieval_topk strong_alignment_map "

@@ -255,10 +255,10 @@ def router_layers(model: nn.Module) -> list[int]:
     spec = arch_table(model).router
     if spec is None:
         return []
-    return [i + 1 for i, block in enumerate(blocks(model)) if _has(block, spec.path)]
+    return [i + 1 for i, block in enumerate(blocks(model)) if has_submodule(block, spec.path)]
 
 
-def _has(module: nn.Module, path: str) -> bool:
+def has_submodule(module: nn.Module, path: str) -> bool:
     try:
         module.get_submodule(path)
     except AttributeError:
@@ -292,7 +292,7 @@ def locate(model: nn.Module, site: Site) -> tuple[nn.Module, Side] | RouterPoint
 
 
 def _router_point(model: nn.Module, site: Site, block: nn.Module, spec: RouterTap) -> RouterPoint:
-    if not _has(block, spec.path):
+    if not has_submodule(block, spec.path):
         raise SiteError(
             f"{site}: block {site.layer} of this {model_type(model)} model has a dense MLP, no router; "
             f"routed layers: {router_layers(model)}"

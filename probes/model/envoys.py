@@ -42,7 +42,7 @@ def nnsight_model(model: nn.Module, tokenizer, *, copy_model: bool = True):
     return TransformersModel(inner, tokenizer=copy.deepcopy(tokenizer))
 
 
-# Per wrapped module: (module, side) in the order a forward pass first reaches them, and each module's Envoy.
+# Per wrapped model: its (module, side) events in the order a forward pass first reaches them.
 _ORDER: weakref.WeakKeyDictionary[nn.Module, list[tuple[nn.Module, str]]] = weakref.WeakKeyDictionary()
 
 

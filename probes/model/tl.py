@@ -15,7 +15,7 @@ import tempfile
 
 from torch import nn
 
-from probes.model.architectures import blocks, final_norm, unwrap
+from probes.model.architectures import blocks, final_norm, has_submodule, unwrap
 from probes.model.sites import BackendError, Site, SiteError
 
 # Component -> hook point inside the bridge's block (blocks.{layer - 1}.<hook>).
@@ -71,20 +71,12 @@ def hook_point(model: nn.Module, site: Site) -> nn.Module:
     block = layers[site.layer - 1]
     path = BRIDGE_HOOKS[site.component]
     post_norm = POST_NORM_HOOKS.get(site.component)
-    if post_norm is not None and _has(block, post_norm):
+    if post_norm is not None and has_submodule(block, post_norm):
         path = post_norm
-    if not _has(block, path):
+    if not has_submodule(block, path):
         raise BackendError(f"{site}: this TransformerBridge has no hook point blocks.{site.layer - 1}.{path}; "
                            "use backend='hf'")  # fmt: skip
     return block.get_submodule(path)
-
-
-def _has(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def transformer_bridge(model: nn.Module, tokenizer, *, copy_model: bool = True):
