@@ -82,3 +82,29 @@ def test_a_real_ndif_run_without_key_or_service_fails_before_any_work_and_never_
     with pytest.raises(BackendError, match="is unreachable or does not serve"):
         generate_remote(lm, ids, mask, [AddVector({2: torch.ones(64)})], max_new_tokens=2, remote=True)
     assert config_file.read_text() == saved_config and "secret-key" not in saved_config
+
+
+def test_a_remote_store_equals_the_hf_store_and_the_cli_refuses_before_writing(tmp_path, monkeypatch, capsys):
+    from probes.capture import ActivationStore
+    from probes.data import demo_corpus
+    from xlalign import jobs
+    from xlalign.cli import main
+
+    model, tokenizer = tiny("gemma3_text")
+    corpus = demo_corpus().subset(["eng", "jpn"], 6)
+    options = dict(corpus=corpus, sites="resid,mlp_out,hidden", progress=False)
+    ours = jobs.capture(tmp_path / "hf", model=model, tokenizer=tokenizer, **options)
+    remote = jobs.capture(tmp_path / "remote", model=through("nnsight", "gemma3_text"), tokenizer=tokenizer,
+                          backend="nnsight", remote="local", **options)  # fmt: skip
+    assert remote.sites == ours.sites and remote.model == ours.model
+    for site in ours.sites:
+        for language in ("eng", "jpn"):
+            torch.testing.assert_close(remote.get(site, language), ours.get(site, language), atol=1e-5, rtol=0)
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    out = tmp_path / "refused"
+    argv = ["capture", "--model", "random:llama", "--corpus", "demo", "--remote", "--out", str(out)]
+    assert main([*argv, "--backend", "nnsight"]) == 2
+    assert "NDIF_API_KEY" in capsys.readouterr().err and not out.exists()
+    assert main(argv) == 2  # --remote without --backend nnsight
+    assert "backend='nnsight'" in capsys.readouterr().err and not out.exists()
+    assert ActivationStore(tmp_path / "hf").languages == ["eng", "jpn"]

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture = add("capture", "capture pooled activations of a parallel corpus into a resumable store")
     _model(capture)
     _corpus(capture)
+    capture.add_argument("--remote", action="store_true",
+                         help="with --backend nnsight: run on NDIF (--model a hub id it hosts; key from NDIF_API_KEY)")
     capture.add_argument("--pooling", choices=POOLINGS,
                          help=f"{POOLING} (default: weighted, as MEXA; mean when router sites are captured)")
     capture.add_argument("--sites", default="hidden", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7); "
@@ -212,7 +214,7 @@ def _run(args) -> str:
     progress = not getattr(args, "no_progress", False)
     if args.command == "capture":
         store = jobs.capture(args.out, corpus=_corpus_of(args), sites=args.sites, layers=args.layers,
-                             pooling=args.pooling, progress=progress, **_loading(args))  # fmt: skip
+                             pooling=args.pooling, remote=args.remote, progress=progress, **_loading(args))  # fmt: skip
         return f"wrote {store.path}: {len(store.sites)} sites x {len(store.languages)} languages x {len(store)} sentences"
     if args.command == "check":
         problems = jobs.check(args.store)

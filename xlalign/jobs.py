@@ -19,11 +19,12 @@ from probes.analysis import measure_routing
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
 from probes.capture.progress import add_steps
+from probes.capture.remote import check_service, require_key
 from probes.data import ParallelCorpus, load_corpus
 from probes.data.files import write_text
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
 from probes.model import (
-    COMPONENTS, Site, SiteError, arch_table, model_identity, n_layers, resolve_model, router_layers,
+    COMPONENTS, Site, SiteError, arch_table, hosted_model, model_identity, n_layers, resolve_model, router_layers,
 )  # fmt: skip
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
@@ -113,22 +114,33 @@ def capture(
     device: str = "cpu",
     dtype: str = "float32",
     backend: str = "hf",
+    remote: bool | str = False,
     progress: bool = True,
 ) -> ActivationStore:
     """Capture pooled ``sites`` of every language of ``corpus`` into the (resumable) store at ``out``.
 
     The defaults are MEXA's (cisnlp/Mexa): ``hidden`` sites (the model's ``output_hidden_states``, the last
     after the final norm) pooled ``weighted``; ``pooling`` defaults to ``mean`` when ``router`` sites are
-    captured (routing metrics average over tokens, as Bandarkar et al.'s code does).
+    captured (routing metrics average over tokens, as Bandarkar et al.'s code does). ``remote=True`` (with
+    ``backend="nnsight"``) runs every shard on NDIF: ``model`` is then a hub id NDIF hosts (its weights are not
+    downloaded) or an nnsight model; ``"local"`` is nnsight's offline simulation of it.
     """
     parallel = open_corpus(corpus)
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    if remote and backend != "nnsight":
+        raise ValueError(f"remote capture runs through nnsight: pass backend='nnsight' (got {backend!r})")
+    require_key(remote)
+    if remote is True and isinstance(model, str):
+        network, tokenizer = hosted_model(model)
+    else:
+        network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    if remote:
+        check_service(network, remote)  # before the store is created
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
     with job_bar(progress, f"capture into {out}") as bar:
         return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, tokenization=tokenization,
-                                progress=bar)  # fmt: skip
+                                remote=remote or None, progress=bar)  # fmt: skip
 
 
 @takes_preset("measure")

@@ -94,9 +94,8 @@ def _plan(lm, sites: list[Site]) -> list[tuple[str, str, Site]]:
     return [(names[module], side, site) for site in sorted(sites, key=when) for module, side in [locate(inner, site)]]
 
 
-def check_service(lm, remote: bool | str) -> None:
-    """For a real NDIF run: the API key from the environment (in memory only) and the model served, or an error
-    before any work."""
+def require_key(remote: bool | str) -> None:
+    """For a real NDIF run: the API key from ``NDIF_API_KEY``, set in nnsight's config in memory only."""
     if remote is not True:
         return
     key = os.environ.get("NDIF_API_KEY")
@@ -106,6 +105,15 @@ def check_service(lm, remote: bool | str) -> None:
     import nnsight
 
     nnsight.CONFIG.API.APIKEY = key
+
+
+def check_service(lm, remote: bool | str) -> None:
+    """For a real NDIF run: the API key and the model served, or an error before any work."""
+    if remote is not True:
+        return
+    require_key(remote)
+    import nnsight
+
     repo = str(unwrap(lm).config.name_or_path)
     if not nnsight.is_model_running(repo):
         raise BackendError(f"NDIF ({nnsight.CONFIG.API.HOST}) is unreachable or does not serve {repo!r} now; "

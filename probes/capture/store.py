@@ -32,6 +32,7 @@ from probes.capture.pooled import capture
 from probes.capture.pooling import POOLINGS, check_pooling
 from probes.capture.progress import Progress, progress_bar
 from probes.capture.record import check_sites
+from probes.capture.remote import capture_remote
 from probes.capture.shards import ShardDamage, ShardInfo, damage, read_tensor, write_shard
 from probes.capture.tokenization import Tokenization
 from probes.data import ParallelCorpus
@@ -203,6 +204,7 @@ def capture_to_store(
     languages: Sequence[str] | None = None,
     shard_size: int = 256,
     tokenization: Tokenization = Tokenization(),
+    remote: bool | str | None = None,
     progress: Progress = False,
 ) -> ActivationStore:
     """Capture pooled ``sites`` for every language of ``corpus`` into the store at ``out``.
@@ -210,6 +212,8 @@ def capture_to_store(
     Creates the store, or resumes one made by the same command: only missing and damaged shards are computed
     (a warning names each damaged one). A store made with another model (weights and dtype included), device
     type, pooling, site list, tokenisation or corpus text is a :class:`StoreError` naming what differs.
+    ``remote`` (an nnsight model only): each shard is one NDIF request (:func:`probes.capture.remote.capture_remote`;
+    ``"local"``: its offline simulation).
     """
     out = Path(out)
     check_pooling(pooling)
@@ -237,8 +241,13 @@ def capture_to_store(
                     continue
                 bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
                 info = store.shard_info(lang, index)
-                pooled = capture(model, tokenizer, texts[info.start : info.stop], chosen, pooling=pooling,
-                                 tokenization=tokenization, progress=bar)  # fmt: skip
+                part = texts[info.start : info.stop]
+                if remote is None:
+                    pooled = capture(model, tokenizer, part, chosen, pooling=pooling, tokenization=tokenization,
+                                     progress=bar)  # fmt: skip
+                else:
+                    pooled = capture_remote(model, tokenizer, part, chosen, pooling=pooling, remote=remote,
+                                            tokenization=tokenization)  # fmt: skip
                 write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
     return store
 

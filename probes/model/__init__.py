@@ -5,7 +5,7 @@ from probes.model.architectures import (
     ARCHITECTURES, ArchTable, RouterPoint, RouterTap, Tap, arch_table, blocks, decoder, final_norm, locate, model_type,
     n_heads, n_layers, register_architecture, router_layers, site_shape, unwrap, width,
 )  # fmt: skip
-from probes.model.envoys import is_nnsight, nnsight_model
+from probes.model.envoys import hosted_model, is_nnsight, nnsight_model
 from probes.model.hooks import HookSet, StopForward
 from probes.model.identity import identity_mismatches, model_identity
 from probes.model.loading import BACKENDS, DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
@@ -19,7 +19,7 @@ __all__ = [
     "ARCHITECTURES", "ArchTable", "BACKENDS", "BRIDGE_HOOKS", "BackendError", "COMPONENTS", "DEFAULT_MODEL_NAME",
     "HookSet", "LINEAR_COMPONENTS", "MOE_FAMILIES", "ModelError", "RANDOM_FAMILIES", "ROUTER_CHANNELS", "RULES",
     "RouterPoint", "RouterTap", "Routing", "Site", "SiteError", "StopForward", "Tap", "arch_table", "blocks",
-    "cache_dir", "decoder", "demo_tokenizer", "edit_site", "final_norm", "has_lm_head", "hook_point",
+    "cache_dir", "decoder", "demo_tokenizer", "edit_site", "final_norm", "has_lm_head", "hook_point", "hosted_model",
     "identity_mismatches", "is_bridged", "is_nnsight", "load_model", "locate", "model_identity", "model_type",
     "n_heads", "n_layers", "nnsight_model", "random_model", "read_site", "register_architecture", "resolve_model",
     "router_layers", "site_shape", "transformer_bridge", "unwrap", "validate_architecture", "width",

@@ -42,6 +42,17 @@ def nnsight_model(model: nn.Module, tokenizer, *, copy_model: bool = True):
     return TransformersModel(inner, tokenizer=copy.deepcopy(tokenizer))
 
 
+def hosted_model(repo_id: str):
+    """nnsight's ``TransformersModel`` of a hub model NDIF hosts, without its weights (config and tokenizer only:
+    the weights stay on NDIF)."""
+    try:
+        from nnsight import TransformersModel
+    except ImportError as error:
+        raise BackendError("backend 'nnsight' needs nnsight: pip install 'xlalign[nnsight]'") from error
+    lm = TransformersModel(repo_id)
+    return lm, lm.tokenizer
+
+
 # Per wrapped model: its (module, side) events in the order a forward pass first reaches them.
 _ORDER: weakref.WeakKeyDictionary[nn.Module, list[tuple[nn.Module, str]]] = weakref.WeakKeyDictionary()
 
