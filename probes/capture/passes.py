@@ -23,9 +23,9 @@ def forward(model: nn.Module, **inputs) -> Any:
 
 
 def decoder_forward(model: nn.Module, **inputs) -> None:
-    """The decoder stack without the LM head (an nnsight trace runs the whole model unless a hook stops it)."""
+    """The decoder stack without the LM head (an nnsight trace stops after the last hooked module)."""
     if envoys.is_nnsight(model):
-        envoys.trace(model, contextvars.copy_context(), **inputs)
+        envoys.trace(model, contextvars.copy_context(), output=False, **inputs)
     else:
         decoder(model)(**inputs)
 

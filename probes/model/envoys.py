@@ -110,15 +110,16 @@ def _events(root) -> list[tuple[Any, str, Any]]:
     return events
 
 
-def trace(model, context: contextvars.Context, **inputs) -> Any:
+def trace(model, context: contextvars.Context, *, output: bool = True, **inputs) -> Any:
     """``model(**inputs)`` as a trace of the nnsight model ``model``, its hooks run in ``context`` (the body runs
-    elsewhere: give it the caller's ``contextvars.copy_context()``); the output, None after an early exit."""
+    elsewhere: give it the caller's ``contextvars.copy_context()``); the output, None after an early exit or
+    with ``output=False`` (the pass then stops after the last hooked module, skipping e.g. the LM head)."""
     events = _events(model)
     holder: dict[str, Any] = {}
     DISPATCH.depth += 1
     try:
         with model.trace(**inputs) as tracer:
-            if context.run(_dispatch, events):
+            if context.run(_dispatch, events) or not output:
                 tracer.stop()
             holder["output"] = model.output
     finally:
