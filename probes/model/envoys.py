@@ -34,23 +34,23 @@ def is_nnsight(model: object) -> bool:
 def nnsight_model(model: nn.Module, tokenizer, *, copy_model: bool = True):
     """nnsight's ``TransformersModel`` around a copy of ``model`` (``copy_model=False``: around ``model`` itself,
     which it then changes) with a copy of ``tokenizer``; pass it wherever xlalign takes a model."""
-    try:
-        from nnsight import TransformersModel
-    except ImportError as error:
-        raise BackendError("backend 'nnsight' needs nnsight: pip install 'xlalign[nnsight]'") from error
     inner = copy.deepcopy(unwrap(model)) if copy_model else unwrap(model)
-    return TransformersModel(inner, tokenizer=copy.deepcopy(tokenizer))
+    return _transformers_model()(inner, tokenizer=copy.deepcopy(tokenizer))
 
 
 def hosted_model(repo_id: str):
     """nnsight's ``TransformersModel`` of a hub model NDIF hosts, without its weights (config and tokenizer only:
     the weights stay on NDIF)."""
+    lm = _transformers_model()(repo_id)
+    return lm, lm.tokenizer
+
+
+def _transformers_model():
     try:
         from nnsight import TransformersModel
     except ImportError as error:
         raise BackendError("backend 'nnsight' needs nnsight: pip install 'xlalign[nnsight]'") from error
-    lm = TransformersModel(repo_id)
-    return lm, lm.tokenizer
+    return TransformersModel
 
 
 # Per wrapped model: its (module, side) events in the order a forward pass first reaches them.
