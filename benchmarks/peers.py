@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from benchmarks.capture import methods as capture_benchmark
 from benchmarks.capture import random_llama
 from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
 from probes.capture import Tokenization, batches, capture_batches
@@ -40,11 +41,6 @@ def capture_methods(model, bridge, lm, work) -> dict:
     layers = n_layers(model)
     every_resid = [Site(layer, "resid") for layer in range(layers + 1)]
     names = {"blocks.0.hook_in", *(f"blocks.{layer}.hook_out" for layer in range(layers))}
-
-    def floor():
-        with torch.inference_mode():
-            for batch in work:
-                model.base_model(**batch.model_inputs(model.base_model), use_cache=False)
 
     def hidden_states():
         with torch.inference_mode():
@@ -71,7 +67,7 @@ def capture_methods(model, bridge, lm, work) -> dict:
                 [masked_mean(value, batch.attention_mask) for value in saved]
 
     return {
-        "floor": floor,
+        "floor": capture_benchmark(model, work)["floor"],
         "hf": lambda: capture_batches(model, work, every_resid),
         "tl": lambda: capture_batches(bridge, work, every_resid),
         "nnsight": lambda: capture_batches(lm, work, every_resid),

@@ -19,7 +19,7 @@ from probes.analysis import measure_routing
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
 from probes.capture.progress import add_steps
-from probes.capture.remote import check_service, require_key
+from probes.capture.remote import require_key
 from probes.data import ParallelCorpus, load_corpus
 from probes.data.files import write_text
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
@@ -133,8 +133,6 @@ def capture(
         network, tokenizer = hosted_model(model)
     else:
         network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
-    if remote:
-        check_service(network, remote)  # before the store is created
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"

@@ -202,16 +202,23 @@ def _remember_cache(cache, width: int, call: int) -> None:
         pass
 
 
+@contextmanager
+def generating(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model``'s forward passes are one generation (prompt first, then decode steps)."""
+    token = _GENERATION.set(_Generation(model, new_call()))
+    try:
+        yield
+    finally:
+        _GENERATION.reset(token)
+
+
 def _marking_generate(model: nn.Module, generate: Callable) -> Callable:
-    """``generate`` that marks ``model``'s forward passes as one generation (prompt first, then decode steps)."""
+    """``generate`` that marks ``model``'s forward passes as one generation."""
 
     @functools.wraps(generate)
     def marked(*args, **kwargs):
-        token = _GENERATION.set(_Generation(model, new_call()))
-        try:
+        with generating(model):
             return generate(*args, **kwargs)
-        finally:
-            _GENERATION.reset(token)
 
     return marked
 

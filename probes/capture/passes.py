@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probes.capture.context import _GENERATION, _Generation, new_call
+from probes.capture.context import generating
 from probes.model import decoder, unwrap
 from probes.model import envoys
 
@@ -34,8 +34,5 @@ def generate(model: nn.Module, **kwargs) -> torch.Tensor:
     """``model.generate(**kwargs)``: prompt and generated token ids."""
     if not envoys.is_nnsight(model):
         return unwrap(model).generate(**kwargs)
-    token = _GENERATION.set(_Generation(unwrap(model), new_call()))  # what the marking wrapper does, for the body
-    try:
+    with generating(unwrap(model)):  # marked in the context the trace body is given
         return envoys.generate(model, contextvars.copy_context(), **kwargs)
-    finally:
-        _GENERATION.reset(token)

@@ -39,15 +39,18 @@ def capture_remote(
     pooling: str = "mean",
     remote: bool | str = True,
     tokenization: Tokenization = Tokenization(),
+    check: bool = True,
 ) -> dict[Site, Float[Tensor, "n *shape"]]:
     """Pooled activations of ``texts`` at ``sites`` of the nnsight model ``lm``, computed where it runs (NDIF
-    for ``remote=True``), in the order of ``texts`` (float32, on the CPU); ``head`` sites ``(n, heads, head_dim)``."""
+    for ``remote=True``), in the order of ``texts`` (float32, on the CPU); ``head`` sites ``(n, heads, head_dim)``.
+    ``check=False``: the caller already ran :func:`check_service` (once for many calls)."""
     if not is_nnsight(lm):
         raise BackendError(f"capture_remote needs an nnsight model (nnsight_model(...) or yours), "
                            f"got {type(lm).__name__}")  # fmt: skip
     check_pooling(pooling)
     plan = _plan(lm, check_sites(sites))
-    check_service(lm, remote)
+    if check:
+        check_service(lm, remote)
     work = batches(tokenizer, texts, tokenization)
     import nnsight
 

@@ -32,7 +32,7 @@ from probes.capture.pooled import capture
 from probes.capture.pooling import POOLINGS, check_pooling
 from probes.capture.progress import Progress, progress_bar
 from probes.capture.record import check_sites
-from probes.capture.remote import capture_remote
+from probes.capture.remote import capture_remote, check_service
 from probes.capture.shards import ShardDamage, ShardInfo, damage, read_tensor, write_shard
 from probes.capture.tokenization import Tokenization
 from probes.data import ParallelCorpus
@@ -227,6 +227,8 @@ def capture_to_store(
         "device": next(model.parameters()).device.type,  # GPUs and CPUs give (slightly) different numbers
     }
     wanted = {lang: {"n": len(corpus), "fingerprint": corpus.fingerprint([lang])} for lang in languages}
+    if remote is not None:
+        check_service(model, remote)  # once, and before the store is created
     _open_or_create(out, settings, model_identity(model), wanted, corpus.name)
     store = ActivationStore(out)
     damaged = store.check(languages)
@@ -247,7 +249,7 @@ def capture_to_store(
                                      progress=bar)  # fmt: skip
                 else:
                     pooled = capture_remote(model, tokenizer, part, chosen, pooling=pooling, remote=remote,
-                                            tokenization=tokenization)  # fmt: skip
+                                            tokenization=tokenization, check=False)  # fmt: skip
                 write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
     return store
 

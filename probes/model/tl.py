@@ -15,8 +15,8 @@ import tempfile
 
 from torch import nn
 
-from probes.model.architectures import blocks, final_norm, has_submodule, unwrap
-from probes.model.sites import BackendError, Site, SiteError
+from probes.model.architectures import blocks, final_norm, has_submodule, locate, unwrap
+from probes.model.sites import BackendError, Site
 
 # Component -> hook point inside the bridge's block (blocks.{layer - 1}.<hook>).
 BRIDGE_HOOKS: dict[str, str] = {
@@ -59,9 +59,8 @@ def hook_point(model: nn.Module, site: Site) -> nn.Module:
     if site.component in UNSUPPORTED:
         raise BackendError(f"{site}: the TransformerLens backend cannot read or edit {site.component!r}: "
                            f"{UNSUPPORTED[site.component]}; use backend='hf'")  # fmt: skip
+    locate(model, site)  # the site exists in this model (as the hf backend checks it)
     layers = blocks(model)
-    if site.layer > len(layers):
-        raise SiteError(f"{site}: the model has {len(layers)} blocks (layers 0..{len(layers)})")
     if site.layer == 0:
         return layers[0].get_submodule("hook_in")
     if site.component == "hidden":
