@@ -17,8 +17,10 @@ import torch
 from conftest import TEXTS, tiny
 from probes.capture import ActivationStore, Tokenization, capture, trace
 from probes.capture.passes import forward, generate
+from probes.capture.router_trace import trace_router
 from probes.model import (
-    BRIDGE_HOOKS, COMPONENTS, BackendError, Site, SiteError, n_layers, resolve_model, site_shape, unwrap,
+    BRIDGE_HOOKS, COMPONENTS, BackendError, Site, SiteError, n_layers, resolve_model, router_layers, site_shape,
+    unwrap,
 )  # fmt: skip
 from probes.model.tl import UNSUPPORTED
 from steer.apply import steer
@@ -130,7 +132,7 @@ def interventions(family: str, backend: str) -> dict:
     }
     if family != "mixtral":
         plans["set_mlp_act"] = SetNeurons({1: torch.tensor([3, 7, 50])}, {1: torch.tensor([2.0, -1.0, 3.0])})
-    if backend == "nnsight" and family == "mixtral":
+    if family == "mixtral":
         plans["router_bias"] = RouterBias({2: torch.tensor([1, 3, 6])}, delta={2: torch.tensor([4.0, -3.0, 5.0])})
     elif backend == "nnsight":
         plans["zero_mlp_gate"] = ZeroNeurons({2: torch.arange(0, 128, 3)})
@@ -169,9 +171,52 @@ def test_steering_through_a_backend_equals_hf_logits_and_greedy_tokens_with_and_
         assert torch.equal(uncached, expected_tokens), name
 
 
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_router_traces_through_a_backend_equal_hf_plain_and_steered(backend, family):
+    model, tokenizer = tiny(family)
+    network = through(backend, family)
+    tokenization = Tokenization(padding_side="left", batch_size=3)
+    first = router_layers(model)[0]
+    bias = RouterBias({first: torch.tensor([1, 3, 6])}, delta={first: torch.tensor([4.0, -3.0, 5.0])})
+    traces = {}
+    for name, plan in (("plain", []), ("steered", [bias])):
+        with steer(model, plan):
+            ours = trace_router(model, tokenizer, TEXTS, tokenization=tokenization)
+        with steer(network, plan):
+            theirs = trace_router(network, tokenizer, TEXTS, tokenization=tokenization)
+        assert theirs.layers == ours.layers == router_layers(model)
+        assert torch.equal(theirs.text, ours.text) and torch.equal(theirs.position, ours.position)
+        for layer in ours.layers:
+            assert torch.equal(theirs.ids[layer], ours.ids[layer]), (name, layer)
+            for field in ("logits", "probs", "weights", "shared"):
+                expected = getattr(ours, field).get(layer)
+                if expected is not None:
+                    torch.testing.assert_close(getattr(theirs, field)[layer], expected, atol=TOLERANCE, rtol=0)
+        traces[name] = ours
+    assert not torch.equal(traces["steered"].ids[first], traces["plain"].ids[first]), "the bias must re-route"
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_transformer_lens_router_hooks_see_the_routing_xlalign_steers(family):
+    """An edit of a bridge's router comes before its gate.hook_out and hook_expert_indices."""
+    _, tokenizer = tiny(family)
+    bridge = bridged(family)
+    layer = router_layers(bridge)[0]
+    bias = RouterBias({layer: torch.tensor([0, 5])}, delta={layer: torch.tensor([6.0, 6.0])})
+    with steer(bridge, [bias]):
+        routed = trace_router(bridge, tokenizer, TEXTS[1:2], layers=[layer])
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(tokenizer(TEXTS[1], return_tensors="pt")["input_ids"])
+    torch.testing.assert_close(cache[f"blocks.{layer - 1}.mlp.gate.hook_out"], routed.logits[layer], atol=0, rtol=0)
+    chosen = cache[f"blocks.{layer - 1}.mlp.gate.hook_expert_indices"]
+    assert torch.equal(chosen.sort(dim=-1).values, routed.ids[layer].sort(dim=-1).values)
+    assert (routed.ids[layer] == 0).any(dim=-1).float().mean() > 0.5, "the bias sends most tokens to expert 0"
+
+
 @pytest.mark.parametrize(("family", "site", "intervention"), [
     ("llama", Site(2, "mlp_gate"), ZeroNeurons({2: torch.tensor([1, 2])})),
-    ("mixtral", Site(2, "router"), RouterBias({2: torch.zeros(8)})),
+    ("gpt2", Site(2, "qkv_proj"), None),
 ])  # fmt: skip
 def test_what_the_bridge_cannot_hook_is_a_clear_error(family, site, intervention):
     model, tokenizer = tiny(family)
@@ -179,9 +224,10 @@ def test_what_the_bridge_cannot_hook_is_a_clear_error(family, site, intervention
     with pytest.raises(BackendError, match=rf"{site}: the TransformerLens backend cannot read or edit "
                                            rf"'{site.component}'.*backend='hf'"):  # fmt: skip
         trace(bridge, tokenizer, TEXTS[:2], [site])
-    with pytest.raises(BackendError, match=str(site)):
-        with steer(bridge, [intervention]):
-            pass
+    if intervention is not None:
+        with pytest.raises(BackendError, match=str(site)):
+            with steer(bridge, [intervention]):
+                pass
     trace(model, tokenizer, TEXTS[:2], [site])  # the hf backend has it
 
 

@@ -13,7 +13,8 @@ from probes.capture.context import ForwardContext, tracking
 from probes.capture.decoder import run_batches
 from probes.capture.progress import Progress
 from probes.capture.tokenization import Batch, Tokenization, batches
-from probes.model.architectures import arch_table, locate, model_type, router_layers
+from probes.model.access import site_location
+from probes.model.architectures import arch_table, model_type, router_layers
 from probes.model.hooks import HookSet
 from probes.model.moe import ROUTER_CHANNELS, Routing, observe_router, probabilities, routing_view
 from probes.model.sites import Site, SiteError
@@ -109,7 +110,7 @@ def trace_batches(
                     parts[name][layer].append(value[counted].cpu())
 
         for layer in layers:
-            observe_router(hooks, locate(model, Site(layer, "router")), lambda r, layer=layer: on_routing(layer, r))
+            observe_router(hooks, site_location(model, Site(layer, "router")), lambda r, layer=layer: on_routing(layer, r))
         run_batches(model, work, stop_after=max(layers), progress=progress, phase="route")
     text, position = torch.cat(texts), torch.cat(positions)
     order = torch.argsort(text * (int(position.max()) + 1) + position)

@@ -19,7 +19,7 @@ from probes.model.architectures import RouterPoint, locate, n_heads
 from probes.model.hooks import HookSet
 from probes.model.moe import edit_router, observe_router
 from probes.model.sites import Site
-from probes.model.tl import hook_point, is_bridged
+from probes.model.tl import bridge_router, hook_point, is_bridged
 
 
 def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tensor], Tensor | None]:
@@ -30,13 +30,17 @@ def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tenso
     return per_head
 
 
-def _locate(model: nn.Module, site: Site) -> tuple[nn.Module, str] | RouterPoint:
-    return (hook_point(model, site), "output") if is_bridged(model) else locate(model, site)
+def site_location(model: nn.Module, site: Site) -> tuple[nn.Module, str] | RouterPoint:
+    """Where ``site`` is read and written: :func:`probes.model.architectures.locate`, or in a bridged model the
+    bridge's hook point (its output) or, for a router, :func:`probes.model.tl.bridge_router`."""
+    if not is_bridged(model):
+        return locate(model, site)
+    return bridge_router(model, site) if site.component == "router" else (hook_point(model, site), "output")
 
 
 def read_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor], None]) -> None:
     """Call ``fn`` with ``site``'s tensor on every forward pass while ``hooks`` is open (after every edit)."""
-    located = _locate(model, site)
+    located = site_location(model, site)
     if isinstance(located, RouterPoint):
         observe_router(hooks, located, lambda routing: fn(routing.view()))
         return
@@ -46,7 +50,7 @@ def read_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor
 
 def edit_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor], Tensor | None]) -> None:
     """Let ``fn`` replace ``site``'s tensor (return None to leave it) on every forward pass while ``hooks`` is open."""
-    located = _locate(model, site)
+    located = site_location(model, site)
     if isinstance(located, RouterPoint):
         edit_router(hooks, located, fn)
         return

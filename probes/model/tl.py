@@ -5,17 +5,19 @@ to eager and wraps the decoder layers in place; the user's model must never chan
 transformers model inside one (``bridge.original_model``), can then be passed wherever xlalign takes a model:
 its decoder runs as usual, and every site is read and edited at the bridge hook point of :data:`BRIDGE_HOOKS`
 (the hook points TransformerLens users hook with ``run_with_hooks``), so what xlalign sees is what a
-TransformerLens hook sees. The parity tests prove each hook point equals the ``hf`` site.
+TransformerLens hook sees; a ``router`` site is read and edited at the transformers gate inside the bridge's
+gate component (:func:`bridge_router`). The parity tests prove each hook point equals the ``hf`` site.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 
 from torch import nn
 
-from probes.model.architectures import blocks, final_norm, has_submodule, locate, unwrap
+from probes.model.architectures import RouterPoint, blocks, final_norm, has_submodule, locate, unwrap
 from probes.model.sites import BackendError, Site
 
 # Component -> hook point inside the bridge's block (blocks.{layer - 1}.<hook>).
@@ -38,8 +40,6 @@ POST_NORM_HOOKS = {"attn_out": "ln1_post.hook_out", "mlp_out": "ln2_post.hook_ou
 UNSUPPORTED = {
     "mlp_gate": "the bridge has no hook point on the MLP's activation function (its hook_post is the product "
     "act(gate) * up, xlalign's mlp_act)",
-    "router": "xlalign edits a router by recomputing the family's top-k, which the bridge's router hook points "
-    "(gate.hook_out, hook_expert_indices) do not allow",
     "qkv_proj": "the bridge splits the fused projection into q, k and v hook points",
 }
 
@@ -76,6 +76,14 @@ def hook_point(model: nn.Module, site: Site) -> nn.Module:
         raise BackendError(f"{site}: this TransformerBridge has no hook point blocks.{site.layer - 1}.{path}; "
                            "use backend='hf'")  # fmt: skip
     return block.get_submodule(path)
+
+
+def bridge_router(model: nn.Module, site: Site) -> RouterPoint:
+    """The MoE layer of a ``router`` site with the transformers gate the bridge's gate component wraps: an edit
+    there comes before the bridge's ``gate.hook_out`` (the logits), ``hook_expert_weights`` and
+    ``hook_expert_indices``, so TransformerLens hooks see the routing the experts receive."""
+    point = locate(model, site)
+    return dataclasses.replace(point, gate=getattr(point.gate, "original_component", None) or point.gate)
 
 
 def transformer_bridge(model: nn.Module, tokenizer, *, copy_model: bool = True):
