@@ -4,14 +4,16 @@ Pooled (mean) capture of every layer's residual stream, against the decoder with
 xlalign's ``hf``, ``tl`` (a TransformerBridge's hook points) and ``nnsight`` (hooks run from nnsight traces)
 backends, and the peers used directly, each pooled by hand: HF's ``output_hidden_states``, TransformerLens's
 ``run_with_cache``, and an nnsight trace that ``.save()``s every layer's output. Steered greedy generation (one
-AddVector on the middle layer) through each backend against plain ``generate`` of the same model (for ``tl``:
-of the bridged copy, whose attention is eager). The run ends with ``RATIO`` lines (throughput ratios for
+AddVector on the middle layer) through each backend and through steering-vectors (the same vector added at the
+same block) against plain ``generate`` of the same model (for ``tl``: of the bridged copy, whose attention is
+eager). The run ends with ``RATIO`` lines (throughput ratios for
 capture, time ratios for generation; :func:`benchmarks.timing.paired_ratio`):
 
 - ``peers_hf_vs_floor``, ``peers_hf_vs_<peer>`` (targets >= 0.97 and >= 1: at least as fast as every peer);
 - ``peers_tl_vs_run_with_cache``, ``peers_nnsight_vs_nnsight_save``: each backend against its peer used
   directly (target >= 0.9);
-- ``peers_steered_vs_plain[<model>,<backend>]`` (target <= 1.03 for hf).
+- ``peers_steered_vs_plain[<model>,<backend>]`` (target <= 1.03 for hf), also for ``steering_vectors``;
+- ``peers_hf_steered_vs_steering_vectors`` (a time ratio; target <= 1: at least as fast as the peer).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from steering_vectors import SteeringVector
 
 from benchmarks.capture import methods as capture_benchmark
 from benchmarks.capture import random_llama
@@ -92,6 +95,10 @@ def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
 
         return run
 
+    def steering_vectors():  # the peer: block (middle - 1)'s output is xlalign's resid at the middle layer
+        with SteeringVector({n_layers(model) // 2 - 1: vector}, layer_type="decoder_block").apply(model):
+            return model.generate(**options)
+
     return {
         "plain_hf": lambda: generate(model, **options),
         "steered_hf": steered(model),
@@ -99,6 +106,7 @@ def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
         "steered_tl": steered(bridge),
         "plain_nnsight": lambda: lm._module.generate(**options),
         "steered_nnsight": steered(lm),
+        "steering_vectors": steering_vectors,
     }
 
 
@@ -117,6 +125,10 @@ def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> None:
     for backend in ("hf", "tl", "nnsight"):
         ratio = paired_ratio(generation, f"steered_{backend}", f"plain_{backend}")
         print(f"RATIO peers_steered_vs_plain[{name},{backend}] {ratio:.3f}")
+    print(f"RATIO peers_steered_vs_plain[{name},steering_vectors] "
+          f"{paired_ratio(generation, 'steering_vectors', 'plain_hf'):.3f}")  # fmt: skip
+    print(f"RATIO peers_hf_steered_vs_steering_vectors[{name}] "
+          f"{paired_ratio(generation, 'steered_hf', 'steering_vectors'):.3f}")  # fmt: skip
 
 
 def main() -> None:

@@ -171,6 +171,30 @@ def test_steering_through_a_backend_equals_hf_logits_and_greedy_tokens_with_and_
         assert torch.equal(uncached, expected_tokens), name
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_add_vector_steers_as_steering_vectors_does(family):
+    """steering-vectors (a peer; decoder block i's output is xlalign's resid.{i+1}) and AddVector give the same
+    logits and greedy tokens: the steered-generation baseline of benchmarks/peers.py steers the same thing."""
+    from steering_vectors import SteeringVector
+
+    model, tokenizer = tiny(family)
+    ids, mask = left_padded(tokenizer, TEXTS[:4])
+    vector = torch.randn(site_shape(model, Site(2, "resid"))[0], generator=torch.Generator().manual_seed(2))
+    options = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        with SteeringVector({1: vector}, layer_type="decoder_block").apply(model, multiplier=3.0):
+            theirs = model(input_ids=ids, attention_mask=mask).logits
+            their_tokens = model.generate(input_ids=ids, attention_mask=mask, **options)
+        with steer(model, [AddVector({2: vector}, alpha=3.0)]):
+            ours = model(input_ids=ids, attention_mask=mask).logits
+            our_tokens = model.generate(input_ids=ids, attention_mask=mask, **options)
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    valid = mask.bool()
+    assert (ours - plain)[valid].abs().max() > 1e-3
+    torch.testing.assert_close(ours[valid], theirs[valid], atol=TOLERANCE, rtol=0)
+    assert torch.equal(our_tokens, their_tokens)
+
+
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_router_traces_through_a_backend_equal_hf_plain_and_steered(backend, family):
