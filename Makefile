@@ -8,16 +8,16 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements.lock constraints.txt pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv || echo "uv unavailable: installing with pip"
 	if [ -x $(BIN)/uv ]; then \
 		$(BIN)/uv pip install -q --python $(BIN)/python $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
-		$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e . ; \
+		$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -r requirements-nodeps.lock -e . ; \
 	else \
 		$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
-		$(BIN)/pip install -q --no-deps -e . ; \
+		$(BIN)/pip install -q --no-deps -r requirements-nodeps.lock -e . ; \
 	fi
 	touch $(STAMP)
 
@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stats_memory
 	$(BIN)/python -m benchmarks.routing
 	$(BIN)/python -m benchmarks.peers
+	$(BIN)/python -m benchmarks.dtypes
+	$(BIN)/python -m benchmarks.capture_memory
 
 clean:
 	rm -rf $(VENV) out

@@ -111,7 +111,7 @@ class SteerHandle:
                 raise InterventionError(
                     f"{site}: {type(intervention).__name__}.edit returned shape {tuple(edited.shape)} for {tuple(x.shape)}"
                 )
-            keep = chosen.view(*chosen.shape, *(1,) * (x.dim() - 2))
+            keep = chosen.to(x.device).view(*chosen.shape, *(1,) * (x.dim() - 2))  # layers may sit on other GPUs
             out = torch.where(keep, edited.to(x.dtype), x)
             self._remember(site, out, original)
             return out

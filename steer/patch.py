@@ -62,7 +62,7 @@ class Patch:
         expect(site, "a patched value", tuple(self._padded[site.layer].shape[2:]), shape)
 
     def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
-        padded, lengths = self._padded[ctx.layer], self._lengths[ctx.layer].to(x.device)
+        padded, lengths = self._padded[ctx.layer], self._lengths[ctx.layer].to(ctx.position.device)
         example = ctx.example
         if int(example.max()) >= len(lengths):
             raise InterventionError(
@@ -78,5 +78,5 @@ class Patch:
             )
         rows = example.cpu()[:, None]
         values = padded[rows, ctx.position.cpu().clamp(0, padded.shape[1] - 1)].to(x)
-        keep = inside.view(*inside.shape, *(1,) * (x.dim() - 2))
+        keep = inside.to(x.device).view(*inside.shape, *(1,) * (x.dim() - 2))
         return torch.where(keep, values, x)

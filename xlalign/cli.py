@@ -15,6 +15,7 @@ from probes import __version__
 from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS
 from probes.analysis.routing import IMPORTANCE
 from probes.capture import POOLINGS, Tokenization
+from probes.capture.distributed import RankError, leave, ranks
 from probes.capture.store import REPAIR
 from probes.model import COMPONENTS, LINEAR_COMPONENTS
 from probes.model.loading import BACKENDS, DEVICES, DTYPES
@@ -60,6 +61,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})".strip()
 
 
+SPLIT_COMMANDS = {"capture", "find", "run"}  # the commands that split their work under torchrun
 PIVOT = "the language every other one is compared with (ISO 639-3)"
 POOLING = "how each sentence's tokens become one vector (weighted: MEXA's position weights)"
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--sites", default="hidden", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7); "
                          "hidden = output_hidden_states, the last after the final norm, as MEXA reads them")
     capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
+    capture.add_argument("--shard-size", type=int, default=256,
+                         help="sentences per shard file: the unit of resuming and of splitting under torchrun")
     capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
 
     check = add("check", "verify every shard of a store (checksums, languages, rows, model); exit 1 if damaged")
@@ -214,7 +218,8 @@ def _run(args) -> str:
     progress = not getattr(args, "no_progress", False)
     if args.command == "capture":
         store = jobs.capture(args.out, corpus=_corpus_of(args), sites=args.sites, layers=args.layers,
-                             pooling=args.pooling, remote=args.remote, progress=progress, **_loading(args))  # fmt: skip
+                             pooling=args.pooling, shard_size=args.shard_size, remote=args.remote, progress=progress,
+                             **_loading(args))  # fmt: skip
         return f"wrote {store.path}: {len(store.sites)} sites x {len(store.languages)} languages x {len(store)} sentences"
     if args.command == "check":
         problems = jobs.check(args.store)
@@ -287,7 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _keep_freed_memory()
     try:
-        print(_run(args))
+        if ranks().world > 1 and args.command not in SPLIT_COMMANDS:
+            raise RankError(f"{args.command} does not split its work across processes: run it without torchrun "
+                            f"(these do: {', '.join(sorted(SPLIT_COMMANDS))})")  # fmt: skip
+        result = _run(args)
+        if ranks().is_main:
+            print(result)
         return 0
     except _Damaged as damage:
         print(damage, file=sys.stderr)
@@ -305,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }.get(args.command, "")  # fmt: skip
         print(f"xlalign {args.command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
         return 130
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

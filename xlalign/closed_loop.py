@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from contextlib import ExitStack
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +14,7 @@ import pandas as pd
 
 from probes.analysis import expert_usage, measure, measure_routing, router_matrices
 from probes.capture import Tokenization, capture_to_store
+from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
 from probes.find import LanguageIdentifier
@@ -44,7 +46,7 @@ def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device:
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
     out = Path(out)
-    claim(out, allowed)
+    ranks().on_main(lambda: claim(out, allowed))
     return out, parallel, network, tokenizer
 
 
@@ -80,15 +82,19 @@ def run(
     released code (``pooling`` default; ``mean`` in MoE models, whose routing metrics average over tokens).
     ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
     Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
+    Under ``torchrun`` the capture is split across the ranks; the main rank does the rest alone.
     """
     out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
                                                device, dtype, backend)  # fmt: skip
     routed = router_layers(network)
     pooling = pooling or ("mean" if routed else "weighted")
     sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
-    with job_bar(progress, f"run into {out}") as bar:
+    with job_bar(progress, f"run into {out}") as bar, ExitStack() as rest:
         store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
                                  tokenization=tokenization, progress=bar)  # fmt: skip
+        if not ranks().is_main:
+            return out / "report.md"  # written by the main rank
+        rest.enter_context(alone())
         bar.set_description("run: measuring alignment")
         table = measure(store, pivot=pivot, metrics="all", component="hidden")
         routing = measure_routing(store, pivot) if routed and pooling == "mean" else None
@@ -142,6 +148,8 @@ def evaluate(
     command: str | None = None,
 ) -> Path:
     """The closed loop for every non-pivot language of the corpus; returns report.md."""
+    if ranks().world > 1:
+        raise JobError("evaluate does not split its work across processes: run it without torchrun")
     out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
                                                tokenizer, device, dtype, backend)  # fmt: skip
     languages = [lang for lang in parallel.languages if lang != pivot]

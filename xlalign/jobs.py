@@ -18,6 +18,7 @@ from probes.analysis import measure as measure_activations
 from probes.analysis import measure_routing
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
+from probes.capture.distributed import ranks
 from probes.capture.progress import add_steps
 from probes.capture.remote import require_key
 from probes.data import ParallelCorpus, load_corpus
@@ -77,8 +78,10 @@ def claim(out: Path, allowed: set[str]) -> None:
 
 @contextmanager
 def job_bar(progress: bool, what: str) -> Iterator[tqdm]:
-    """One overall progress bar for a job (hidden when ``progress`` is False); phases name themselves on it."""
-    with tqdm(total=0, desc=what, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    """One overall progress bar for a job (hidden when ``progress`` is False and on every rank but the main one
+    of a torchrun job); phases name themselves on it."""
+    shown = progress and ranks().is_main
+    with tqdm(total=0, desc=what, unit="step", disable=not shown, dynamic_ncols=True) as bar:
         yield bar
 
 
@@ -110,6 +113,7 @@ def capture(
     sites: str | Sequence[Site] = "hidden",
     layers: Sequence[int] | None = None,
     pooling: str | None = None,
+    shard_size: int = 256,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     dtype: str = "float32",
@@ -137,8 +141,8 @@ def capture(
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
     with job_bar(progress, f"capture into {out}") as bar:
-        return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, tokenization=tokenization,
-                                remote=remote or None, progress=bar)  # fmt: skip
+        return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, shard_size=shard_size,
+                                tokenization=tokenization, remote=remote or None, progress=bar)  # fmt: skip
 
 
 @takes_preset("measure")
@@ -223,12 +227,18 @@ def find(
         raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
     for path in targets:
         refuse_overwrite(path, overwrite)
+    group = ranks()
+    if group.world > 1 and (kind, method) != ("neurons", "lape"):
+        raise JobError(f"find {kind} --method {method} is not split across processes: run it as one process "
+                       "(only `find neurons --method lape`, `capture` and `run` split their work under torchrun)")
     layers = range(1, n_layers(network) + 1)
     with job_bar(progress, f"find {kind} ({method}) into {out}") as bar:
         if kind == "neurons" and method == "lape":
             sites = [Site(layer, "mlp_gate") for layer in layers]
             stats = collect_stats(network, tokenizer, parallel, sites, bins=0, tokenization=tokenization, progress=bar)
-            return [LAPE().fit(stats).neurons_.save(out, overwrite=overwrite)]
+            neurons = LAPE().fit(stats).neurons_  # every rank has all languages' counts
+            group.on_main(lambda: neurons.save(out, overwrite=overwrite))
+            return [out]
         if kind == "neurons":
             sites = [Site(layer, component) for component in units for layer in layers]
             acts = capture_corpus(network, tokenizer, parallel, sites, pooling=pooling, tokenization=tokenization,

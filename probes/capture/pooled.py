@@ -89,7 +89,7 @@ def pooling_during(
             skipping = skip_id is not None and ctx.input_ids is not None
             fed = ctx.counted & (ctx.input_ids != skip_id) if skipping else ctx.counted
             rows = ctx.example[:, None].expand(fed.shape)
-            on_tokens(site, x[fed], rows[fed])
+            on_tokens(site, x[fed.to(x.device)], rows[fed])
 
     result: dict[Site, Tensor] = {}
     with watch(model, chosen, on_activation):

@@ -24,8 +24,9 @@ def pool(
     ``last``: the last kept token (not index -1: with right padding it sits at ``mask.sum(1) - 1``).
     ``max``: elementwise max (Suau et al.). ``active``: the fraction of tokens where each unit is > 0
     (NeuronXA's neuron states, on ``mlp_gate``). Pad positions never enter, even if they hold NaN or inf.
+    The result is on ``hidden``'s device.
     """
-    hidden = hidden.float()
+    hidden, mask = hidden.float(), mask.to(hidden.device)  # a layer may sit on another GPU than the inputs
     extra = (1,) * (hidden.dim() - 2)
     keep = mask.view(*mask.shape, *extra)
     if method == "max":

@@ -83,7 +83,7 @@ class Recording:
         self._ids.append((self._slots, ids, ctx.decode_step[new].cpu()))
 
     def _on_site(self, site: Site, x: Tensor) -> None:
-        self._values[site].append((self._slots, x[self._new].detach().cpu()))
+        self._values[site].append((self._slots, x[self._new.to(x.device)].detach().cpu()))
 
     def __len__(self) -> int:
         return len(self._keys)

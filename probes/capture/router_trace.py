@@ -107,7 +107,7 @@ def trace_batches(
             for name in _FIELDS:
                 value = getattr(routing, name)
                 if value is not None:
-                    parts[name][layer].append(value[counted].cpu())
+                    parts[name][layer].append(value[counted.to(value.device)].cpu())
 
         for layer in layers:
             observe_router(hooks, site_location(model, Site(layer, "router")), lambda r, layer=layer: on_routing(layer, r))

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.capture.distributed import ranks
 from probes.capture.pooled import capture
 from probes.capture.pooling import check_pooling
 from probes.capture.progress import Progress, progress_bar
@@ -295,6 +296,7 @@ def collect_stats(
     ``per="token"``: statistics over every counted token but the BOS (nothing is pooled; see
     :func:`probes.capture.capture`'s ``count_bos``). ``per="sentence"``: over the
     sentences' ``pooling``-pooled vectors. ``head`` sites are flattened to ``heads * head_dim`` neurons.
+    Under ``torchrun`` the languages are split across the ranks and every rank returns all of them.
     """
     if per not in PER:
         raise StatsError(f"per must be one of {', '.join(PER)}, got {per!r}")
@@ -304,8 +306,9 @@ def collect_stats(
     stats = NeuronStats(bins, per=per)
     stats.model = model_identity(model)
     chosen = list(languages) if languages is not None else list(corpus.languages)
-    with progress_bar(progress, "statistics") as bar:
-        for language in chosen:
+    group = ranks()
+    with progress_bar(progress if group.is_main else False, "statistics") as bar:
+        for language in group.mine(chosen):
             bar.set_description(f"statistics {language}")
             texts = corpus.texts(language)
             if per == "token":
@@ -315,4 +318,7 @@ def collect_stats(
                 pooled = capture(model, tokenizer, texts, sites, pooling=pooling, tokenization=tokenization, progress=bar)
                 for site, values in pooled.items():
                     stats.add(site, language, values.reshape(values.shape[0], -1))
+    if group.world > 1:  # each language was accumulated whole by one rank: gathering them is exact
+        parts = group.gather(stats._state)
+        stats._state = {key: part[key] for language in chosen for part in parts for key in part if key[1] == language}
     return stats

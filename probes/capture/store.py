@@ -28,6 +28,7 @@ from torch import Tensor
 
 from probes import __version__
 from probes.analysis.activations import Activations, ActivationsError
+from probes.capture.distributed import ranks
 from probes.capture.pooled import capture
 from probes.capture.pooling import POOLINGS, check_pooling
 from probes.capture.progress import Progress, progress_bar
@@ -212,11 +213,16 @@ def capture_to_store(
     Creates the store, or resumes one made by the same command: only missing and damaged shards are computed
     (a warning names each damaged one). A store made with another model (weights and dtype included), device
     type, pooling, site list, tokenisation or corpus text is a :class:`StoreError` naming what differs.
+    Under ``torchrun`` the (language, shard) pairs are split across the ranks (:mod:`probes.capture.distributed`):
+    rank 0 checks or creates the store, each rank writes its own shards, and all return once all are written;
+    the store equals a single-process one bit for bit, and a job any rank of which died resumes like any other.
     ``remote`` (an nnsight model only): each shard is one NDIF request (:func:`probes.capture.remote.capture_remote`;
     ``"local"``: its offline simulation).
     """
     out = Path(out)
     check_pooling(pooling)
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise StoreError(f"shard_size must be a positive number of sentences, got {shard_size!r}")
     chosen = check_sites(sites)
     languages = list(languages or corpus.languages)
     settings = {
@@ -227,30 +233,36 @@ def capture_to_store(
         "device": next(model.parameters()).device.type,  # GPUs and CPUs give (slightly) different numbers
     }
     wanted = {lang: {"n": len(corpus), "fingerprint": corpus.fingerprint([lang])} for lang in languages}
-    if remote is not None:
-        check_service(model, remote)  # once, and before the store is created
-    _open_or_create(out, settings, model_identity(model), wanted, corpus.name)
+    group = ranks()
+
+    def open_or_create() -> None:
+        if remote is not None:
+            check_service(model, remote)  # once, and before the store is created
+        _open_or_create(out, settings, model_identity(model), wanted, corpus.name)
+
+    group.on_main(open_or_create)
     store = ActivationStore(out)
-    damaged = store.check(languages)
-    for path, problem in damaged.items():
-        if problem != "missing":
-            warnings.warn(f"{path} is damaged ({problem}); recomputing it", stacklevel=2)
-    with progress_bar(progress, "capture") as bar:
-        for lang in languages:
-            texts = corpus.texts(lang)
-            for index in range(store.n_shards(lang)):
-                if store.shard(lang, index) not in damaged:
-                    continue
-                bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
-                info = store.shard_info(lang, index)
-                part = texts[info.start : info.stop]
-                if remote is None:
-                    pooled = capture(model, tokenizer, part, chosen, pooling=pooling, tokenization=tokenization,
-                                     progress=bar)  # fmt: skip
-                else:
-                    pooled = capture_remote(model, tokenizer, part, chosen, pooling=pooling, remote=remote,
-                                            tokenization=tokenization, check=False)  # fmt: skip
-                write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
+    units = group.mine([(lang, index) for lang in languages for index in range(store.n_shards(lang))])
+    damaged = {}
+    for lang, index in units:
+        problem = damage(store.shard(lang, index), store.shard_info(lang, index), store.meta["sites"])
+        if problem is not None:
+            damaged[lang, index] = problem
+            if problem != "missing":
+                warnings.warn(f"{store.shard(lang, index)} is damaged ({problem}); recomputing it", stacklevel=2)
+    with progress_bar(progress if group.is_main else False, "capture") as bar:
+        for lang, index in damaged:
+            bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
+            info = store.shard_info(lang, index)
+            part = corpus.texts(lang)[info.start : info.stop]
+            if remote is None:
+                pooled = capture(model, tokenizer, part, chosen, pooling=pooling, tokenization=tokenization,
+                                 progress=bar)  # fmt: skip
+            else:
+                pooled = capture_remote(model, tokenizer, part, chosen, pooling=pooling, remote=remote,
+                                        tokenization=tokenization, check=False)  # fmt: skip
+            write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
+    group.barrier()  # every rank's shards are written before any rank reads the store
     return store
 
 

@@ -41,11 +41,14 @@ def cache_dir() -> Path:
 
 
 def pick_device(device: str = "auto") -> str:
-    """``auto``: CUDA, then MPS, then the CPU; other values are checked and returned."""
+    """``auto``: CUDA, then MPS, then the CPU; other values are checked and returned. In a torchrun job,
+    ``auto`` and ``cuda`` are the process's own GPU, ``cuda:LOCAL_RANK``."""
     import torch
 
     if device not in DEVICES and not device.startswith("cuda:"):
         raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per process of a torchrun job
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -1,0 +1,58 @@
+"""A store capture keeps flat memory as the corpus grows: shards go to disk as they finish.
+
+Captures pooled ``resid`` and ``hidden`` sites of every layer of a tiny random model for 20 NTREX languages, at
+250 and at 1,000 sentences each (5,000 and 20,000 texts), each run in a fresh process into a fresh store, and
+reports the process's peak resident memory. Ends with ``RATIO capture_peak_rss_4x_vs_1x <value>`` (target
+<= 1.05: 1.0 is flat).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NTREX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex"
+LANGUAGES = ("eng", "amh", "arb", "ces", "deu", "ell", "fas", "fin", "fra", "heb", "hin", "ind", "ita", "jpn", "kaz",
+             "kor", "nld", "por", "rus", "spa")  # fmt: skip
+SIZES = (250, 1000)
+
+
+def measure(n_sentences: int) -> dict:
+    from probes.capture import capture_to_store
+    from probes.data import load_corpus
+    from probes.model import Site, n_layers, random_model
+
+    model, tokenizer = random_model("llama")
+    corpus = load_corpus(NTREX, langs=list(LANGUAGES), max_sentences=n_sentences)
+    layers = n_layers(model)
+    sites = [Site(layer, "resid") for layer in range(layers + 1)] + [Site(layer, "hidden") for layer in range(layers + 1)]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        store = capture_to_store(model, tokenizer, corpus, sites, Path(folder) / "store", pooling="weighted")
+        texts = len(store) * len(store.languages)
+    return {"sentences": n_sentences, "texts": texts, "seconds": time.perf_counter() - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(measure(int(sys.argv[2]))))
+        return
+    rows = []
+    for n in SIZES:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.capture_memory", "--one", str(n)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'sentences':>10}{'texts':>10}{'seconds':>10}{'peak RSS MB':>13}")
+    for row in rows:
+        print(f"{row['sentences']:>10}{row['texts']:>10}{row['seconds']:>10.1f}{row['peak_rss_mb']:>13.0f}")
+    print(f"\nRATIO capture_peak_rss_4x_vs_1x {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

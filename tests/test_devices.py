@@ -1,0 +1,58 @@
+"""Layers on other devices than the inputs (a model split with ``device_map``): every intervention, the
+pooling and the steering engine's token selection work on the tensor's own device and dtype. Without a GPU
+the other device is ``meta`` (shapes, devices and dtypes computed, no values), the inputs' context stays on
+the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probes.capture import ForwardContext
+from probes.capture.pooling import POOLINGS, pool
+from probes.model import Site
+from steer.interventions import Ablate, AddVector, ApplyMap, EditContext, HeadShift, SetNeurons, ZeroNeurons
+from steer.router import BanExperts, ForceExperts, RouterBias
+
+BATCH, TOKENS, WIDTH, HEADS, EXPERTS = 2, 5, 16, 4, 8
+
+
+def context() -> ForwardContext:
+    valid = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+    valid[1, :2] = False
+    position = (valid.cumsum(dim=1) - 1).clamp(min=0)
+    return ForwardContext(valid=valid, position=position, prompt_length=valid.sum(dim=1),
+                          decode_step=torch.zeros(BATCH, TOKENS, dtype=torch.long), prompt_mask=valid,
+                          columns=torch.arange(TOKENS), example=torch.arange(BATCH), counted=valid,
+                          input_ids=torch.ones(BATCH, TOKENS, dtype=torch.long), call=0, first_new=0)  # fmt: skip
+
+
+INTERVENTIONS = {
+    "add": (AddVector({3: torch.randn(WIDTH)}), (WIDTH,), "resid"),
+    "ablate": (Ablate({3: torch.randn(2, WIDTH)}, means={3: torch.randn(WIDTH)}), (WIDTH,), "resid"),
+    "map": (ApplyMap({3: torch.randn(WIDTH, WIDTH)}, sigma=0.5), (WIDTH,), "resid"),
+    "set": (SetNeurons({3: torch.tensor([1, 4])}, {3: torch.tensor([2.0, -1.0])}), (WIDTH,), "mlp_act"),
+    "zero": (ZeroNeurons({3: torch.tensor([1, 4])}), (WIDTH,), "mlp_gate"),
+    "heads": (HeadShift({3: torch.tensor([0, 2])}, {3: torch.randn(2, WIDTH // HEADS)}), (HEADS, WIDTH // HEADS),
+              "head"),  # fmt: skip
+    "router_bias": (RouterBias({3: torch.tensor([1, 5])}, delta=2.0), (EXPERTS,), "router"),
+    "force": (ForceExperts({3: torch.tensor([2])}), (EXPERTS,), "router"),
+    "ban": (BanExperts({3: torch.tensor([2])}), (EXPERTS,), "router"),
+}
+
+
+@pytest.mark.parametrize("name", INTERVENTIONS)
+def test_every_intervention_edits_on_the_layers_device_and_dtype(name):
+    intervention, shape, component = INTERVENTIONS[name]
+    site = Site(3, component)
+    x = torch.empty(BATCH, TOKENS, *shape, device="meta", dtype=torch.bfloat16)
+    ctx = context()
+    edited = intervention.edit(x, EditContext(site, ctx, ctx.valid, original=x))
+    assert edited.device.type == "meta" and edited.dtype == torch.bfloat16 and edited.shape == x.shape
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_pooling_runs_on_the_layers_device_in_float32(pooling):
+    x = torch.empty(BATCH, TOKENS, WIDTH, device="meta", dtype=torch.bfloat16)
+    pooled = pool(x, context().counted, pooling)
+    assert pooled.device.type == "meta" and pooled.dtype == torch.float32 and pooled.shape == (BATCH, WIDTH)
