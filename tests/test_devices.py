@@ -56,3 +56,32 @@ def test_pooling_runs_on_the_layers_device_in_float32(pooling):
     x = torch.empty(BATCH, TOKENS, WIDTH, device="meta", dtype=torch.bfloat16)
     pooled = pool(x, context().counted, pooling)
     assert pooled.device.type == "meta" and pooled.dtype == torch.float32 and pooled.shape == (BATCH, WIDTH)
+
+
+@pytest.mark.parametrize("device_map", ["auto", "sequential"])
+def test_a_model_placed_by_accelerate_captures_and_steers_as_the_plain_model(device_map):
+    """On this CPU accelerate places every layer on the CPU, with its device-aligning hooks around each: the
+    capture and the steered logits equal those of the plain model (a GPU machine splits them for real)."""
+    from probes.capture import capture
+    from probes.model import load_model
+    from steer.apply import steer
+
+    plain, tokenizer = load_model("random:llama")
+    placed, _ = load_model("random:llama", device_map=device_map)
+    assert hasattr(placed, "hf_device_map") and not hasattr(plain, "hf_device_map")
+    texts = ["Guten Morgen, wie geht es?", "Il pleut encore."]
+    sites = [Site(layer, "resid") for layer in range(5)]
+    ours, theirs = capture(plain, tokenizer, texts, sites), capture(placed, tokenizer, texts, sites)
+    for site in sites:
+        torch.testing.assert_close(theirs[site], ours[site], atol=1e-6, rtol=0)
+    ids = tokenizer(texts[:1], return_tensors="pt")["input_ids"]
+    plan = [AddVector({2: torch.ones(64)}, alpha=2.0)]
+    with torch.no_grad(), steer(plain, plan), steer(placed, plan):
+        torch.testing.assert_close(placed(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-5, rtol=0)
+
+
+def test_an_unknown_device_map_is_a_clear_error():
+    from probes.model import ModelError, load_model
+
+    with pytest.raises(ModelError, match="unknown device_map 'everywhere'; choose one of auto, balanced, sequential"):
+        load_model("random:llama", device_map="everywhere")

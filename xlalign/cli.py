@@ -18,7 +18,7 @@ from probes.capture import POOLINGS, Tokenization
 from probes.capture.distributed import RankError, leave, ranks
 from probes.capture.store import REPAIR
 from probes.model import COMPONENTS, LINEAR_COMPONENTS
-from probes.model.loading import BACKENDS, DEVICES, DTYPES
+from probes.model.loading import BACKENDS, DEVICE_MAPS, DEVICES, DTYPES
 from steer.methods import INCLINE_SIGMAS, METHODS
 from xlalign.jobs import DEFAULT_K, FIND_METHODS
 from xlalign.presets import PresetError, names_for, preset_options
@@ -70,6 +70,8 @@ def _model(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id")
     command.add_argument("--device", default="cpu", choices=DEVICES, help="auto: CUDA, then MPS, then the CPU")
     command.add_argument("--dtype", default="float32", choices=DTYPES, help="auto: bfloat16 where the GPU supports it")
+    command.add_argument("--device-map", choices=DEVICE_MAPS,
+                         help="split the model's layers over every visible GPU (accelerate); replaces --device")
     command.add_argument("--backend", default="hf", choices=BACKENDS,
                          help="hf: xlalign's hooks; tl: a TransformerLens bridge's hook points; nnsight: nnsight traces")
     defaults = Tokenization()
@@ -202,8 +204,8 @@ def _tokenization(args) -> Tokenization:
 
 
 def _loading(args) -> dict:
-    return dict(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                tokenization=_tokenization(args))  # fmt: skip
+    return dict(model=args.model, device=args.device, device_map=args.device_map, dtype=args.dtype,
+                backend=args.backend, tokenization=_tokenization(args))  # fmt: skip
 
 
 def _corpus_of(args):

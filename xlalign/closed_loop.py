@@ -37,12 +37,14 @@ EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generati
                       "pareto.png", "lape_neurons.png"}  # fmt: skip
 
 
-def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, dtype: str, backend: str):
+def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, device_map, dtype: str,
+           backend: str):
     """Check the corpus, the pivot and the model, then claim ``out`` (nothing is written before all are good)."""
     parallel = open_corpus(corpus)
     if pivot not in parallel.languages:
         raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                     backend=backend)
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
     out = Path(out)
@@ -71,6 +73,7 @@ def run(
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
     progress: bool = True,
@@ -85,7 +88,7 @@ def run(
     Under ``torchrun`` the capture is split across the ranks; the main rank does the rest alone.
     """
     out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
-                                               device, dtype, backend)  # fmt: skip
+                                               device, device_map, dtype, backend)  # fmt: skip
     routed = router_layers(network)
     pooling = pooling or ("mean" if routed else "weighted")
     sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
@@ -142,6 +145,7 @@ def evaluate(
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
     progress: bool = True,
@@ -151,7 +155,7 @@ def evaluate(
     if ranks().world > 1:
         raise JobError("evaluate does not split its work across processes: run it without torchrun")
     out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
-                                               tokenizer, device, dtype, backend)  # fmt: skip
+                                               tokenizer, device, device_map, dtype, backend)  # fmt: skip
     languages = [lang for lang in parallel.languages if lang != pivot]
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,

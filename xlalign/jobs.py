@@ -57,10 +57,13 @@ def open_corpus(
     return parallel if rows is None else parallel.rows(*rows)
 
 
-def open_model(model, tokenizer=None, *, device: str = "cpu", dtype: str = "float32", backend: str = "hf"):
+def open_model(
+    model, tokenizer=None, *, device: str = "cpu", device_map: str | None = None, dtype: str = "float32",
+    backend: str = "hf",
+):
     """``(model, tokenizer)`` from a spec (loaded on ``device`` in ``dtype``) or an object (used as it is), run
     through ``backend`` (see :func:`probes.model.resolve_model`)."""
-    return resolve_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    return resolve_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype, backend=backend)
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -116,6 +119,7 @@ def capture(
     shard_size: int = 256,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
     remote: bool | str = False,
@@ -136,7 +140,8 @@ def capture(
     if remote is True and isinstance(model, str):
         network, tokenizer = hosted_model(model)
     else:
-        network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+        network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                         backend=backend)
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
@@ -193,6 +198,7 @@ def find(
     pooling: str = "mean",
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
     overwrite: bool = False,
@@ -215,7 +221,8 @@ def find(
     parallel = open_corpus(corpus)
     out = Path(out)
     languages = [lang for lang in parallel.languages if lang != pivot]
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                     backend=backend)
     linear = list(arch_table(network).linear)  # "linear": every linear projection the family has, as Kojima et al.
     named = components or ["mlp_act"]
     units = list(dict.fromkeys(c for name in named for c in (linear if name == "linear" else [name])))
@@ -273,6 +280,7 @@ def ablate(
     corpus: ParallelCorpus | str = "demo",
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
     overwrite: bool = False,
@@ -285,7 +293,8 @@ def ablate(
     """
     out = Path(out)
     parallel = open_corpus(corpus)
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                     backend=backend)
     found = NeuronSet.load(neurons, model=network)
     zeroed = [lang for lang in found.languages if lang in parallel.languages]
     if not zeroed:
@@ -341,6 +350,7 @@ def steer(
     max_new_tokens: int = 30,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
+    device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
 ) -> pd.DataFrame:
@@ -349,7 +359,8 @@ def steer(
     ``prompt, off, on``. An INCLINE map is applied as its released code does (:func:`steer.incline.incline`:
     every layer of the map unless ``layers``, the last prompt token, targets from a clean pass, ``sigma =
     strength``)."""
-    network, tokenizer = open_model(model, tokenizer, device=device, dtype=dtype, backend=backend)
+    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                     backend=backend)
     paths = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact)
     plan = []
     for found in (load_artifact(path, model=network) for path in paths):

@@ -30,6 +30,7 @@ BACKENDS = ("hf", "nnsight", "tl")
 DEFAULT_MODEL_NAME = "default:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 _validated: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -75,14 +76,19 @@ def pick_dtype(dtype: str | torch.dtype = "float32", device: str = "cpu") -> tor
 
 
 def load_model(
-    spec: str | os.PathLike = "default", *, dtype: torch.dtype | str = "float32", device: str = "cpu"
+    spec: str | os.PathLike = "default", *, dtype: torch.dtype | str = "float32", device: str = "cpu",
+    device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``spec`` and its tokenizer, in eval mode, on ``device`` (``auto``: CUDA, MPS, CPU).
 
     ``spec``: ``"default"``; ``"random:FAMILY"`` (e.g. ``random:llama``); a ``.gguf`` file; a local model
-    directory; or a Hugging Face hub id (the only case that downloads).
+    directory; or a Hugging Face hub id (the only case that downloads). ``device_map`` (``auto``,
+    ``balanced``, ``sequential`` or a dict, as accelerate takes it) splits the model's layers over the visible
+    GPUs instead of putting it on ``device``; xlalign's edits and pooling follow each layer's device.
     """
-    device = pick_device(device)
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ModelError(f"unknown device_map {device_map!r}; choose one of {', '.join(DEVICE_MAPS)} or pass a dict")
+    device = pick_device("auto" if device_map is not None else device)
     torch_dtype = pick_dtype(dtype, device)
     spec = str(spec)
     if spec == "default":
@@ -96,20 +102,37 @@ def load_model(
             raise ModelError(f"GGUF file {path} does not exist")
         model, tokenizer = _load_gguf(path, torch_dtype)
     elif Path(spec).is_dir():
-        model, tokenizer = _load_pretrained(Path(spec), torch_dtype)
+        model, tokenizer = _load_pretrained(Path(spec), torch_dtype, device_map)
     elif Path(spec).exists() or spec.count("/") != 1:
         raise ModelError(
             f"cannot load model {spec!r}: expected 'default', 'random:FAMILY', a .gguf file, a model directory "
             "or a Hugging Face hub id like 'org/name'"
         )
     else:
-        model, tokenizer = _load_pretrained(spec, torch_dtype)
+        model, tokenizer = _load_pretrained(spec, torch_dtype, device_map)
     if tokenizer.pad_token is None:  # our own tokenizer object: generation needs a pad id
         tokenizer.pad_token = tokenizer.eos_token
-    return resolve_model(model.to(device).eval(), tokenizer)
+    if device_map is None:
+        model = model.to(device)
+    elif not hasattr(model, "hf_device_map"):  # not placed while loading
+        model = _dispatched(model, device_map)
+    return resolve_model(model.eval(), tokenizer)
 
 
-def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu", backend: str = "hf"):
+def _dispatched(model, device_map: str | dict):
+    """``model`` with its layers placed by accelerate (``device_map``: a strategy name or a placement dict)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        blocks = model._no_split_modules or []
+        memory = None if device_map == "sequential" else get_balanced_memory(model, no_split_module_classes=blocks)
+        device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=blocks)
+    return dispatch_model(model, device_map=device_map)
+
+
+def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu", device_map=None,
+                  backend: str = "hf"):
     """``(model, tokenizer)`` from a spec string (loaded) or a model object the user holds (used as it is).
 
     Model objects may be a causal LM, a bare decoder (``AutoModel``), a PEFT-wrapped model or a TransformerLens
@@ -122,7 +145,8 @@ def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str 
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(model, (str, os.PathLike)):
-        return _through(backend, *load_model(model, dtype=dtype, device=device), copy_model=False)
+        loaded = load_model(model, dtype=dtype, device=device, device_map=device_map)
+        return _through(backend, *loaded, copy_model=False)
     if tokenizer is None:
         raise ModelError(f"a {type(model).__name__} object was given without its tokenizer: pass tokenizer=...")
     if not hasattr(unwrap(model), "base_model") or not hasattr(unwrap(model), "config"):
@@ -152,11 +176,12 @@ def has_lm_head(model) -> bool:
     return unwrap(model).get_output_embeddings() is not None
 
 
-def _load_pretrained(source: str | Path, dtype: torch.dtype):
+def _load_pretrained(source: str | Path, dtype: torch.dtype, device_map: str | dict | None = None):
+    """A transformers checkpoint; with ``device_map``, each layer's weights are loaded straight onto its device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map)
     return model, tokenizer
 
 
