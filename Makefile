@@ -3,18 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The machine's local CPU torch wheel; uv does not look there unless told.
+# The machine's local CPU torch wheel; uv does not look there unless told. uv installs without bytecode unless
+# told (--compile-bytecode): with PYTHONDONTWRITEBYTECODE set, every process would compile its imports, ~20 s.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
+$(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv || echo "uv unavailable: installing with pip"
 	if [ -x $(BIN)/uv ]; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
-		$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -r requirements-nodeps.lock -e . ; \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --no-deps -r requirements-nodeps.lock -e . ; \
 	else \
 		$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
 		$(BIN)/pip install -q --no-deps -r requirements-nodeps.lock -e . ; \
