@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # told (--compile-bytecode): with PYTHONDONTWRITEBYTECODE set, every process would compile its imports, ~20 s.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench notebooks clean
 
 $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
 	rm -rf $(VENV)
@@ -24,6 +24,9 @@ $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt py
 
 demo: $(STAMP)
 	$(BIN)/xlalign run --model default --corpus demo --out out/demo
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py --out out/notebooks
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

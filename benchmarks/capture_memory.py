@@ -33,7 +33,7 @@ def measure(n_sentences: int) -> dict:
     model, tokenizer = random_model("llama")
     corpus = load_corpus(NTREX, langs=list(LANGUAGES), max_sentences=n_sentences)
     layers = n_layers(model)
-    sites = [Site(layer, "resid") for layer in range(layers + 1)] + [Site(layer, "hidden") for layer in range(layers + 1)]
+    sites = [Site(layer, component) for component in ("resid", "hidden") for layer in range(layers + 1)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         with warnings.catch_warnings():  # "N texts are longer than max_length": the cut is intended

@@ -70,7 +70,8 @@ def test_a_split_capture_whose_rank_was_killed_resumes_to_the_single_process_sto
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and len(list(out.glob("shards/*/*.safetensors"))) < 4:
             time.sleep(0.02)
-        workers = [child for child in psutil.Process(job.pid).children(recursive=True) if "xlalign.cli" in child.cmdline()]
+        children = psutil.Process(job.pid).children(recursive=True)
+        workers = [child for child in children if "xlalign.cli" in child.cmdline()]
         rank_one = next(w for w in workers if w.environ().get("RANK") == "1")
         rank_one.send_signal(signal.SIGKILL)
         assert job.wait(timeout=120) != 0, "torchrun reports the dead rank"

@@ -1,42 +1,225 @@
-"""Every notebook runs top to bottom (on a tiny random model, so the suite stays fast) and computes what it says."""
+"""Every notebook runs top to bottom in a real Jupyter kernel (on a tiny random model, so the suite stays fast),
+and what it shows equals the same quantity computed directly with the library."""
 
 from __future__ import annotations
 
-import runpy
+import importlib.util
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
+RUNNER = Path(__file__).resolve().parents[1] / "notebooks" / "run.py"
+_spec = importlib.util.spec_from_file_location("notebook_runner", RUNNER)
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
+def values(path: Path, tmp_path: Path, expression: str):
+    """Run ``path`` in a kernel, then evaluate ``expression`` (a dict) there and bring it back, with ``images``:
+    how many figures the executed notebook shows as PNG."""
+    out = tmp_path / "values.pkl"
+    dump = f"import pickle\nwith open({str(out)!r}, 'wb') as f:\n    pickle.dump({expression}, f)"
+    executed = runner.execute(path, extra=dump)
+    with open(out, "rb") as f:
+        shown = pickle.load(f)
+    shown["images"] = sum("image/png" in output.get("data", {}) for cell in executed.cells
+                          for output in cell.get("outputs", []))  # fmt: skip
+    return shown
+
+
+@pytest.fixture
+def small(monkeypatch):
     monkeypatch.setenv("XLALIGN_MODEL", "random:llama")
     monkeypatch.setenv("XLALIGN_SENTENCES", "24")
-    namespace = runpy.run_path(str(path))
-    if path.name.startswith("01_"):
-        check_alignment_per_layer(namespace)
 
 
-def check_alignment_per_layer(namespace) -> None:
-    """The table holds retrieval and MEXA per layer and language, computed from per-token activations read by
-    another route (trace, then a mean over each sentence's tokens); the figure draws exactly those values."""
-    from probes.analysis import mexa, retrieval_top1
+def test_every_notebook_has_a_check():
+    assert [path.name for path in runner.notebooks()] == [
+        "01_where_languages_meet.py", "02_tokens.py", "03_language_neurons.py", "04_steering.py",
+        "06_from_transformerlens_and_nnsight.py",
+    ]
+
+
+def test_a_notebook_that_raises_fails(tmp_path):
+    broken = tmp_path / "99_broken.py"
+    broken.write_text("# %%\nraise RuntimeError('this cell fails')\n")
+    with pytest.raises(Exception, match="this cell fails"):
+        runner.execute(broken)
+
+
+def weighted(tokens: torch.Tensor) -> torch.Tensor:
+    """MEXA's pooling, transcribed: position weights 1..T over a sentence's tokens, normalised to sum 1."""
+    weights = torch.arange(1, len(tokens) + 1, dtype=torch.float32)
+    return (tokens * weights[:, None]).sum(0) / weights.sum()
+
+
+def test_where_languages_meet_notebook(small, tmp_path):
+    """Every measure per layer and language equals the value computed from per-token activations read by another
+    route (trace, then MEXA's position weights by hand); the summary tables are those values regrouped; the
+    figure draws them."""
+    from probes.analysis import linear_cka, mexa, retrieval_top1, strong_alignment_map_by_language
     from probes.capture import trace
+    from probes.data import load_corpus
+    from probes.model import Site, load_model, n_layers
 
-    model, tokenizer, corpus, sites, table = (namespace[k] for k in ("model", "tokenizer", "corpus", "sites", "table"))
-    assert len(table) == len(sites) * 4 * 2 and len(corpus) == 24
-    pooled = {lang: trace(model, tokenizer, corpus.texts(lang), sites) for lang in corpus.languages}
-    for site in (sites[0], sites[len(sites) // 2], sites[-1]):
-        means = {lang: torch.stack([t.mean(0) for t in rec.tokens(site)]) for lang, rec in pooled.items()}
-        for lang in ("deu", "hin"):
+    shown = values(runner.FOLDER / "01_where_languages_meet.py", tmp_path,
+                   "{'table': table, 'per_layer': per_layer, 'best': best_layers, 'by_script': by_script, "
+                   "'lines': {l.get_label(): l.get_ydata() for l in figure.axes[0].get_lines()}}")  # fmt: skip
+    assert shown["images"] == 1, "every figure is drawn"
+    table = shown["table"]
+    model, tokenizer = load_model("random:llama")
+    corpus = load_corpus("demo", max_sentences=24)
+    sites = [Site(layer, "hidden") for layer in range(n_layers(model) + 1)]
+    assert set(table.metric) == {"retrieval_top1", "mexa", "strong_map", "cka"} and len(corpus.languages) == 14
+    assert table[["ci_low", "ci_high"]].notna().all().all() and (table.ci_low <= table.ci_high).all()
+    records = {lang: trace(model, tokenizer, corpus.texts(lang), sites) for lang in corpus.languages}
+    for site in (sites[1], sites[len(sites) // 2], sites[-1]):
+        pooled = {lang: torch.stack([weighted(t) for t in rec.tokens(site)]) for lang, rec in records.items()}
+        strong = strong_alignment_map_by_language(pooled)
+        for lang in ("deu", "hin", "kor"):
             rows = table[(table.layer == site.layer) & (table.language == lang)].set_index("metric").value
-            assert rows["mexa"] == pytest.approx(mexa(means["eng"], means[lang]), abs=1e-9)
-            assert rows["retrieval_top1"] == pytest.approx(retrieval_top1(means["eng"], means[lang]), abs=1e-9)
-    panel = namespace["figure"].axes[0]  # retrieval_top1: one line per language over the layers
+            assert rows["mexa"] == pytest.approx(mexa(pooled["eng"], pooled[lang]), abs=1e-6)
+            assert rows["retrieval_top1"] == pytest.approx(retrieval_top1(pooled["eng"], pooled[lang]), abs=1e-6)
+            assert rows["cka"] == pytest.approx(float(linear_cka(pooled["eng"], pooled[lang])), abs=1e-5)
+            assert rows["strong_map"] == pytest.approx(strong[lang], abs=1e-5)
+    means = table.groupby(["layer", "metric"]).value.mean().unstack()
+    np.testing.assert_allclose(shown["per_layer"][means.columns].to_numpy(), means.to_numpy())
+    assert shown["best"]["most aligned layer"].to_dict() == means.idxmax().to_dict()
+    mexa_means = table[table.metric == "mexa"].groupby("language").value.mean()
+    latin = ["deu", "fra", "spa", "tur", "ind"]
+    assert shown["by_script"][True] == pytest.approx(mexa_means[latin].mean())
+    assert shown["by_script"][False] == pytest.approx(mexa_means.drop(latin).mean())
     deu = table[(table.metric == "retrieval_top1") & (table.language == "deu")].sort_values("layer")
-    (line,) = [line for line in panel.get_lines() if line.get_label() == "deu"]
-    np.testing.assert_allclose(line.get_ydata(), deu.value.to_numpy())
+    np.testing.assert_allclose(shown["lines"]["deu"], deu.value.to_numpy())
+
+
+def test_tokens_notebook(small, tmp_path):
+    """The best layer is the argmax of sentence retrieval; the heatmap and every word alignment equal SimAlign's
+    Argmax rule (numpy transcription) on hidden states read by another route (``output_hidden_states``)."""
+    from test_word_alignment import simalign_argmax
+
+    from probes.analysis import word_of_token
+    from probes.data import load_corpus
+    from probes.model import load_model, n_layers
+
+    shown = values(runner.FOLDER / "02_tokens.py", tmp_path,
+                   "{'alignments': alignments, 'best': best_layer, 'heat': heat, 'scores': scores}")  # fmt: skip
+    assert shown["images"] == 1, "every figure is drawn"
+    scores, alignments = shown["scores"], shown["alignments"]
+    assert shown["best"] == scores.sort_values(["retrieval_top1", "mexa"], ascending=False).index[0]
+    model, tokenizer = load_model("random:llama")
+    corpus = load_corpus("demo", langs=["eng", "deu"], max_sentences=24)
+    layers = n_layers(model)
+    assert sorted(set(alignments.layer)) == list(range(layers + 1)) and len(alignments) == 4 * (layers + 1)
+    for index, (english, german) in enumerate(zip(corpus.texts("eng")[:4], corpus.texts("deu")[:4])):
+        states, words = [], []
+        for text in (english, german):
+            encoded = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+            with torch.no_grad():
+                hidden = model(input_ids=encoded["input_ids"], output_hidden_states=True).hidden_states
+            states.append(hidden)
+            words.append(word_of_token(encoded["offset_mapping"][0].tolist(), text))
+        if index == 0:
+            layer = shown["best"]
+            x, y = states[0][layer][0].double(), states[1][layer][0].double()
+            expected = (torch.nn.functional.cosine_similarity(x[:, None], y[None], dim=-1) + 1) / 2
+            torch.testing.assert_close(shown["heat"], expected, atol=1e-5, rtol=0)
+        for layer in range(layers):  # hidden_states[L] is after the final norm; resid.L before it
+            keep = [[i for i, w in enumerate(ws) if w >= 0] for ws in words]
+            x, y = (states[k][layer][0][keep[k]].double().numpy() for k in (0, 1))
+            pairs = simalign_argmax(x, y, [words[0][i] for i in keep[0]], [words[1][j] for j in keep[1]])
+            row = alignments[(alignments.pair == index) & (alignments.layer == layer)].iloc[0]
+            en, de = english.split(), german.split()
+            assert row["alignments"] == " ".join(f"{en[i]}-{de[j]}" for i, j in pairs), (index, layer)
+            assert row["aligned pairs"] == len(pairs)
+
+
+def test_from_transformerlens_and_nnsight_notebook(small, tmp_path):
+    """The tables made through a TransformerBridge and an nnsight model equal the hf backend's, computed here
+    directly; the steered continuations through each equal hf steering done here."""
+    import xlalign as xl
+
+    shown = values(runner.FOLDER / "06_from_transformerlens_and_nnsight.py", tmp_path,
+                   "{'tables': tables, 'continuations': continuations, 'bridge': type(bridge).__name__, "
+                   "'lm': type(lm).__name__}")  # fmt: skip
+    assert shown["bridge"] == "TransformerBridge" and shown["lm"] == "TransformersModel"
+    model, tokenizer = xl.load_model("random:llama")
+    corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn"], max_sentences=24)
+    layers = xl.n_layers(model)
+    sites = [xl.Site(layer, "resid") for layer in range(layers + 1)]
+    expected = xl.measure(xl.capture_corpus(model, tokenizer, corpus, sites, pooling="mean"), pivot="eng")
+    for name in ("hf", "tl", "nnsight"):
+        np.testing.assert_allclose(shown["tables"][name].value.to_numpy(), expected.value.to_numpy(), atol=1e-6)
+    middle = xl.Site(layers // 2, "resid")
+    acts = xl.capture_corpus(model, tokenizer, corpus, [middle], pooling="mean")
+    direction = acts.get(middle, "eng").mean(0) - acts.get(middle, "jpn").mean(0)
+    prompts = tokenizer(corpus.texts("jpn")[:3], return_tensors="pt", padding=True, padding_side="left")
+    with xl.steer(model, [xl.AddVector({layers // 2: direction})]), torch.no_grad():
+        generated = model.generate(**prompts, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(generated[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert shown["continuations"] == {"hf": texts, "tl": texts, "nnsight": texts}
+
+
+def test_language_neurons_notebook(small, tmp_path):
+    """LAPE neurons, AP counts and the ablation matrix equal what the library computes here directly."""
+    import xlalign as xl
+
+    shown = values(runner.FOLDER / "03_language_neurons.py", tmp_path,
+                   "{'lape': lape.tensors(), 'ap_counts': ap_counts, 'ablation': ablation, 'own': own_most}")
+    assert shown["images"] == 3, "every figure is drawn"
+    model, tokenizer = xl.load_model("random:llama")
+    languages = ["eng", "deu", "fra", "rus", "jpn", "hin"]
+    corpus = xl.load_corpus("demo", langs=languages, max_sentences=24)
+    layers = range(1, xl.n_layers(model) + 1)
+    stats = xl.collect_stats(model, tokenizer, corpus, [xl.Site(layer, "mlp_gate") for layer in layers], bins=0)
+    lape = xl.LAPE().fit(stats).neurons_
+    assert shown["lape"].keys() == lape.tensors().keys()
+    assert all(torch.equal(shown["lape"][k], v) for k, v in lape.tensors().items())
+    acts = xl.capture_corpus(model, tokenizer, corpus, [xl.Site(layer, "mlp_act") for layer in layers])
+    ap = xl.APExperts(k=200).fit(acts, ["mlp_act"]).neuron_sets_["mlp_act"]
+    pd_testing_equal(shown["ap_counts"], ap.count_per_layer())
+    assert list(shown["ablation"].index) == list(lape.languages)
+    zeroed = lape.languages[0]
+    texts = corpus.texts("hin")[:32]
+    before = xl.next_token_loss(model, tokenizer, texts)
+    with xl.steer(model, [xl.to_intervention(lape, language=zeroed)]):
+        after = xl.next_token_loss(model, tokenizer, texts)
+    assert shown["ablation"].loc[zeroed, "hin"] == pytest.approx(after / before - 1, abs=1e-9)
+    assert shown["own"] == {lang: shown["ablation"].loc[lang].idxmax() == lang for lang in lape.languages}
+
+
+def pd_testing_equal(left, right) -> None:
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(left.reset_index(drop=True), right.reset_index(drop=True))
+
+
+def test_steering_notebook(small, tmp_path):
+    """The closed-loop table equals the evaluation run here directly; the slider's continuations equal the shift
+    vector added by hand."""
+    import pandas as pd
+
+    import xlalign as xl
+
+    shown = values(runner.FOLDER / "04_steering.py", tmp_path,
+                   "{'evaluation': evaluation, 'side': side_by_side, 'best': best}")
+    assert shown["images"] == 2, "every figure is drawn"
+    model, tokenizer = xl.load_model("random:llama")
+    corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn", "hin"], max_sentences=24)
+    xl.evaluate(tmp_path / "direct", model=model, tokenizer=tokenizer, corpus=corpus,
+                methods=["shift", "heads", "procrustes"], n_loss=16, n_prompts=4, progress=False)  # fmt: skip
+    direct = pd.read_csv(tmp_path / "direct" / "evaluation.csv")
+    pd.testing.assert_frame_equal(shown["evaluation"], direct)
+    assert set(shown["best"].method) == {"shift", "heads", "procrustes"}
+    train, test = corpus.split(test_fraction=0.2)
+    middle = xl.n_layers(model) // 2
+    acts = xl.capture_corpus(model, tokenizer, train, [xl.Site(middle, "resid")])
+    vector = acts.get(xl.Site(middle, "resid"), "eng").mean(0) - acts.get(xl.Site(middle, "resid"), "jpn").mean(0)
+    prompts = test.texts("jpn")[:3]
+    with xl.steer(model, [xl.AddVector({middle: vector})]):
+        steered = xl.continuations(model, tokenizer, prompts)
+    assert shown["side"]["alpha=1.0"].tolist() == steered
+    assert shown["side"]["plain"].tolist() == xl.continuations(model, tokenizer, prompts)
