@@ -10,14 +10,13 @@ what is compared is memory against the number of texts. Ends with ``RATIO captur
 
 from __future__ import annotations
 
-import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from benchmarks.timing import in_fresh_processes, measured_once
 
 NTREX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex"
 LANGUAGES = ("eng", "amh", "arb", "ces", "deu", "ell", "fas", "fin", "fra", "heb", "hin", "ind", "ita", "jpn", "kaz",
@@ -46,14 +45,9 @@ def measure(n_sentences: int) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(measure(int(sys.argv[2]))))
+    if measured_once(measure):
         return
-    rows = []
-    for n in SIZES:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.capture_memory", "--one", str(n)],
-                             capture_output=True, text=True, check=True)  # fmt: skip
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = in_fresh_processes("benchmarks.capture_memory", SIZES)
     print(f"{'sentences':>10}{'texts':>10}{'seconds':>10}{'peak RSS MB':>13}")
     for row in rows:
         print(f"{row['sentences']:>10}{row['texts']:>10}{row['seconds']:>10.1f}{row['peak_rss_mb']:>13.0f}")

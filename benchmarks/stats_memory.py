@@ -8,10 +8,9 @@ peak resident memory. Ends with ``RATIO stats_state_16x_vs_1x <value>`` (1.0 = f
 
 from __future__ import annotations
 
-import json
 import resource
-import subprocess
-import sys
+
+from benchmarks.timing import in_fresh_processes, measured_once
 
 SIZES = (40, 160, 640)
 
@@ -35,14 +34,9 @@ def measure(n_sentences: int) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(measure(int(sys.argv[2]))))
+    if measured_once(measure):
         return
-    rows = []
-    for n in SIZES:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.stats_memory", "--one", str(n)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = in_fresh_processes("benchmarks.stats_memory", SIZES)
     print(f"{'sentences':>10}{'tokens':>10}{'state MB':>10}{'peak RSS MB':>13}")
     for row in rows:
         print(f"{row['sentences']:>10}{row['tokens']:>10}{row['state_bytes'] / 2**20:>10.2f}{row['peak_rss_mb']:>13.0f}")

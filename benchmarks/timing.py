@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -62,3 +65,23 @@ def non_pad_tokens(work: list[Batch]) -> int:
 
 def describe(work: list[Batch]) -> str:
     return f"{len(work)} batches x {tuple(work[0].input_ids.shape)}"
+
+
+def in_fresh_processes(module: str, sizes: Sequence[int]) -> list[dict]:
+    """``python -m module --one N`` for each size, each in a new process (so each peak RSS is its own); returns
+    the JSON dict each printed last. The module's ``main`` answers ``--one N`` with :func:`measured_once`."""
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, "-m", module, "--one", str(n)], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def measured_once(measure: Callable[[int], dict]) -> bool:
+    """If this process was started as ``--one N`` by :func:`in_fresh_processes`: print ``measure(N)`` as JSON and
+    return True."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(measure(int(sys.argv[2]))))
+        return True
+    return False
