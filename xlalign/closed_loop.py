@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from contextlib import ExitStack
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
