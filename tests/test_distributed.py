@@ -111,7 +111,7 @@ def test_neuron_statistics_gathered_across_two_ranks_equal_the_single_process_st
         done = subprocess.run([*command, str(script), str(tmp_path / name)], env=environment, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "two.pt"))
     assert one["languages"] == two["languages"] == ["eng", "deu", "jpn", "arb", "hin"]
     assert list(one["state"]) == list(two["state"]) and len(one["state"]) == 4 * 5 * 9
     for name, tensor in one["state"].items():
