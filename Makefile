@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # told (--compile-bytecode): with PYTHONDONTWRITEBYTECODE set, every process would compile its imports, ~20 s.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench notebooks figures clean
 
 $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
 	rm -rf $(VENV)
@@ -27,6 +27,14 @@ demo: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run.py --out out/notebooks
+
+# Every figure of results/ from its committed CSV (no model), as PNG and PDF beside it.
+figures: $(STAMP)
+	$(BIN)/python -m scripts.figures.steering_before_after
+	$(BIN)/python -m scripts.figures.steering_pareto
+	$(BIN)/python -m scripts.figures.bf16_alignment
+	$(BIN)/python -m scripts.figures.lape_ablation
+	$(BIN)/python -m scripts.figures.moe_routing
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

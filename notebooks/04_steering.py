@@ -56,7 +56,7 @@ xl.summary.before_after(evaluation)
 xl.summary.pareto(evaluation)
 
 # %%
-fidelity = evaluation[evaluation.metric == "lang_fidelity"].pivot_table(index=["method", "setting"],
+fidelity = evaluation[evaluation.metric == "line_fidelity"].pivot_table(index=["method", "setting"],
                                                                         columns="language", values="on")
 fidelity.round(2)
 

@@ -28,7 +28,7 @@ def main(path: str) -> None:
         row = {metric: part.iloc[0] for metric, part in unit.groupby("metric")}
         mexa, retrieval = row["mexa_mean_after"], row["retrieval_top1_mean_after"]
         loss, pivot = row["loss_target"], row["loss_pivot"]
-        fidelity = row.get("lang_fidelity")
+        fidelity = row.get("line_fidelity")
         cells = [
             method, setting, language, f"{mexa.off:.3f} → {mexa.on:.3f} ({_interval(mexa)})", _interval(retrieval),
             f"{100 * loss.delta / loss.off:+.1f}%", f"{pivot.delta:+.3f}",

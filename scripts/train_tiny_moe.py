@@ -3,8 +3,10 @@
 A model that has learned something shows routing structure: divergence from English that differs across
 languages and layers. Promoting, in the middle layers, the experts English uses most (Bandarkar et al.)
 should lower that divergence. Routing is fitted on the training split and measured on held-out sentences;
-the results (and the command that made them) go to a Markdown file. No weights are saved: the run is seeded
-and takes a few CPU minutes on one core.
+the results (and the command that made them) go to a Markdown file, and as tidy tables beside it (``--out
+results/moe_routing.md``: ``results/moe_routing/routing.csv`` with columns ``model, setting, layer, language,
+metric, value`` and ``loss.csv`` with ``setting, language, loss``; English is never steered). The run is
+seeded and takes a few CPU minutes on one core; ``--save DIR`` keeps the trained model (``TinyMoE.load``).
 
     PYTHONPATH=. python scripts/train_tiny_moe.py --out results/moe_routing.md
 """
@@ -12,7 +14,6 @@ and takes a few CPU minutes on one core.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import time
@@ -21,60 +22,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probes.analysis import expert_set_overlap, router_matrices, routing_divergence
-from probes.capture import Tokenization, batches, trace_router
-from probes.data import ParallelCorpus, demo_corpus
-from probes.model import random_model, router_layers
-from steer.apply import steer
-from steer.evaluate import next_token_loss
-from steer.router import middle_layers, promote_pivot_experts
-
-PIVOT = "eng"
-SIZES = dict(
-    hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-    num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.02, max_position_embeddings=128,
-)  # fmt: skip
+from probes.model import router_layers
+from steer.router import middle_layers
+from xlalign.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table
+from xlalign.tiny_moe import SIZES, demo_splits, train_tiny_moe, untrained_tiny_moe
 
 
-def train(
-    model, tokenizer, corpus: ParallelCorpus, *, steps: int, batch_size: int, lr: float, seed: int
-) -> list[float]:
-    """Next-token training on sentences of every language, shuffled together; returns the loss curve."""
-    texts = [text for lang in corpus.languages for text in corpus.texts(lang)]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-    )
-    model.train()
-    losses, start = [], time.time()
-    for step in range(steps):
-        picked = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
-        (batch,) = batches(tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96))
-        labels = batch.input_ids.masked_fill(~batch.attention_mask.bool(), -100)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
-                    output_router_logits=True)  # fmt: skip
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {out.loss.item():.3f}  {time.time() - start:.0f}s", file=sys.stderr)
-    model.eval()
-    return losses
-
-
-def routing_tables(model, tokenizer, corpus: ParallelCorpus, plan=()) -> tuple[pd.DataFrame, dict]:
-    """Divergence and top-k overlap vs English on ``corpus``; ``plan`` steers every language but English."""
-    traces = {}
-    for lang in corpus.languages:
-        with steer(model, list(plan) if lang != PIVOT else []):
-            traces[lang] = trace_router(model, tokenizer, corpus.texts(lang))
-    importance = router_matrices(traces, "weight")  # Bandarkar et al.'s released code: total actual weight
-    table = pd.concat([routing_divergence(importance, PIVOT), expert_set_overlap(importance, PIVOT, k=2)])
-    return table, traces
+def routing_tables(model, tokenizer, corpus, plan=()) -> pd.DataFrame:
+    return routing_table(router_traces(model, tokenizer, corpus, plan))
 
 
 def layer_means(table: pd.DataFrame, metric: str) -> pd.Series:
@@ -119,14 +74,6 @@ def summary(jsd: pd.DataFrame, per_layer: pd.DataFrame, per_language: pd.DataFra
     ]  # fmt: skip
 
 
-def losses_by_language(model, tokenizer, corpus: ParallelCorpus, plan=()) -> dict[str, float]:
-    out = {}
-    for lang in corpus.languages:
-        with steer(model, list(plan) if lang != PIVOT else []):
-            out[lang] = next_token_loss(model, tokenizer, corpus.texts(lang))
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -136,25 +83,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--deltas", default="0.5,1,2", help="router bias strengths to report")
     parser.add_argument("--out", default="results/moe_routing.md")
+    parser.add_argument("--save", help="directory to save the trained model, tokenizer and training record in")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
 
-    train_set, test_set = demo_corpus().split(test_fraction=0.2, seed=args.seed)
-    model, tokenizer = random_model("mixtral", seed=args.seed, **SIZES)
-    untrained, _ = routing_tables(model, tokenizer, test_set)
-    curve = train(model, tokenizer, train_set, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    train_set, test_set = demo_splits(args.seed)
+    model, tokenizer = untrained_tiny_moe(args.seed)
+    untrained = routing_tables(model, tokenizer, test_set)
+    tiny = train_tiny_moe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    model, curve = tiny.model, tiny.curve
     trained_at = time.time() - start
+    if args.save:
+        tiny.save(args.save)
 
-    baseline, _ = routing_tables(model, tokenizer, test_set)
-    _, fit_traces = routing_tables(model, tokenizer, train_set.subset([PIVOT]))
-    usage = {layer: fit_traces[PIVOT].importance(layer, "selected").mean(dim=0) for layer in router_layers(model)}
+    baseline = routing_tables(model, tokenizer, test_set)
+    usage = pivot_usage(model, tokenizer, train_set)
     middle = middle_layers(router_layers(model))
     steered = {}
-    for delta in (float(d) for d in args.deltas.split(",")):
-        plan = [promote_pivot_experts(usage, n_experts=2, delta=delta, layers=middle)]
-        table, _ = routing_tables(model, tokenizer, test_set, plan)
+    for delta, plan in promotions(usage, [float(d) for d in args.deltas.split(",")]).items():
+        table = routing_tables(model, tokenizer, test_set, plan)
         steered[delta] = (table, losses_by_language(model, tokenizer, test_set, plan))
     plain_loss = losses_by_language(model, tokenizer, test_set)
 
@@ -163,7 +112,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
+    write_tables(Path(args.out).with_suffix(""), untrained, baseline, steered, plain_loss)
     print(report)
+
+
+def write_tables(folder: Path, untrained, baseline, steered, plain_loss) -> None:
+    """``routing.csv`` (model, setting, layer, language, metric, value) and ``loss.csv`` (setting, language, loss)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"none": (baseline, plain_loss), **{f"promote delta={d:g}": pair for d, pair in steered.items()}}
+    routing = [untrained.assign(model="untrained", setting="none")]
+    routing += [table.assign(model="trained", setting=setting) for setting, (table, _) in settings.items()]
+    columns = ["model", "setting", "layer", "language", "metric", "value"]
+    pd.concat(routing, ignore_index=True)[columns].to_csv(folder / "routing.csv", index=False)
+    loss = [dict(setting=setting, language=lang, loss=value)
+            for setting, (_, losses) in settings.items() for lang, value in losses.items()]  # fmt: skip
+    pd.DataFrame(loss, columns=["setting", "language", "loss"]).to_csv(folder / "loss.csv", index=False)
 
 
 def render(args, argv, untrained, baseline, steered, plain_loss, usage, middle, curve, trained_at, total) -> str:
@@ -200,6 +163,9 @@ def render(args, argv, untrained, baseline, steered, plain_loss, usage, middle, 
         f"{SIZES['router_aux_loss_coef']}; {args.steps} steps of {args.batch_size} sentences from all 14 languages "
         f"of the demo corpus (CC0), seed {args.seed}. Training loss {curve[0]:.2f} -> "
         f"{sum(curve[-50:]) / len(curve[-50:]):.2f} (mean of the last 50 steps).",
+        "",
+        "Every number below is in `moe_routing/routing.csv` and `moe_routing/loss.csv`; the figures",
+        "`moe_routing/divergence.png` and `moe_routing/promotion.png` are drawn from them (`make figures`).",
         "",
         "Routing is measured on the held-out 20% of the sentences (parallel across languages) as Bandarkar et",
         "al.'s released code computes it: expert importance = per token the top-2 routing weights renormalised,",

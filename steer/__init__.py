@@ -13,6 +13,7 @@ _EXPORTS = {
     "Ablate": "steer.interventions",
     "ApplyMap": "steer.interventions",
     "HeadShift": "steer.interventions",
+    "Erase": "steer.interventions",
     "SetNeurons": "steer.interventions",
     "ZeroNeurons": "steer.interventions",
     "Patch": "steer.patch",

@@ -10,7 +10,11 @@ of the model is changed (``generate`` is wrapped on the instance while a block i
 
 Stateless: each forward pass's tokens are read from that pass alone (mask, cache length and, inside
 ``generate``, the prompt's width), so the same input and plan give the same result whatever ran before, and
-cached and uncached generation are steered identically. ``router`` interventions see an MoE gate's logits
+cached and uncached generation are steered identically. Gating on the language the model itself detects
+(``languages=`` a :class:`~probes.artifacts.LanguageDetector`) classifies each example from its prompt's pooled
+activations at the detector's layer inside the same forward pass; a cached decode step, whose pass holds no
+prompt token, reuses what its prompt's pass detected (kept per prompt call, which the pass tracker knows from
+the cache or the ``generate`` call). ``router`` interventions see an MoE gate's logits
 ``(batch, tokens, experts)``; the top-k of the tokens they change is recomputed by the family's own rule.
 """
 
@@ -22,12 +26,16 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from probes.artifacts import LanguageDetector
+from probes.capture import pool
 from probes.capture.context import tracking
 from probes.model import HookSet, Site, edit_site, site_shape
 from steer.interventions import EditContext, Intervention, InterventionError
 from steer.schedule import Schedule
 
 PlanItem = Intervention | tuple[Intervention, Schedule]
+Languages = Sequence[str] | str | LanguageDetector | None
+DETECTED_CALLS = 16  # prompt calls whose detected languages a handle keeps for their decode steps
 
 
 def _plan(plan: Sequence[PlanItem]) -> list[tuple[Intervention, Schedule]]:
@@ -45,10 +53,11 @@ def _plan(plan: Sequence[PlanItem]) -> list[tuple[Intervention, Schedule]]:
 class SteerHandle:
     """Hooks that apply a plan until :meth:`remove` is called."""
 
-    def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | str | None = None):
+    def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None):
         self.model = model
         self.plan = _plan(plan)
         self.set_languages(languages)
+        self._detected: dict[int, dict[int, str]] = {}  # prompt call -> example -> detected language
         checked = []
         for intervention, schedule in self.plan:
             for layer in intervention.layers:
@@ -64,19 +73,59 @@ class SteerHandle:
         try:
             self._tracker = self._stack.enter_context(tracking(model))
             hooks = self._stack.enter_context(HookSet())
+            if self.detector is not None:
+                self._check_detector(model, sites)
+                edit_site(hooks, model, self.detector.site, self._detect)
             for intervention, schedule, site in checked:
                 edit_site(hooks, model, site, self._editor(intervention, schedule, site))
         except BaseException:
             self.remove()
             raise
 
-    def set_languages(self, languages: Sequence[str] | str | None) -> None:
-        """The language of each example of the next forward passes (one code: all examples), for gating."""
-        self.languages = languages if languages is None or isinstance(languages, str) else tuple(languages)
+    def set_languages(self, languages: Languages) -> None:
+        """The language of each example of the next forward passes (one code: all examples; a detector: what it
+        detects per example), for gating."""
+        self.detector = languages if isinstance(languages, LanguageDetector) else None
+        if self.detector is not None or languages is None or isinstance(languages, str):
+            self.languages = None if self.detector is not None else languages
+        else:
+            self.languages = tuple(languages)
+
+    def _check_detector(self, model: nn.Module, sites: list[Site]) -> None:
+        self.detector.check_fits(model, where="the language detector")
+        early = sorted({site for site in sites if site.layer <= self.detector.layer})
+        if early:
+            raise InterventionError(
+                f"the detector reads {self.detector.site}, so the plan may only edit later layers; it edits "
+                f"{', '.join(map(str, early))}"
+            )
+
+    def _detect(self, x: Tensor) -> None:
+        """At the detector's site: each example's language from its prompt tokens, or its prompt call's."""
+        ctx = self._tracker.current
+        prompt = ctx.counted & (ctx.decode_step == 0)
+        known = self._detected.get(ctx.call, {})
+        if bool((prompt.sum(dim=1) == ctx.prompt_length.to(prompt.device)).all()) and bool(prompt.any(dim=1).all()):
+            found = self.detector.predict(pool(x, prompt.to(x.device), self.detector.pooling))
+            known = {**known, **dict(zip(ctx.example.tolist(), found))}
+            self._detected[ctx.call] = known
+            while len(self._detected) > DETECTED_CALLS:
+                self._detected.pop(next(iter(self._detected)))
+        missing = [e for e in ctx.example.tolist() if e not in known]
+        if missing:
+            raise InterventionError(
+                f"examples {missing} continue a prompt whose language was not detected (its forward pass ran "
+                "outside this steer() block); run the prompt inside it"
+            )
+        self.languages = [known.get(e) for e in range(max(known) + 1)]
+        return None
 
     def touches(self, language: str) -> bool:
         """Whether any plan item can edit an example in ``language``; if not, such inputs run exactly as
-        without the plan (every edit returns the tensor unchanged)."""
+        without the plan (every edit returns the tensor unchanged). Under a detector, any gated item can."""
+        if self.detector is not None:  # a misdetected example may be gated into any plan item
+            return any(schedule.languages is None or set(schedule.languages) & set(self.detector.languages)
+                       for _, schedule in self.plan)  # fmt: skip
         return any(not schedule.excludes(language) for _, schedule in self.plan)
 
     def remove(self) -> None:
@@ -132,9 +181,7 @@ class SteerHandle:
 
 
 @contextmanager
-def steer(
-    model: nn.Module, plan: Sequence[PlanItem], *, languages: Sequence[str] | str | None = None
-) -> Iterator[SteerHandle]:
+def steer(model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None) -> Iterator[SteerHandle]:
     """Apply ``plan`` to ``model`` inside the block; the hooks are removed on exit, whatever happens."""
     handle = SteerHandle(model, plan, languages=languages)
     try:

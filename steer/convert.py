@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from probes.artifacts import Artifact, LinearMap, NeuronSet, ShiftVector
-from steer.interventions import AddVector, ApplyMap, HeadShift, Intervention, InterventionError, SetNeurons, ZeroNeurons
+from probes.artifacts import Artifact, Eraser, LinearMap, NeuronSet, ShiftVector
+from steer.interventions import (
+    AddVector, ApplyMap, Erase, HeadShift, Intervention, InterventionError, SetNeurons, ZeroNeurons,
+)
 
 
-def default_layers(artifact: ShiftVector | LinearMap, layers: Sequence[int] | None = None) -> list[int]:
+def default_layers(artifact: ShiftVector | LinearMap | Eraser, layers: Sequence[int] | None = None) -> list[int]:
     """``layers`` (checked against the artifact), else its recommended layers, else all of them."""
     if layers is None:
         return list(artifact.recommended_layers or artifact.layers)
@@ -62,17 +64,26 @@ def zero_neurons(neurons: NeuronSet, language: str) -> ZeroNeurons:
     return ZeroNeurons(neurons.units(language), neurons.component)
 
 
+def erase(eraser: Eraser, strength: float = 1.0, layers: Sequence[int] | None = None) -> Erase:
+    """Erase the language at ``layers`` with a fitted LEACE eraser."""
+    chosen = default_layers(eraser, layers)
+    return Erase(*({layer: part[layer] for layer in chosen} for part in (eraser.proj_left, eraser.proj_right,
+                                                                       eraser.bias)), strength, eraser.component)
+
+
 def to_intervention(
     artifact: Artifact, *, strength: float = 1.0, language: str | None = None, layers: Sequence[int] | None = None
 ) -> Intervention:
     """The intervention an artifact calls for: a shift vector adds (``head``: shifts heads) with ``alpha =
     strength``, a map interpolates with ``sigma = strength``, LAPE neurons of ``language`` are zeroed, other
-    neuron sets (AP experts) set to their median response."""
+    neuron sets (AP experts) set to their median response, an eraser erases (``strength`` 1: fully)."""
     if isinstance(artifact, ShiftVector):
         make = head_shift if artifact.component == "head" else add_vector
         return make(artifact, strength, layers)
     if isinstance(artifact, LinearMap):
         return apply_map(artifact, strength, layers=layers)
+    if isinstance(artifact, Eraser):
+        return erase(artifact, strength, layers)
     if isinstance(artifact, NeuronSet):
         if language not in artifact.languages:
             raise InterventionError(f"name a language: the NeuronSet has units for {', '.join(artifact.languages)}")

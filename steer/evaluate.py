@@ -4,7 +4,8 @@ For each language and setting, every alignment metric is computed per layer betw
 sentences and the language's sentences with the intervention off and on; the confidence interval of the
 change comes from a paired bootstrap over sentences. Side effects: next-token loss on the language's and on
 the pivot's held-out text (the pivot runs with the same plan: a plan gated to the language leaves it
-untouched), and the output-language fidelity of greedy continuations, judged by a character n-gram identifier.
+untouched), and the output-language fidelity of greedy continuations: the line- and word-level pass rates of the
+language-confusion literature (:class:`probes.analysis.OutputLanguage`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
-from probes.analysis import PAIR_METRICS, bootstrap_ci
-from probes.capture import Tokenization, batches, pooling_during
+from probes.analysis import PAIR_METRICS, OutputLanguage, bootstrap_ci
+from probes.artifacts import LanguageDetector
+from probes.capture import Tokenization, batches, capture, pooling_during
 from probes.capture.context import batch_context, new_call
 from probes.capture.decoder import run_batches
 from probes.capture.passes import forward, generate
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
-from probes.find import LanguageIdentifier
 from probes.model import ModelError, Site, has_lm_head, n_layers, unwrap
 from steer.apply import PlanItem, steer
 
@@ -43,6 +44,13 @@ class Setting:
     setting: str
     layer: int  # the first layer the plan edits; summaries average the layers from here on
     plan: Callable[[str, Sequence[str]], Sequence[PlanItem]]
+    detected: bool = False  # gate on the language evaluate's detector finds, not on the true one
+
+
+def gated_by_detection(settings: Sequence[Setting], detector_layer: int) -> list[Setting]:
+    """Copies of the ``settings`` whose first edited layer comes after ``detector_layer``, gated on the language
+    the detector finds in each example (``setting`` gains ``,gate=detected``)."""
+    return [replace(s, setting=f"{s.setting},gate=detected", detected=True) for s in settings if s.layer > detector_layer]
 
 
 def _need_lm_head(model: nn.Module, what: str) -> None:
@@ -128,7 +136,7 @@ class _Measured:
 
     pooled: dict[Site, Tensor]
     loss: float
-    fidelity: float
+    fidelity: dict[str, float]  # line_fidelity, word_fidelity (scripts other than Latin only)
 
 
 def evaluate(
@@ -139,7 +147,8 @@ def evaluate(
     *,
     languages: Sequence[str],
     pivot: str = "eng",
-    identifier: LanguageIdentifier | None = None,
+    fidelity: OutputLanguage | None = None,
+    detector: LanguageDetector | None = None,
     metrics: Sequence[str] = EVAL_METRICS,
     component: str = "hidden",
     pooling: str = "weighted",
@@ -159,8 +168,13 @@ def evaluate(
     ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
     that layer), ``loss_target``, ``loss_pivot`` (on the first ``n_loss`` texts: the LM head of a large
     vocabulary dominates the cost; the pivot pass is skipped when every plan item is gated to other languages,
-    which leaves pivot inputs exactly as they are, so ``on`` is ``off``) and, when an ``identifier`` is given,
-    ``lang_fidelity`` (greedy continuations of the first ``n_prompts`` texts).
+    which leaves pivot inputs exactly as they are, so ``on`` is ``off``) and, when ``fidelity`` is given and knows
+    the language, ``line_fidelity`` and (not for Latin script) ``word_fidelity`` of greedy 12-token continuations
+    of the first ``n_prompts`` texts (:meth:`OutputLanguage.line_pass_rate`, :meth:`~OutputLanguage.word_pass_rate`;
+    NaN when no continuation had a line long enough to judge). Settings with ``detected`` are gated by
+    ``detector`` (:func:`gated_by_detection`): their pivot pass is always measured, as a misdetected pivot
+    sentence is steered, and their units carry ``detection_accuracy``, the share of the language's held-out
+    texts the detector identifies (``off`` and ``on``).
 
     Each (language, setting) is a unit: ``on_unit`` receives its rows as soon as they are computed, and the units
     already in ``done`` (an earlier, interrupted evaluation) are taken from it instead of being computed again.
@@ -173,16 +187,17 @@ def evaluate(
         texts = test.texts(lang)
         pooled, loss = pooled_and_loss(model, tokenizer, texts, sites, pooling=pooling, n_loss=n_loss,
                                        tokenization=tokenization)  # fmt: skip
-        if identifier is None:
-            return _Measured(pooled, loss, float("nan"))
+        if fidelity is None or not fidelity.knows(lang):
+            return _Measured(pooled, loss, {})
         outputs = continuations(model, tokenizer, texts[:n_prompts], tokenization=tokenization)
-        return _Measured(pooled, loss, sum(found == lang for found in identifier.predict(outputs)) / len(outputs))
+        return _Measured(pooled, loss, fidelity.pass_rates(outputs, lang))
 
     pivot_texts = test.texts(pivot)[:n_loss]
     if todo:
         reference, pivot_off = pooled_and_loss(model, tokenizer, test.texts(pivot), sites, pooling=pooling,
                                                n_loss=n_loss, tokenization=tokenization)  # fmt: skip
     pending = {lang for lang, _ in todo}
+    accuracies: dict[str, float] = {}
     units = []
     with progress_bar(progress, "evaluate") as bar:
         add_steps(bar, len(todo) + len(pending))
@@ -197,24 +212,41 @@ def evaluate(
                     units.append(finished[head])
                     continue
                 bar.set_description(f"evaluate {lang}: {setting.method}")
-                with steer(model, setting.plan(lang, test.texts(lang)), languages=lang) as handle:
+                if setting.detected and detector is None:
+                    raise ValueError(f"setting {setting.method} {setting.setting} is gated by detection: pass a detector")
+                gate = (lambda language: detector) if setting.detected else (lambda language: language)
+                with steer(model, setting.plan(lang, test.texts(lang)), languages=gate(lang)) as handle:
                     on = measured(lang)
                     touched = handle.touches(pivot)
                 pivot_on = pivot_off  # a plan gated to other languages leaves the pivot exactly as it is
                 if touched:
-                    with steer(model, setting.plan(lang, pivot_texts), languages=pivot):
+                    with steer(model, setting.plan(lang, pivot_texts), languages=gate(pivot)):
                         pivot_on = next_token_loss(model, tokenizer, pivot_texts, tokenization=tokenization)
                 rows = _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
                 rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
-                if identifier is not None:
-                    rows.append((*head, setting.layer, "lang_fidelity", off.fidelity, on.fidelity,
-                                 on.fidelity - off.fidelity, None, None))  # fmt: skip
+                rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
+                          on.fidelity[name] - off.fidelity[name], None, None) for name in off.fidelity]  # fmt: skip
+                if setting.detected:
+                    if lang not in accuracies:
+                        accuracies[lang] = detection_accuracy(model, tokenizer, detector, test.texts(lang), lang,
+                                                              tokenization)  # fmt: skip
+                    accuracy = accuracies[lang]
+                    rows.append((*head, setting.layer, "detection_accuracy", accuracy, accuracy, 0.0, None, None))
                 units.append(pd.DataFrame(rows, columns=COLUMNS))
                 if on_unit is not None:
                     on_unit(units[-1])
                 bar.update(1)
     return pd.concat(units, ignore_index=True) if units else pd.DataFrame(columns=COLUMNS)
+
+
+def detection_accuracy(
+    model: nn.Module, tokenizer, detector: LanguageDetector, texts: Sequence[str], language: str,
+    tokenization: Tokenization = Tokenization(),
+) -> float:  # fmt: skip
+    """The share of ``texts`` (all in ``language``) the detector identifies as ``language``."""
+    pooled = capture(model, tokenizer, texts, [detector.site], pooling=detector.pooling, tokenization=tokenization)
+    return sum(found == language for found in detector.predict(pooled[detector.site])) / len(texts)
 
 
 def _alignment_rows(head, first_layer, reference, off, on, metrics, n_boot) -> list[tuple]:

@@ -250,6 +250,37 @@ class ApplyMap:
 
 
 @dataclass(frozen=True)
+class Erase:
+    """LEACE: x <- x - ((x - bias) proj_right^T) proj_left^T at every token, computed by the ``concept-erasure``
+    package's ``LeaceEraser`` (strength 1 erases; ``strength`` s < 1 moves only that far: x - s * correction)."""
+
+    proj_left: dict[int, Float[Tensor, "width k"]]
+    proj_right: dict[int, Float[Tensor, "k width"]]
+    bias: dict[int, Float[Tensor, " width"]]
+    strength: float = 1.0
+    component: str = "resid"
+
+    def __post_init__(self) -> None:
+        for name in ("proj_left", "proj_right", "bias"):
+            object.__setattr__(self, name, frozen_tensors(getattr(self, name)))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.proj_left))
+
+    def check(self, site: Site, shape: tuple[int, ...]) -> None:
+        flat_only(site, "Erase")
+        expect(site, "the eraser's bias", tuple(self.bias[site.layer].shape), shape)
+
+    def edit(self, x: Tensor, ctx: EditContext) -> Tensor:
+        from concept_erasure import LeaceEraser
+
+        layer = ctx.layer
+        eraser = LeaceEraser(self.proj_left[layer].to(x), self.proj_right[layer].to(x), self.bias[layer].to(x))
+        return eraser(x) if self.strength == 1 else x + self.strength * (eraser(x) - x)
+
+
+@dataclass(frozen=True)
 class HeadShift:
     """CLAIM: add alpha * vectors[layer][h] to the output of each chosen head h (before the output projection)."""
 

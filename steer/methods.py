@@ -1,6 +1,9 @@
 """Fit every steering method on a training split and turn the findings into evaluable settings.
 
-Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``incline`` (least-squares maps of
+Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``diffmean`` (CLaS-Bench: the unit
+difference of token means, added with strength alpha at every token of one layer), ``erase`` (LEACE: remove
+the linear language information, fitted on all evaluated languages and the pivot), ``sandwich`` (shift or
+erase at the most aligned layer, re-inject the language's own direction later; :mod:`steer.keeping`), ``incline`` (least-squares maps of
 MLP outputs fitted on INCLINE's half code-switched pairs, applied as its released code applies them: targets
 from a clean pass written at the last prompt token of every layer, :mod:`steer.incline`), ``procrustes``
 (orthogonal map at one layer), ``lape`` (zero the language's LAPE neurons), ``ap`` (set the pivot's AP expert
@@ -20,19 +23,21 @@ import torch
 from torch import nn
 
 from probes.analysis import Activations, risk_difference
-from probes.artifacts import LinearMap, NeuronSet, ShiftVector
+from probes.artifacts import Eraser, LanguageDetector, LinearMap, NeuronSet, ShiftVector
 from probes.capture import NeuronStats, Tokenization, capture, trace_router
 from probes.capture.progress import Progress, progress_bar
 from probes.data import ParallelCorpus
-from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
+from probes.find import LAPE, APExperts, HeadProbe, earliest_detector, fit_diffmean, fit_eraser, fit_map, fit_shift
 from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, model_type, n_layers, router_layers
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
 from steer.incline import fit_incline_maps, incline
+from steer.keeping import alignment_profile, keeping_settings, profile_layers
 from steer.router import promote_pivot_experts, steermoe_experts
 from steer.schedule import gated
 
-METHODS = ("shift", "incline", "procrustes", "lape", "ap", "heads", "router", "steermoe")
+METHODS = ("shift", "diffmean", "erase", "sandwich", "incline", "procrustes", "lape", "ap", "heads", "router", "steermoe")
+KEEPING = {"diffmean", "erase", "sandwich"}  # the language-keeping methods (steer.keeping)
 
 
 def available_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> list[str]:
@@ -50,6 +55,11 @@ class Findings:
 
     layers: int
     shifts: dict[str, ShiftVector] = field(default_factory=dict)
+    diffmean: dict[str, ShiftVector] = field(default_factory=dict)
+    eraser: Eraser | None = None
+    detector: LanguageDetector | None = None
+    profile: dict[int, float] = field(default_factory=dict)  # mean MEXA pivot vs language per layer (training split)
+    keeping: tuple[str, ...] = ()  # which of KEEPING were asked for (steer.keeping's settings)
     incline: dict[str, LinearMap] = field(default_factory=dict)
     procrustes: dict[str, LinearMap] = field(default_factory=dict)
     heads: dict[str, ShiftVector] = field(default_factory=dict)
@@ -72,10 +82,13 @@ def fit_methods(
     n_heads: int = 8,
     ap_k: int = 100,
     incline_style: str | None = None,
+    detect: bool = False,
     tokenization: Tokenization = Tokenization(),
     progress: Progress = False,
 ) -> Findings:
-    """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``).
+    """Fit ``methods`` for each of ``languages`` against ``pivot`` on ``train`` (pooled with ``mean``); with
+    ``detect``, also a language detector (:func:`probes.find.earliest_detector`) at the first layer that tells
+    the languages apart, below the most aligned one (for gating on the model's own detection).
 
     One forward pass per language feeds most methods: pooled ``resid`` (shift, Procrustes), ``head`` in the
     middle layers (CLAIM), ``mlp_act`` (AP experts) and streaming ``mlp_gate`` counts (LAPE). LAPE compares
@@ -93,7 +106,7 @@ def fit_methods(
     every_layer = range(1, depth + 1)
     middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
     wanted = {
-        "resid": every_layer if {"shift", "procrustes"} & set(methods) else (),
+        "resid": every_layer if {"shift", "procrustes", *KEEPING} & set(methods) or detect else (),
         "head": middle if "heads" in methods else (),
         "mlp_act": every_layer if "ap" in methods else (),
         "router": router_layers(model) if "router" in methods else (),
@@ -102,6 +115,7 @@ def fit_methods(
     everyone = [pivot, *languages]
     lape_languages = list(lape_languages or everyone) if "lape" in methods else []
     stats = NeuronStats(bins=0)
+    token_means = NeuronStats(bins=0)  # DiffMean: residual means over every token (not sentence means)
     data: dict[tuple[Site, str], torch.Tensor] = {}
     order = list(dict.fromkeys([*everyone, *lape_languages]))
     with progress_bar(progress, "fit") as bar:
@@ -116,6 +130,8 @@ def fit_methods(
             def count_active(site: Site, values: torch.Tensor, _rows, lang=lang) -> None:
                 if site.component == "mlp_gate":
                     stats.add(site, lang, values)
+                elif site.component == "resid" and {"diffmean", "sandwich"} & set(methods) and lang in everyone:
+                    token_means.add(site, lang, values)
 
             pooled = capture(model, tokenizer, train.texts(lang), sites, on_tokens=count_active,
                              tokenization=tokenization, progress=bar)  # fmt: skip
@@ -130,14 +146,16 @@ def fit_methods(
             routed = {lang: trace_router(model, tokenizer, train.texts(lang), tokenization=tokenization)
                       for lang in everyone}  # fmt: skip
         bar.set_description(f"fit: {', '.join(methods)}")
-    stats.model = identity
-    found = Findings(depth)
+    stats.model = token_means.model = identity
+    found = Findings(depth, keeping=tuple(method for method in methods if method in KEEPING))
     acts = Activations(data, model=identity, pooling="mean", ids=train.ids) if data else None
     if "incline" in methods:
         found.incline = incline_maps
     for lang in languages:
         if "shift" in methods:
             found.shifts[lang] = fit_shift(acts, lang, pivot=pivot)
+        if {"diffmean", "sandwich"} & set(methods):
+            found.diffmean[lang] = fit_diffmean(token_means, lang, pivot=pivot, layers=every_layer)
         if "procrustes" in methods:
             found.procrustes[lang] = fit_map(acts, lang, pivot=pivot, method="procrustes")
         if "heads" in methods:
@@ -151,6 +169,15 @@ def fit_methods(
         found.risk = {lang: {layer: risk_difference(routed[pivot].probs[layer], routed[lang].probs[layer],
                                                     found.experts_per_token) for layer in routed[pivot].layers}
                       for lang in languages}  # fmt: skip
+    if {"erase", "sandwich"} & set(methods):
+        found.eraser = fit_eraser(acts, languages=everyone, layers=list(range(1, depth)))
+    if KEEPING & set(methods) or detect:
+        by_layer = dict(acts.by_layer("resid", everyone))
+        found.profile = alignment_profile({layer: rows[pivot] for layer, rows in by_layer.items()},
+                                          [{layer: rows[lang] for layer, rows in by_layer.items()} for lang in languages])
+    if detect:
+        below = range(1, max(2, profile_layers(found.profile)[0]))
+        found.detector = earliest_detector(acts, list(below), languages=everyone)
     if "lape" in methods:
         found.lape = LAPE().fit(stats, languages=lape_languages).neurons_
     if "ap" in methods:
@@ -169,8 +196,10 @@ def incline_grid(sigmas: Sequence[float] = INCLINE_SIGMAS) -> list[tuple[str, fl
 def settings(
     found: Findings, model: nn.Module | None = None, tokenizer=None, *, pivot: str = "eng",
     incline_settings: Sequence[tuple[str, float]] = tuple(incline_grid()), tokenization: Tokenization = Tokenization(),
+    sweep: bool = False,
 ) -> list[Setting]:  # fmt: skip
-    """The evaluated grid: a few strengths and layers per method, every plan gated to its language.
+    """The evaluated grid: a few strengths and layers per method, every plan gated to its language (``sweep``:
+    the language-keeping methods over layers and strengths, :func:`steer.keeping.keeping_settings`).
 
     ``incline_settings``: the (mode, sigma) pairs of INCLINE (:func:`steer.incline.incline`, sign +1: the
     released BLOOM script's ``c + sigma c W``; the Llama script's sigma is the negative); its plans are built
@@ -183,6 +212,7 @@ def settings(
         for layer, alpha in ((middle, 0.5), (middle, 1.0)):
             out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, texts, layer=layer,
                                alpha=alpha: [(add_vector(found.shifts[lang], alpha, [layer]), gated([lang]))]))
+    out += keeping_settings(found, sweep=sweep)
     if found.incline:
         if model is None or tokenizer is None:
             raise ValueError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")

@@ -1,59 +1,126 @@
 """Summaries of a steering evaluation (the table of :func:`steer.evaluate.evaluate`): the best setting per
-method, the gain-vs-cost summary, and their figures (before/after per layer, the Pareto view)."""
+method, the gain-vs-cost summary, the Pareto front with the language-keeping goal, and their figures
+(before/after per layer, the Pareto view)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import StrMethodFormatter
+
+from probes.plots.style import (
+    TEXT_WIDTH, layer_axis, legend_columns, metric_label, metric_name, metric_unit, paper_figure, series_styles,
+)  # fmt: skip
 
 
+@paper_figure
 def before_after(evaluation: pd.DataFrame, metric: str = "mexa") -> Figure:
     """Per layer, ``metric`` with the intervention off (dashed) and on (solid): one panel per method (its
-    best setting), one colour per language. ``evaluation`` has the columns of :data:`steer.evaluate.COLUMNS`."""
+    best setting), one colour and marker per language. ``evaluation`` has the columns of
+    :data:`steer.evaluate.COLUMNS`."""
     rows = evaluation[evaluation["metric"] == metric]
     best = best_settings(evaluation, f"{metric}_mean_after")
-    methods = list(best["method"])
     languages = sorted(rows["language"].unique())
-    colors = dict(zip(languages, colormaps["tab20"].colors))
-    columns = max(1, min(3, len(methods)))
-    rows_of_panels = -(-max(1, len(methods)) // columns)
-    figure = Figure(figsize=(4.2 * columns + 1.2, 3.4 * rows_of_panels), layout="constrained")
+    styles = series_styles(languages)
+    columns = max(1, min(3, len(best)))
+    rows_of_panels = -(-max(1, len(best)) // columns)
+    figure = Figure(figsize=(min(TEXT_WIDTH, 1.0 + 2.0 * columns), 0.3 + 2.0 * rows_of_panels), layout="constrained")
     grid = figure.subplots(rows_of_panels, columns, squeeze=False, sharey=True)
     axes = list(grid.flat)
-    for ax in axes[len(methods) :]:
+    for ax in axes[len(best) :]:
         ax.set_visible(False)
     for ax, (_, choice) in zip(axes, best.iterrows()):
         chosen = rows[(rows["method"] == choice["method"]) & (rows["setting"] == choice["setting"])]
         for language, part in chosen.groupby("language"):
             part = part.sort_values("layer")
-            ax.plot(part["layer"], part["off"], linestyle="--", color=colors[language], alpha=0.6)
-            ax.plot(part["layer"], part["on"], marker=".", color=colors[language], label=language)
-        ax.set(title=f"{choice['method']}\n{choice['setting']}", xlabel="layer", ylim=(-0.02, 1.02))
+            style = styles[language]
+            ax.plot(part["layer"], part["off"], linestyle="--", color=style["color"], alpha=0.6, linewidth=0.8)
+            ax.plot(part["layer"], part["on"], label=language, **style)
+        setting = textwrap.fill(choice["setting"].replace(",", ", "), 36)
+        ax.set(title=f"{choice['method']}\n{setting}", ylim=(-0.02, 1.02))
         ax.title.set_fontsize("small")
-        ax.grid(alpha=0.3)
+        layer_axis(ax.xaxis)
+        ax.grid(True)
     for row in grid:
-        row[0].set_ylabel(f"{metric}\n(dashed: off, solid: on)")
-    grid[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        row[0].set_ylabel(metric_label(metric))
+    handles = [*axes[0].get_legend_handles_labels()[0], Line2D([], [], color="grey", linestyle="--", label="off"),
+               Line2D([], [], color="grey", label="on")]  # fmt: skip
+    grid[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       ncols=legend_columns(len(handles)))  # fmt: skip
     return figure
 
 
+def pareto_front(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``summary`` (cost, gain) that no other row beats: no more gain at the same or lower cost."""
+    ordered = summary.sort_values(["cost", "gain"], ascending=[True, False])
+    best_before = ordered["gain"].cummax().shift(fill_value=float("-inf"))
+    return ordered[ordered["gain"] > best_before]
+
+
+def short_labels(summary: pd.DataFrame) -> pd.Series:
+    """Per row of ``summary`` (method, setting): the method and the parts of its setting (comma-separated) that
+    differ between that method's settings."""
+
+    def label(method: str, setting: str, others: list[str]) -> str:
+        varying = [part for part in setting.split(",") if not all(part in other.split(",") for other in others)]
+        return " ".join([method, ", ".join(varying)]).strip()
+
+    settings = summary.groupby("method")["setting"].agg(list)
+    return pd.Series([label(m, s, settings[m]) for m, s in zip(summary["method"], summary["setting"])],
+                     index=summary.index)  # fmt: skip
+
+
+def _label_points(ax, points: pd.DataFrame, front: pd.Index, near: float = 7.0) -> None:
+    """Write each point's label beside it: up-left on the front (clear of its line; not its first point, nor near
+    the left edge), down-right elsewhere, to the left near the right edge. Points within ``near`` typographic
+    points of each other share one annotation, a label a line."""
+    ax.get_ylim()  # settle the autoscaled limits before reading positions
+    xy = points[["cost", "gain"]].to_numpy()
+    shown = ax.transData.transform(xy) * 72 / ax.figure.dpi
+    groups: dict[int, list[str]] = {}  # row of the first point -> the labels written there
+    for row, label in enumerate(points["label"]):
+        anchor = next((first for first in groups if abs(shown[first] - shown[row]).max() < near), row)
+        groups.setdefault(anchor, []).append(label)
+    to_axes = ax.transData + ax.transAxes.inverted()
+    for row, labels in groups.items():
+        across = to_axes.transform(xy[row])[0]
+        above = points.index[row] in front and points.index[row] != front[0]
+        left = across > 0.8 or (above and across > 0.25)
+        ax.annotate("\n".join(labels), tuple(xy[row]), xytext=(-4 if left else 4, 4 if above else -4),
+                    textcoords="offset points", ha="right" if left else "left", va="bottom" if above else "top",
+                    fontsize=5.5)  # fmt: skip
+
+
+@paper_figure
 def pareto(evaluation: pd.DataFrame, gain: str = "mexa_mean_after", cost: str = "loss_target") -> Figure:
     """Alignment gain against side effect, one point per (method, setting), averaged over languages; the
-    Pareto front (most gain for least cost) is drawn as a line."""
+    Pareto front (most gain for least cost) is drawn as a line, and its points and each method's best setting
+    carry their label. The cost axis is linear to 10% and logarithmic beyond."""
     summary = setting_summary(evaluation, gain, cost)
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    summary = summary.assign(cost=100 * summary["cost"], label=short_labels(summary))
+    methods = sorted(summary["method"].unique())
+    styles = series_styles(methods)
+    figure = Figure(figsize=(TEXT_WIDTH * 0.62, 3.0), layout="constrained")
     ax = figure.subplots()
     for method, part in summary.groupby("method"):
-        ax.scatter(100 * part["cost"], part["gain"], label=method, s=30)
-    front = summary.sort_values("cost")
-    front = front[front["gain"] >= front["gain"].cummax()]
-    ax.plot(100 * front["cost"], front["gain"], color="grey", linewidth=1, zorder=0)
+        ax.scatter(part["cost"], part["gain"], label=method, s=18, zorder=3, **styles[method])
+    front = pareto_front(summary)
+    ax.plot(front["cost"], front["gain"], color="black", linestyle=":", linewidth=0.8, zorder=1, label="Pareto front")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(min(-1.0, 2 * summary["cost"].min()), max(100.0, 2 * summary["cost"].max()))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.margins(y=0.1)
+    best = summary.loc[summary.groupby("method")["gain"].idxmax()]
+    _label_points(ax, pd.concat([front, best]).drop_duplicates(["method", "setting"]), front.index)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.axvline(0, color="black", linewidth=0.5)
-    ax.set(xlabel=f"{cost}: relative change (%)", ylabel=f"{gain}: change", title="alignment gain vs side effect")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.set(xlabel=f"{metric_name(cost)}: relative change (%)",
+           ylabel=f"{metric_name(gain)}:\nchange ({metric_unit(gain)})", title="alignment gain vs side effect")
+    ax.grid(True)
+    ax.legend(loc="best")
     return figure
 
 
@@ -70,3 +137,31 @@ def best_settings(evaluation: pd.DataFrame, gain: str = "mexa_mean_after") -> pd
     """The setting of each method with the largest mean ``gain`` over languages."""
     summary = setting_summary(evaluation, gain)
     return summary.loc[summary.groupby("method")["gain"].idxmax()].reset_index(drop=True)
+
+
+GOAL = {"gain": 0.10, "fidelity": 0.95, "loss": 0.05}  # MEXA gain (CI above 0), line fidelity, relative loss rise
+
+
+def meets_goal(evaluation: pd.DataFrame, goal: dict = GOAL) -> pd.DataFrame:
+    """Per (method, setting, language): whether MEXA (mean over the layers from the first edited one) rose by at
+    least ``goal['gain']`` with its 95% interval above zero, line-level fidelity stayed at least
+    ``goal['fidelity']`` and the loss on the language rose by at most ``goal['loss']`` (relative)."""
+    keys = ["method", "setting", "language"]
+    rows = evaluation.set_index([*keys, "metric"])
+    gain = rows.xs("mexa_mean_after", level="metric")
+    loss = rows.xs("loss_target", level="metric")
+    fidelity = rows.xs("line_fidelity", level="metric")["on"] if "line_fidelity" in set(evaluation["metric"]) else None
+    table = pd.DataFrame({"gain": gain["delta"], "ci_low": gain["ci_low"], "loss": loss["delta"] / loss["off"]})
+    table["fidelity"] = fidelity if fidelity is not None else float("nan")
+    table["meets"] = ((table["gain"] >= goal["gain"]) & (table["ci_low"] > 0) & (table["fidelity"] >= goal["fidelity"])
+                      & (table["loss"] <= goal["loss"]))  # fmt: skip
+    return table.reset_index()
+
+
+def front_table(evaluation: pd.DataFrame, goal: dict = GOAL) -> pd.DataFrame:
+    """The settings on the Pareto front of MEXA gain vs relative loss cost (means over languages), with their
+    mean line-level fidelity and the number of languages meeting ``goal`` (:func:`meets_goal`)."""
+    front = pareto_front(setting_summary(evaluation))
+    goals = meets_goal(evaluation, goal).groupby(["method", "setting"]).agg(
+        fidelity=("fidelity", "mean"), meeting=("meets", "sum"), languages=("meets", "size"))
+    return front.join(goals, on=["method", "setting"]).reset_index(drop=True)

@@ -18,7 +18,7 @@ from probes.data import demo_corpus
 from probes.find import APExperts
 from probes.model import Site, blocks, load_model, locate
 from steer.evaluate import COLUMNS, next_token_loss
-from steer.methods import METHODS
+from steer.methods import METHODS, fit_methods
 from xlalign.cli import build_parser, main
 
 SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
@@ -100,6 +100,11 @@ def test_run_writes_report_with_figures_and_numbers(llama_run):
         assert [mexa_table[lang, layer] for layer in range(5)] == pytest.approx(per_layer), lang  # MEXA's own rule
     for figure in ("langid_per_layer", "lape_neurons", "before_after", "pareto"):
         assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
+    train, _ = demo_corpus().subset(["eng", "deu", "jpn"], 12).split(test_fraction=0.2)
+    lape = fit_methods(model, tokenizer, train, languages=["deu", "jpn"], methods=["lape"],
+                       lape_languages=train.languages).lape  # fmt: skip
+    drawn = pd.read_csv(out / "lape_neurons.csv")  # the LAPE figure's data: the counts of the run's neurons
+    assert drawn.to_dict("records") == lape.count_per_layer().to_dict("records") and drawn.n_neurons.sum() > 0
     assert "Most aligned layers" in report and "Most language-specific layers" in report
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
@@ -276,7 +281,7 @@ def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     assert main(argv) == 0
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
-    assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "lang_fidelity"} <= set(evaluation.metric)
+    assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "line_fidelity"} <= set(evaluation.metric)
     assert "(pareto.png)" in (out / "report.md").read_text()
     model, tokenizer = tiny("llama")
     _, test = demo_corpus().subset(["eng", "deu"], 20).split(test_fraction=0.2)

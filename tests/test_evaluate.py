@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny
-from probes.analysis import mexa
+from probes.analysis import OutputLanguage, mexa
 from probes.capture import Tokenization, capture, capture_corpus, collect_stats
 from probes.data import demo_corpus
-from probes.find import LAPE, APExperts, LanguageIdentifier, fit_shift
+from probes.find import LAPE, APExperts, fit_shift
 from probes.model import Site
 from steer.apply import steer
 from steer.evaluate import COLUMNS, Setting, continuations, evaluate, next_token_loss
@@ -30,9 +30,8 @@ def shift_setting(alpha: float) -> Setting:
 
 def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus):
     model, tokenizer = tiny("llama")
-    identifier = LanguageIdentifier().fit(corpus)
     table = evaluate(model, tokenizer, corpus, [shift_setting(0.0), shift_setting(3.0)], languages=["deu", "rus"],
-                     identifier=identifier, n_boot=200, n_prompts=4)
+                     fidelity=OutputLanguage(corpus.languages, min_tokens=1), n_boot=200, n_prompts=4)
     assert list(table.columns) == COLUMNS
     zero = table[table.setting == "alpha=0.0"]
     assert (zero.delta.abs() < 1e-12).all(), "a zero vector changes nothing"
@@ -50,7 +49,16 @@ def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus)
     layers = strong[(strong.metric == "mexa") & (strong.layer >= 2)]
     summary = strong[strong.metric == "mexa_mean_after"]
     assert summary.on.item() == pytest.approx(layers.on.mean())
-    assert set(strong.metric) >= {"lang_fidelity", "retrieval_top1", "retrieval_top1_mean_after"}
+    assert set(strong.metric) >= {"line_fidelity", "word_fidelity", "retrieval_top1", "retrieval_top1_mean_after"}
+    german = table[(table.setting == "alpha=3.0") & (table.language == "deu")]
+    assert "word_fidelity" not in set(german.metric), "no word level for a Latin-script language"
+    # The fidelity rows are the pass rates of the continuations, computed directly.
+    prompts = corpus.texts("rus")[:4]
+    with steer(model, shift_setting(3.0).plan("rus", []), languages="rus"):
+        steered = continuations(model, tokenizer, prompts)
+    line = strong[strong.metric == "line_fidelity"]
+    expected = OutputLanguage(corpus.languages, min_tokens=1).line_pass_rate(steered, "rus")
+    assert line.on.item() == pytest.approx(expected, nan_ok=True)
 
 
 def test_pivot_loss_is_measured_when_the_plan_can_touch_the_pivot(corpus):
@@ -70,12 +78,7 @@ def test_pivot_loss_is_measured_when_the_plan_can_touch_the_pivot(corpus):
         assert pivot.on["ungated"] == next_token_loss(model, tokenizer, english) != plain
 
 
-def test_language_identifier_and_continuations(corpus):
-    train, test = demo_corpus().subset(["eng", "deu", "rus", "jpn"]).split(test_fraction=0.25)
-    identifier = LanguageIdentifier().fit(train)
-    for lang in test.languages:
-        predicted = identifier.predict(test.texts(lang))
-        assert sum(p == lang for p in predicted) / len(predicted) >= 0.95, lang
+def test_batched_continuations_equal_one_by_one(corpus):
     model, tokenizer = tiny("qwen3")
     prompts = corpus.texts("deu")[:5]
     batched = continuations(model, tokenizer, prompts, max_new_tokens=4, tokenization=Tokenization(batch_size=5))
@@ -122,3 +125,31 @@ def test_pooling_during_the_loss_equals_capture_and_the_loss_alone(corpus, monke
     for site in sites:
         torch.testing.assert_close(pooled[site], expected[site], atol=1e-5, rtol=1e-5)
     assert loss == next_token_loss(model, tokenizer, texts[:n_loss], tokenization=tokenization)
+
+
+def test_gating_by_detection_equals_true_gating_where_the_detector_is_right(corpus):
+    """A detector fitted on these very sentences identifies them all: the detected twin of a setting then gives
+    the true-gated rows (the pivot's loss is measured, not assumed), and the detection accuracy row is 1."""
+    from probes.analysis import Activations
+    from probes.find import fit_detector
+    from probes.model import model_identity
+    from steer.evaluate import gated_by_detection
+
+    model, tokenizer = tiny("llama")
+    site = Site(1, "resid")
+    pooled = {lang: capture(model, tokenizer, corpus.texts(lang), [site])[site] for lang in corpus.languages}
+    detector = fit_detector(Activations({(site, lang): x for lang, x in pooled.items()}, model=model_identity(model),
+                                        pooling="mean"), 1)  # fmt: skip
+    assert all(detector.predict(x) == [lang] * len(x) for lang, x in pooled.items())
+    setting = shift_setting(3.0)
+    (detected,) = gated_by_detection([setting], detector.layer)
+    assert detected.setting == "alpha=3.0,gate=detected" and gated_by_detection([setting], 2) == []
+    table = evaluate(model, tokenizer, corpus, [setting, detected], languages=["rus"], detector=detector, n_boot=10,
+                     n_loss=8)  # fmt: skip
+    true, found = (table[table.setting == name].set_index(["metric", "layer"]) for name in (setting.setting,
+                                                                                             detected.setting))
+    shared = true.index.intersection(found.index)
+    assert len(shared) == len(true) and (true.loc[shared, "on"] == found.loc[shared, "on"]).all()
+    assert found.loc[("detection_accuracy", 2), "on"] == 1.0
+    with pytest.raises(ValueError, match="pass a detector"):
+        evaluate(model, tokenizer, corpus, [detected], languages=["rus"], n_boot=10, n_loss=8)

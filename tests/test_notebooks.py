@@ -39,7 +39,7 @@ def small(monkeypatch):
 def test_every_notebook_has_a_check():
     assert [path.name for path in runner.notebooks()] == [
         "01_where_languages_meet.py", "02_tokens.py", "03_language_neurons.py", "04_steering.py",
-        "06_from_transformerlens_and_nnsight.py",
+        "05_moe_routing.py", "06_from_transformerlens_and_nnsight.py",
     ]
 
 
@@ -223,3 +223,98 @@ def test_steering_notebook(small, tmp_path):
         steered = xl.continuations(model, tokenizer, prompts)
     assert shown["side"]["alpha=1.0"].tolist() == steered
     assert shown["side"]["plain"].tolist() == xl.continuations(model, tokenizer, prompts)
+
+
+def per_text_mean(per_token: torch.Tensor, text: torch.Tensor, n_texts: int) -> torch.Tensor:
+    return torch.stack([per_token[text == i].mean(0) for i in range(n_texts)])
+
+
+def actual_weight(ids: torch.Tensor, weights: torch.Tensor, experts: int) -> torch.Tensor:
+    """Bandarkar et al.'s actual weight per token, by hand: the top-k weights renormalised, on their experts."""
+    return torch.zeros(len(ids), experts).scatter_(1, ids, weights / weights.sum(1, keepdim=True))
+
+
+def test_moe_routing_notebook(small, tmp_path, monkeypatch):
+    """With XLALIGN_MODEL dense, the notebook studies the tiny MoE saved here; its divergence table equals
+    routing_divergence of the importance computed from the model's own router logits (one sentence at a time);
+    the steering table equals RouterBias on English's top-2 experts applied here, and each family's table the
+    routing traced and weighted by hand."""
+    import pandas as pd
+
+    from probes.analysis import expert_set_overlap, routing_divergence
+    from probes.capture import trace_router
+    from probes.model import MOE_FAMILIES, random_model, router_layers
+    from steer.apply import steer
+    from steer.evaluate import next_token_loss
+    from steer.router import RouterBias
+    from xlalign.tiny_moe import SIZES, TinyMoE, demo_splits, train_tiny_moe
+
+    saved = train_tiny_moe(steps=3).save(tmp_path / "tiny_moe")
+    monkeypatch.setenv("XLALIGN_TINY_MOE", str(saved))
+    monkeypatch.setenv("XLALIGN_SENTENCES", "8")
+    shown = values(runner.FOLDER / "05_moe_routing.py", tmp_path,
+                   "{'routing': routing, 'divergence': divergence, 'steering': steering, 'middle': middle, "
+                   "'families': family_tables, 'source': source}")  # fmt: skip
+    assert shown["images"] == 4, "every figure is drawn"
+    assert shown["source"].startswith(f"the tiny MoE (loaded from {saved}), 3 training steps")
+    tiny = TinyMoE.load(saved)
+    model, tokenizer, k = tiny.model, tiny.tokenizer, SIZES["num_experts_per_tok"]
+    train, test = demo_splits()
+    fit, held_out = train.subset(n=8), test.subset(n=8)
+    importance = {}
+    for lang in held_out.languages:
+        for text in held_out.texts(lang):
+            with torch.no_grad():
+                logits = model(**tokenizer(text, return_tensors="pt"), output_router_logits=True).router_logits
+            for layer, gate in enumerate(logits, start=1):
+                top = gate.softmax(-1).topk(k)
+                row = actual_weight(top.indices, top.values, gate.shape[1]).mean(0)
+                importance.setdefault(layer, {}).setdefault(lang, []).append(row)
+    importance = {layer: {lang: torch.stack(rows) for lang, rows in by_lang.items()}
+                  for layer, by_lang in importance.items()}  # fmt: skip
+    expected = pd.concat([routing_divergence(importance), expert_set_overlap(importance, k=2)], ignore_index=True)
+    pd_testing_equal(shown["routing"][["layer", "language", "metric"]], expected[["layer", "language", "metric"]])
+    np.testing.assert_allclose(shown["routing"].value, expected.value, atol=1e-6)
+    jsd = expected[expected.metric == "jsd"].pivot(index="layer", columns="language", values="value")
+    np.testing.assert_allclose(shown["divergence"].to_numpy(), jsd.to_numpy(), atol=1e-6)
+
+    def traced(model, tokenizer, plan=()):
+        rows = {}
+        for lang in held_out.languages:
+            with steer(model, list(plan) if lang != "eng" else []):
+                trace = trace_router(model, tokenizer, held_out.texts(lang))
+            for layer in trace.layers:
+                weight = actual_weight(trace.ids[layer], trace.weights[layer], trace.logits[layer].shape[1])
+                rows.setdefault(layer, {})[lang] = per_text_mean(weight, trace.text, trace.n_texts)
+        return rows
+
+    english = trace_router(model, tokenizer, fit.texts("eng"))
+    assert shown["middle"] == [3, 4]
+    selected = {layer: torch.zeros(len(english.ids[layer]), 8).scatter_(1, english.ids[layer], 1.0)
+                for layer in shown["middle"]}  # fmt: skip
+    usage = {layer: per_text_mean(chosen, english.text, english.n_texts).mean(0) for layer, chosen in selected.items()}
+    top = {layer: used.topk(2).indices for layer, used in usage.items()}
+    steering = shown["steering"]
+    assert sorted(steering.index) == sorted(set(held_out.languages) - {"eng"})
+    for delta in (0.5, 1.0, 2.0):
+        plan = [RouterBias(top, delta)]
+        table = routing_divergence(traced(model, tokenizer, plan))
+        middle = table[(table.metric == "jsd") & table.layer.isin([3, 4])].groupby("language").value.mean()
+        np.testing.assert_allclose(steering[("middle jsd", f"delta={delta:g}")], middle[steering.index], atol=1e-6)
+        for lang in ("deu", "jpn"):
+            with steer(model, plan):
+                loss = next_token_loss(model, tokenizer, held_out.texts(lang))
+            assert steering.loc[lang, ("loss", f"delta={delta:g}")] == pytest.approx(loss, abs=1e-6)
+    plain = jsd.loc[[3, 4]].mean()
+    np.testing.assert_allclose(steering[("middle jsd", "none")], plain[steering.index], atol=1e-6)
+    plain_loss = next_token_loss(model, tokenizer, held_out.texts("hin"))
+    assert steering.loc["hin", ("loss", "none")] == pytest.approx(plain_loss, abs=1e-6)
+
+    assert list(shown["families"]) == list(MOE_FAMILIES)
+    for family, table in shown["families"].items():
+        family_model, family_tokenizer = random_model(family)
+        weights = traced(family_model, family_tokenizer)
+        assert sorted(weights) == router_layers(family_model) == sorted(table.layer.unique())
+        expected = pd.concat([routing_divergence(weights), expert_set_overlap(weights, k=2)], ignore_index=True)
+        pd_testing_equal(table.drop(columns="value"), expected.drop(columns="value"))
+        np.testing.assert_allclose(table.value, expected.value, atol=1e-6, err_msg=family)

@@ -28,13 +28,13 @@ _MODULES = {
     "probes.analysis": "Activations measure mexa retrieval_top1 retrieval_top1_reverse retrieval_topk strong_alignment_map "
     "strong_alignment_ap matched_random_gap linear_cka neuron_overlap cosine_matrix bootstrap_ci ALL_METRICS "
     "measure_routing routing_divergence expert_set_overlap expert_usage language_experts universal_experts "
-    "router_matrices word_alignments word_of_token",
-    "probes.find": "LAPE APExperts HeadProbe LanguageIDProbe LanguageIdentifier fit_shift fit_map fit_incline "
-    "fit_procrustes mean_shift pca_shift logistic_shift",
-    "probes.artifacts": "NeuronSet ShiftVector LinearMap load_artifact ArtifactError",
+    "router_matrices word_alignments word_of_token OutputLanguage",
+    "probes.find": "LAPE APExperts HeadProbe LanguageIDProbe fit_shift fit_map fit_incline "
+    "fit_procrustes mean_shift pca_shift logistic_shift fit_diffmean fit_eraser",
+    "probes.artifacts": "NeuronSet ShiftVector LinearMap Eraser load_artifact ArtifactError",
     "steer.apply": "steer SteerHandle",
     "steer.schedule": "Schedule",
-    "steer.interventions": "AddVector Ablate SetNeurons ZeroNeurons ApplyMap HeadShift EditContext Intervention",
+    "steer.interventions": "AddVector Ablate SetNeurons ZeroNeurons ApplyMap HeadShift Erase EditContext Intervention",
     "steer.patch": "Patch",
     "steer.router": "RouterBias ForceExperts BanExperts promote_pivot_experts",
     "steer.convert": "to_intervention",

@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--incline-sigmas", type=_floats, default=list(INCLINE_SIGMAS),
                              help="INCLINE strengths, released rule c + sigma c W (its scripts sweep -1..1 by 0.1); "
                                   "the interpolation runs at 0.5")  # fmt: skip
+        if name == "evaluate":
+            command.add_argument("--sweep", action="store_true",
+                                 help="diffmean, erase and sandwich over layers and strengths (the Pareto front)")
+            command.add_argument("--gate-by-detection", action="store_true",
+                                 help="also gate each setting on the language the model itself detects")
         command.add_argument("--out", required=True, type=Path, help="output directory (report.md, CSVs, figures)")
     return parser
 
@@ -253,7 +258,8 @@ def _run(args) -> str:
                    n_loss=args.loss_sentences, n_prompts=args.prompts, incline_sigmas=args.incline_sigmas,
                    progress=progress, **_loading(args))
     if args.command == "evaluate":
-        return f"wrote {closed_loop.evaluate(args.out, **options)}"
+        report = closed_loop.evaluate(args.out, sweep=args.sweep, gate_by_detection=args.gate_by_detection, **options)
+        return f"wrote {report}"
     report = closed_loop.run(args.out, pooling=args.pooling, steer_langs=args.steer_langs, **options)
     return f"wrote {report} (figures, CSVs and the store beside it)"
 

@@ -12,16 +12,15 @@ from typing import Sequence
 
 import pandas as pd
 
-from probes.analysis import expert_usage, measure, measure_routing, router_matrices
+from probes.analysis import OutputLanguage, expert_usage, identifiable, measure, measure_routing, router_matrices
 from probes.capture import Tokenization, capture_to_store
 from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
-from probes.find import LanguageIdentifier
 from probes.model import Site, has_lm_head, model_identity, n_layers, router_layers
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
 from steer.apply import steer
-from steer.evaluate import continuations, evaluate as evaluate_settings
+from steer.evaluate import continuations, evaluate as evaluate_settings, gated_by_detection
 from steer.methods import INCLINE_SIGMAS, available_methods, fit_methods, incline_grid, settings
 from steer.summary import before_after, best_settings, pareto
 from xlalign.jobs import JobError, claim, job_bar, open_corpus, open_model
@@ -34,7 +33,7 @@ from xlalign.report import (
 RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md",
                "routing_divergence.png", "expert_usage.png"}  # fmt: skip
 EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generations.csv", "before_after.png",
-                      "pareto.png", "lape_neurons.png"}  # fmt: skip
+                      "pareto.png", "lape_neurons.png", "lape_neurons.csv"}  # fmt: skip
 
 
 def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, device_map, dtype: str,
@@ -143,6 +142,8 @@ def evaluate(
     n_loss: int = 32,
     n_prompts: int = 8,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
+    sweep: bool = False,
+    gate_by_detection: bool = False,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
     device_map: str | None = None,
@@ -151,7 +152,9 @@ def evaluate(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """The closed loop for every non-pivot language of the corpus; returns report.md."""
+    """The closed loop for every non-pivot language of the corpus; returns report.md. ``sweep``: the
+    language-keeping methods over layers and strengths; ``gate_by_detection``: every setting that edits after
+    the detector's layer also gated on the language the model itself detects (``,gate=detected``)."""
     if ranks().world > 1:
         raise JobError("evaluate does not split its work across processes: run it without torchrun")
     out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
@@ -160,7 +163,8 @@ def evaluate(
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
                                   methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-                                  incline_sigmas=incline_sigmas, tokenization=tokenization, progress=bar)  # fmt: skip
+                                  incline_sigmas=incline_sigmas, sweep=sweep, gate_by_detection=gate_by_detection,
+                                  tokenization=tokenization, progress=bar)  # fmt: skip
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
                    languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command())
     report = out / "report.md"
@@ -171,23 +175,29 @@ def evaluate(
 def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
     methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
-    progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2,
+    progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2, sweep: bool = False,
+    gate_by_detection: bool = False,
 ) -> tuple[list[str], str | None]:  # fmt: skip
-    """Fit on the training split, evaluate on the test split, write evaluation.csv, figures and generations.
+    """Fit on the training split, evaluate on the test split, write evaluation.csv, figures (and the data of the
+    LAPE figure, lape_neurons.csv) and generations.
     evaluation.csv grows by each finished (language, setting); an interrupted evaluation with the same inputs
     resumes from it. INCLINE runs at each of ``incline_sigmas`` (its released rule, ``c + sigma c W``) and
     interpolated at 0.5. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
     methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
-                        lape_languages=train.languages, tokenization=tokenization, progress=progress)  # fmt: skip
+                        lape_languages=train.languages, detect=gate_by_detection, tokenization=tokenization,
+                        progress=progress)  # fmt: skip
     grid = settings(found, model, tokenizer, pivot=pivot, incline_settings=incline_grid(incline_sigmas),
-                    tokenization=tokenization)  # fmt: skip
-    identifier = LanguageIdentifier().fit(train)
+                    tokenization=tokenization, sweep=sweep)  # fmt: skip
+    if found.detector is not None:
+        grid += gated_by_detection(grid, found.detector.layer)
+    fidelity = OutputLanguage([lang for lang in dict.fromkeys([pivot, *languages]) if identifiable(lang)])
     table = ResumableTable(out / "evaluation.csv", {
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
         "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
         "n_loss": n_loss, "n_prompts": n_prompts, "tokenization": tokenization.as_dict(),
+        "detector_layer": found.detector.layer if found.detector is not None else None,
     })  # fmt: skip
     resumed = table.interrupted()
     finished = [resumed["rows"]] if resumed else []
@@ -196,14 +206,15 @@ def closed_loop(
         finished.append(unit)
         table.save(pd.concat(finished, ignore_index=True))
 
-    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, identifier=identifier,
-                                   n_loss=n_loss, n_prompts=n_prompts, tokenization=tokenization,
+    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, fidelity=fidelity,
+                                   detector=found.detector, n_loss=n_loss, n_prompts=n_prompts, tokenization=tokenization,
                                    done=resumed["rows"] if resumed else None, on_unit=keep,
                                    progress=progress)  # fmt: skip
     table.finish(evaluation)
     best = best_settings(evaluation).sort_values("gain").iloc[-1]
     chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
-    generations = _generations(model, tokenizer, test, chosen, languages, n_generations, tokenization)
+    generations = _generations(model, tokenizer, test, chosen, languages, n_generations, tokenization,
+                               found.detector)  # fmt: skip
     write_text(out / "generations.csv", generations.to_csv(index=False))
     figures = {
         "before_after": save_figure(before_after(evaluation), out / "before_after.png"),
@@ -211,18 +222,20 @@ def closed_loop(
     }
     neurons = None
     if found.lape is not None:
-        neurons = save_figure(neurons_per_layer(found.lape.count_per_layer(), "LAPE neurons per layer"),
-                              out / "lape_neurons.png")  # fmt: skip
+        counts = found.lape.count_per_layer()
+        write_text(out / "lape_neurons.csv", counts.to_csv(index=False))
+        neurons = save_figure(neurons_per_layer(counts, "LAPE neurons per layer"), out / "lape_neurons.png")
     section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)
     return section, neurons
 
 
-def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int, tokenization) -> pd.DataFrame:
+def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int, tokenization,
+                 detector=None) -> pd.DataFrame:  # fmt: skip
     rows = []
     for lang in languages:
         prompts = test.texts(lang)[:n]
         off = continuations(model, tokenizer, prompts, tokenization=tokenization)
-        with steer(model, setting.plan(lang, prompts), languages=lang):
+        with steer(model, setting.plan(lang, prompts), languages=detector if setting.detected else lang):
             on = continuations(model, tokenizer, prompts, tokenization=tokenization)
         rows += [(lang, f"{setting.method}: {setting.setting}", p, a, b) for p, a, b in zip(prompts, off, on)]
     return pd.DataFrame(rows, columns=["language", "setting", "prompt", "off", "on"])

@@ -8,13 +8,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from probes.data.files import atomic_path
-from steer.summary import best_settings
+from probes.plots import save
+from steer.summary import GOAL, best_settings, front_table
 
 
 def save_figure(figure: Figure, path: Path) -> str:
-    """Write ``figure`` as PNG atomically; return the markdown that embeds it (relative to the report)."""
+    """Write ``figure`` as PNG atomically (the paper style's resolution, no time stamp); return the markdown that
+    embeds it (relative to the report)."""
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
+        save(figure, temporary)
     return f"![{path.stem.replace('_', ' ')}]({path.name})"
 
 
@@ -109,20 +111,28 @@ def steering_section(
         "",
         "Best setting per method (by mean change of MEXA averaged over the layers from the intervention layer on):",
         "",
-        "| method | setting | MEXA change (mean over languages) | languages with CI > 0 | target loss change | fidelity change |",
+        "| method | setting | MEXA change (mean over languages) | languages with CI > 0 | target loss change | line-level fidelity change |",
         "|---|---|---|---|---|---|",
     ]
     for _, row in best.iterrows():
         part = evaluation[(evaluation["method"] == row["method"]) & (evaluation["setting"] == row["setting"])]
         gain = part[part["metric"] == "mexa_mean_after"]
         loss = part[part["metric"] == "loss_target"]
-        fidelity = part[part["metric"] == "lang_fidelity"]
+        fidelity = part[part["metric"] == "line_fidelity"]
         fidelity_change = f"{fidelity['delta'].mean():+.2f}" if len(fidelity) else "n/a"
         lines.append(
             f"| {row['method']} | {row['setting']} | {gain['delta'].mean():+.3f} | "
             f"{int((gain['ci_low'] > 0).sum())}/{len(gain)} ({', '.join(gain[gain['ci_low'] > 0]['language'])}) | "
             f"{100 * (loss['delta'] / loss['off']).mean():+.1f}% | {fidelity_change} |"
         )
+    front = front_table(evaluation)
+    lines += ["", f"Pareto front (most MEXA gain for the least relative rise of the loss on the language, means over "
+              f"languages) and the goal: MEXA +{GOAL['gain']:.2f} with its interval above 0, line-level fidelity "
+              f">= {GOAL['fidelity']:.2f}, loss rise <= {100 * GOAL['loss']:.0f}%:", "",
+              "| method | setting | MEXA change | target loss change | line-level fidelity | languages meeting the goal |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r.method} | {r.setting} | {r.gain:+.3f} | {100 * r.cost:+.1f}% | {r.fidelity:.2f} | "
+              f"{int(r.meeting)}/{int(r.languages)} |" for r in front.itertuples()]  # fmt: skip
     if len(generations):
         lines += ["", "Greedy continuations of held-out prompts, off vs on (best MEXA setting overall):", "",
                   *markdown_table(generations), ""]  # fmt: skip

@@ -12,6 +12,7 @@ _MODULES = {
     "retrieval_top1_reverse retrieval_topk strong_alignment_ap strong_alignment_map strong_alignment_map_by_language",
     "probes.analysis.bootstrap": "bootstrap_ci",
     "probes.analysis.langid": "language_id_scores",
+    "probes.analysis.output_language": "OutputLanguage OutputLanguageError identifiable iso639_1 script",
     "probes.analysis.tables": "COLUMNS measure metric_names",
     "probes.analysis.routing": "entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
     "normalised_jsd risk_difference router_matrices routing_divergence set_overlap universal_experts",

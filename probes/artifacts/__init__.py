@@ -1,11 +1,13 @@
 """Artifacts: what the finders find, saved as safetensors + JSON and checked against the model they are used on."""
 
 from probes.artifacts.base import Artifact, ArtifactError, artifact_kind, check_model, read_artifact
+from probes.artifacts.detector import LanguageDetector
+from probes.artifacts.eraser import ERASER_COMPONENTS, Eraser
 from probes.artifacts.linear_map import MAP_COMPONENTS, MAP_METHODS, LinearMap, map_formula
 from probes.artifacts.neuron_set import NeuronError, NeuronSet
 from probes.artifacts.shift_vector import ShiftVector
 
-KINDS = {cls.KIND: cls for cls in (NeuronSet, ShiftVector, LinearMap)}
+KINDS = {cls.KIND: cls for cls in (NeuronSet, ShiftVector, LinearMap, Eraser, LanguageDetector)}
 
 
 def load_artifact(path, model=None) -> Artifact:
@@ -17,6 +19,6 @@ def load_artifact(path, model=None) -> Artifact:
 
 
 __all__ = [
-    "KINDS", "MAP_COMPONENTS", "MAP_METHODS", "Artifact", "ArtifactError", "LinearMap", "NeuronError", "NeuronSet",
+    "ERASER_COMPONENTS", "KINDS", "MAP_COMPONENTS", "MAP_METHODS", "Artifact", "ArtifactError", "Eraser", "LanguageDetector", "LinearMap", "NeuronError", "NeuronSet",
     "ShiftVector", "artifact_kind", "check_model", "load_artifact", "map_formula", "read_artifact",
 ]

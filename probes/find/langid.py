@@ -1,8 +1,8 @@
-"""Language identification: per-layer probes on activations (METHODS item 7) and a text identifier.
+"""Language identification from activations, per layer (METHODS item 7).
 
 :class:`LanguageIDProbe` (sklearn-style) runs :func:`probes.analysis.langid.language_id_scores` on every layer:
-high accuracy means the layer is language-specific, near chance (1 / #languages) language-neutral.
-:class:`LanguageIdentifier` tells which language a text is in (character n-grams), for output-language fidelity.
+high accuracy means the layer is language-specific, near chance (1 / #languages) language-neutral. The language
+of generated text is :class:`probes.analysis.OutputLanguage`'s business.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 
 from probes.analysis.activations import Activations
 from probes.analysis.langid import language_id_scores
@@ -46,31 +44,3 @@ class LanguageIDProbe:
             rows.extend((layer, lang, "langid_recall", recall) for lang, recall in recalls.items())
         self.scores_ = pd.DataFrame(rows, columns=["layer", "language", "metric", "value"])
         return self
-
-
-class LanguageIdentifier:
-    """Which language a text is in: character 1-4-gram TF-IDF and a linear classifier, trained on a corpus.
-
-    Used to check the output language of generations (``predict``) and, for language-gated steering, the
-    language of a prompt.
-    """
-
-    def __init__(self, ngram_range: tuple[int, int] = (1, 4), C: float = 10.0) -> None:
-        self.ngram_range = ngram_range
-        self.C = C
-
-    def fit(self, corpus) -> LanguageIdentifier:
-        """Train on every text of every language of a :class:`~probes.data.ParallelCorpus`."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        texts = [text for lang in corpus.languages for text in corpus.texts(lang)]
-        labels = [lang for lang in corpus.languages for _ in corpus.texts(lang)]
-        self.pipeline_ = make_pipeline(
-            TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, sublinear_tf=True),
-            LogisticRegression(C=self.C, max_iter=2000),
-        ).fit(texts, labels)
-        self.languages_ = tuple(self.pipeline_.classes_)
-        return self
-
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        return list(self.pipeline_.predict(list(texts)))

@@ -1,0 +1,94 @@
+"""Settings of the methods meant to raise alignment and keep the output language: ``diffmean`` (CLaS-Bench),
+``erase`` (LEACE) and ``sandwich`` (align in the middle, restore at the top, ITLC-style), with the layer and
+strength sweep of each.
+
+The layers come from the alignment profile measured on the training split (mean over languages of MEXA
+between the pivot and each language, per layer, on mean-pooled residuals): the *peak* is the most aligned
+layer below the last, and the *restore* layer is the first layer after the peak whose alignment has fallen
+below the midpoint between the peak and the last layer's (where the representation turns language-specific
+again; the last layer below the top if it never does). The sandwich shifts (DiffMean towards the pivot) or
+erases (LEACE) at the peak and re-injects the language's own direction (DiffMean from the pivot towards the
+language, ITLC's "monolingual" injection with a difference-of-means vector instead of an LDA one) at the
+restore layer, so the middle representation is shared and the output language is kept.
+
+DiffMean's strength ``alpha`` is absolute in CLaS-Bench (1, 2.5, 5, 10 for 8B models); here it is a multiple of
+the norm of the language's token-mean gap at the layer, so one grid fits every model's activation scale.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from probes.find import gap_norm
+from steer.convert import add_vector, erase
+from steer.evaluate import Setting
+from steer.schedule import gated
+
+DIFFMEAN_SCALES = (0.25, 0.5)
+SWEEP_SCALES = (0.1, 0.25, 0.5)
+SANDWICH_SCALES = (0.25, 0.5)
+
+
+def profile_layers(profile: Mapping[int, float]) -> tuple[int, int]:
+    """(peak, restore) layers of an alignment profile ``{layer: mean MEXA}`` (layers 1..L)."""
+    layers = sorted(profile)
+    if len(layers) < 3:
+        raise ValueError(f"a sandwich needs at least 3 layers in the alignment profile; got {layers}")
+    peak = max(layers[:-1], key=lambda layer: profile[layer])
+    bar = (profile[peak] + profile[layers[-1]]) / 2
+    later = [layer for layer in layers if peak < layer < layers[-1]]
+    restore = next((layer for layer in later if profile[layer] < bar), later[-1] if later else layers[-1])
+    return peak, restore
+
+
+def diffmean_plan(found, language: str, layer: int, scale: float):
+    """DiffMean towards the pivot at ``layer``, ``alpha = scale *`` the language's gap norm there."""
+    vector = found.diffmean[language]
+    return add_vector(vector, scale * gap_norm(vector, layer), [layer])
+
+
+def restore_plan(found, language: str, layer: int, scale: float):
+    """The language's own direction (DiffMean from the pivot towards it) re-injected at ``layer``."""
+    vector = found.diffmean[language]
+    return add_vector(vector, -scale * gap_norm(vector, layer), [layer])
+
+
+def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
+    """The settings of ``diffmean``, ``erase`` and ``sandwich`` that ``found`` has findings for; ``sweep``: every
+    fourth layer (as CLaS-Bench's scripts) and the peak, at more strengths, instead of the peak alone."""
+    out: list[Setting] = []
+    if not found.profile:
+        return out
+    peak, restore = profile_layers(found.profile)
+    last = max(found.profile)
+    step = max(1, round(last / 4.5))
+    layers = sorted({*range(step, last, step), peak}) if sweep else [peak]
+    if "diffmean" in found.keeping:
+        for layer in layers:
+            for scale in SWEEP_SCALES if sweep else DIFFMEAN_SCALES:
+                out.append(Setting("diffmean", f"layer={layer},alpha={scale:g}x gap", layer, lambda lang, texts,
+                                   layer=layer, scale=scale: [(diffmean_plan(found, lang, layer, scale), gated([lang]))]))
+    if "erase" in found.keeping:
+        spans = [[layer] for layer in layers] + [list(range(max(1, peak - 1), min(last - 1, peak + 1) + 1))]
+        for span in spans:
+            name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
+            out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
+                (erase(found.eraser, 1.0, span), gated([lang]))]))
+    if "sandwich" in found.keeping:
+        for scale in SANDWICH_SCALES if sweep else SANDWICH_SCALES[-1:]:
+            out.append(Setting("sandwich", f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
+                               peak, lambda lang, texts, scale=scale: [
+                                   (diffmean_plan(found, lang, peak, scale), gated([lang])),
+                                   (restore_plan(found, lang, restore, scale), gated([lang]))]))
+        back = SANDWICH_SCALES[-1]
+        out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
+            (erase(found.eraser, 1.0, [peak]), gated([lang])), (restore_plan(found, lang, restore, back), gated([lang]))]))
+    return out
+
+
+def alignment_profile(pivot_rows: Mapping[int, object], language_rows: Sequence[Mapping[int, object]]) -> dict:
+    """``{layer: mean over languages of MEXA(pivot, language)}`` from per-layer pooled rows."""
+    from probes.analysis import mexa
+
+    return {layer: sum(mexa(pivot_rows[layer], rows[layer]) for rows in language_rows) / len(language_rows)
+            for layer in sorted(pivot_rows)}  # fmt: skip

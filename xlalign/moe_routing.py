@@ -1,0 +1,59 @@
+"""Routing of an MoE model against a pivot language, with a router plan on the other languages, and the plan's
+side effect on held-out loss: the measurements of ``scripts/train_tiny_moe.py`` and notebook 05."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+from torch import Tensor
+
+from probes.analysis import expert_set_overlap, router_matrices, routing_divergence
+from probes.capture import RouterTrace, trace_router
+from probes.data import ParallelCorpus
+from probes.model import router_layers
+from steer.apply import steer
+from steer.evaluate import next_token_loss
+from steer.router import middle_layers, promote_pivot_experts
+
+PIVOT = "eng"
+
+
+def router_traces(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
+                  ) -> dict[str, RouterTrace]:  # fmt: skip
+    """Per language, the routing of its sentences; ``plan`` steers every language but ``pivot``."""
+    traces = {}
+    for lang in corpus.languages:
+        with steer(model, list(plan) if lang != pivot else []):
+            traces[lang] = trace_router(model, tokenizer, corpus.texts(lang))
+    return traces
+
+
+def routing_table(traces: dict[str, RouterTrace], pivot: str = PIVOT, k: int = 2) -> pd.DataFrame:
+    """``jsd``, ``jsd_norm`` and ``topk_jaccard`` from ``pivot`` per layer and language, of the expert importance
+    Bandarkar et al.'s released code uses (total actual weight)."""
+    importance = router_matrices(traces, "weight")
+    return pd.concat([routing_divergence(importance, pivot), expert_set_overlap(importance, pivot, k=k)],
+                     ignore_index=True)  # fmt: skip
+
+
+def pivot_usage(model, tokenizer, corpus: ParallelCorpus, pivot: str = PIVOT) -> dict[int, Tensor]:
+    """Per routed layer, the fraction of ``pivot`` tokens routed to each expert (mean over its sentences)."""
+    trace = trace_router(model, tokenizer, corpus.texts(pivot))
+    return {layer: trace.importance(layer, "selected").mean(dim=0) for layer in router_layers(model)}
+
+
+def promotions(usage: dict[int, Tensor], deltas: Sequence[float], n_experts: int = 2) -> dict[float, list]:
+    """Per delta, the plan promoting the pivot's ``n_experts`` most used experts in the middle routed layers."""
+    middle = middle_layers(list(usage))
+    return {delta: [promote_pivot_experts(usage, n_experts=n_experts, delta=delta, layers=middle)] for delta in deltas}
+
+
+def losses_by_language(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
+                       ) -> dict[str, float]:  # fmt: skip
+    """Per language, the next-token loss on its sentences with ``plan`` on (``pivot`` never steered)."""
+    out = {}
+    for lang in corpus.languages:
+        with steer(model, list(plan) if lang != pivot else []):
+            out[lang] = next_token_loss(model, tokenizer, corpus.texts(lang))
+    return out
