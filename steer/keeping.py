@@ -24,7 +24,7 @@ from steer.convert import add_vector, erase
 from steer.evaluate import Setting
 from steer.schedule import gated
 
-DIFFMEAN_SCALES = (0.25, 0.5)
+DIFFMEAN_SCALES = (0.25,)  # without --sweep: the strength that kept the loss and the language on NTREX
 SWEEP_SCALES = (0.1, 0.25, 0.5)
 SANDWICH_SCALES = (0.25, 0.5)
 
@@ -54,8 +54,9 @@ def restore_plan(found, language: str, layer: int, scale: float):
 
 
 def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
-    """The settings of ``diffmean``, ``erase`` and ``sandwich`` that ``found`` has findings for; ``sweep``: every
-    fourth layer (as CLaS-Bench's scripts) and the peak, at more strengths, instead of the peak alone."""
+    """The settings of ``diffmean``, ``erase`` and ``sandwich`` that ``found`` has findings for, one each at the
+    peak layer; ``sweep``: every fourth layer (as CLaS-Bench's scripts) and the peak, at more strengths, LEACE also
+    over the peak and its neighbours, and the sandwich with LEACE in the middle."""
     out: list[Setting] = []
     if not found.profile:
         return out
@@ -69,7 +70,9 @@ def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
                 out.append(Setting("diffmean", f"layer={layer},alpha={scale:g}x gap", layer, lambda lang, texts,
                                    layer=layer, scale=scale: [(diffmean_plan(found, lang, layer, scale), gated([lang]))]))
     if "erase" in found.keeping:
-        spans = [[layer] for layer in layers] + [list(range(max(1, peak - 1), min(last - 1, peak + 1) + 1))]
+        spans = [[layer] for layer in layers]
+        if sweep:
+            spans.append(list(range(max(1, peak - 1), min(last - 1, peak + 1) + 1)))
         for span in spans:
             name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
             out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
@@ -81,8 +84,10 @@ def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
                                    (diffmean_plan(found, lang, peak, scale), gated([lang])),
                                    (restore_plan(found, lang, restore, scale), gated([lang]))]))
         back = SANDWICH_SCALES[-1]
-        out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
-            (erase(found.eraser, 1.0, [peak]), gated([lang])), (restore_plan(found, lang, restore, back), gated([lang]))]))
+        if sweep:
+            out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
+                (erase(found.eraser, 1.0, [peak]), gated([lang])),
+                (restore_plan(found, lang, restore, back), gated([lang]))]))
     return out
 
 

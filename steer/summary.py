@@ -74,8 +74,8 @@ def short_labels(summary: pd.DataFrame) -> pd.Series:
 
 
 def _label_points(ax, points: pd.DataFrame, front: pd.Index, near: float = 7.0) -> None:
-    """Write each point's label beside it: up-left on the front (clear of its line; not its first point, nor near
-    the left edge), down-right elsewhere, to the left near the right edge. Points within ``near`` typographic
+    """Write each point's label beside it: up-left on the front (clear of its line; not its first point, nor in
+    the left half), down-right elsewhere, to the left near the right edge. Points within ``near`` typographic
     points of each other share one annotation, a label a line."""
     ax.get_ylim()  # settle the autoscaled limits before reading positions
     xy = points[["cost", "gain"]].to_numpy()
@@ -88,7 +88,7 @@ def _label_points(ax, points: pd.DataFrame, front: pd.Index, near: float = 7.0) 
     for row, labels in groups.items():
         across = to_axes.transform(xy[row])[0]
         above = points.index[row] in front and points.index[row] != front[0]
-        left = across > 0.8 or (above and across > 0.25)
+        left = across > 0.8 or (above and across > 0.45)
         ax.annotate("\n".join(labels), tuple(xy[row]), xytext=(-4 if left else 4, 4 if above else -4),
                     textcoords="offset points", ha="right" if left else "left", va="bottom" if above else "top",
                     fontsize=5.5)  # fmt: skip
@@ -120,7 +120,7 @@ def pareto(evaluation: pd.DataFrame, gain: str = "mexa_mean_after", cost: str = 
     ax.set(xlabel=f"{metric_name(cost)}: relative change (%)",
            ylabel=f"{metric_name(gain)}:\nchange ({metric_unit(gain)})", title="alignment gain vs side effect")
     ax.grid(True)
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 

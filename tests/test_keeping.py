@@ -52,15 +52,17 @@ def test_sandwich_shifts_at_the_peak_and_restores_the_language_later(found):
     corpus, findings = found
     peak, restore = profile_layers(findings.profile)
     sandwiches = [s for s in settings(findings) if s.method == "sandwich"]
-    assert len(sandwiches) == 2 and all(s.layer == peak for s in sandwiches)
+    assert len(sandwiches) == 1 and sandwiches[0].layer == peak
     (shift, gate), (back, _) = sandwiches[0].plan("deu", corpus.texts("deu"))
     vector = findings.diffmean["deu"]
     assert isinstance(shift, AddVector) and shift.layers == (peak,) and gate.languages == ("deu",)
     assert shift.alpha == pytest.approx(SANDWICH_SCALES[-1] * gap_norm(vector, peak))
     assert back.layers == (restore,) and back.alpha == pytest.approx(-SANDWICH_SCALES[-1] * gap_norm(vector, restore))
     assert torch.equal(back.vectors[restore], vector.vectors[restore])
-    (erased, _), _ = sandwiches[1].plan("deu", corpus.texts("deu"))
-    assert isinstance(erased, Erase) and erased.layers == (peak,)
+    swept = [s for s in settings(findings, sweep=True) if s.method == "sandwich"]
+    assert len(swept) == len(SANDWICH_SCALES) + 1 and all(s.layer == peak for s in swept)
+    (erased, _), (restored, _) = swept[-1].plan("deu", corpus.texts("deu"))
+    assert isinstance(erased, Erase) and erased.layers == (peak,) and restored.layers == (restore,)
 
 
 def test_sweep_covers_layers_and_strengths(found):

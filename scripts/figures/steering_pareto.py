@@ -1,5 +1,6 @@
 """Alignment gain against loss cost, one labelled point per steering setting, from
-results/steering_ntrex/evaluation.csv: ``python -m scripts.figures.steering_pareto``."""
+results/steering_ntrex/evaluation.csv and
+results/steering_keep/evaluation.csv: ``python -m scripts.figures.steering_pareto``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from matplotlib.figure import Figure
 from scripts.figures.files import main, read_table
 from steer.summary import pareto
 
+RUNS = ("steering_ntrex", "steering_keep")  # every method; the language-keeping sweep
 COLUMNS = ("method", "setting", "language", "metric", "off", "delta")
 
 
 def draw(results: Path) -> dict[str, Figure]:
-    evaluation = read_table(results / "steering_ntrex" / "evaluation.csv", COLUMNS)
-    return {"steering_ntrex/pareto": pareto(evaluation)}
+    return {f"{run}/pareto": pareto(read_table(results / run / "evaluation.csv", COLUMNS)) for run in RUNS}
 
 
 if __name__ == "__main__":
