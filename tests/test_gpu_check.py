@@ -7,6 +7,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
@@ -16,6 +18,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_its_checks_hold(capsys):
     spec.loader.exec_module(module)
     module.main(["--device", "cpu", "--dtype", "float32", "--size", "small", "--rounds", "1", "--batch-size", "4",
                  "--new-tokens", "4"])  # fmt: skip
+    assert torch.is_grad_enabled(), "the check leaves its caller's grad mode as it was"
     lines = dict(re.findall(r"^((?:RATIO|CHECK) \S+) (\S+)$", capsys.readouterr().out, flags=re.M))
     for model in ("llama_1b", "mixtral_moe"):
         for ratio in ("capture_vs_floor", "capture_tokens_per_second", "steered_generate_vs_plain"):

@@ -52,20 +52,21 @@ def train(
     )
     model.train()
     losses, start = [], time.time()
-    for step in range(steps):
-        picked = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
-        (batch,) = batches(tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96))
-        labels = batch.input_ids.masked_fill(~batch.attention_mask.bool(), -100)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
-                    output_router_logits=True)  # fmt: skip
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {out.loss.item():.3f}  {time.time() - start:.0f}s", file=sys.stderr)
+    with torch.enable_grad():  # whatever grad mode the caller is in
+        for step in range(steps):
+            picked = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+            (batch,) = batches(tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96))
+            labels = batch.input_ids.masked_fill(~batch.attention_mask.bool(), -100)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
+                        output_router_logits=True)  # fmt: skip
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(out.loss.item())
+            if step % 100 == 0 or step == steps - 1:
+                print(f"step {step:5d}  loss {out.loss.item():.3f}  {time.time() - start:.0f}s", file=sys.stderr)
     model.eval()
     return losses
 
