@@ -4,14 +4,15 @@ and what it shows equals the same quantity computed directly with the library.""
 from __future__ import annotations
 
 import importlib.util
-import pickle
 from pathlib import Path
 
+import kernel_values
 import numpy as np
 import pytest
 import torch
 
-RUNNER = Path(__file__).resolve().parents[1] / "notebooks" / "run.py"
+HERE = Path(__file__).resolve().parent
+RUNNER = HERE.parent / "notebooks" / "run.py"
 _spec = importlib.util.spec_from_file_location("notebook_runner", RUNNER)
 runner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(runner)
@@ -20,11 +21,10 @@ _spec.loader.exec_module(runner)
 def values(path: Path, tmp_path: Path, expression: str):
     """Run ``path`` in a kernel, then evaluate ``expression`` (a dict) there and bring it back, with ``images``:
     how many figures the executed notebook shows as PNG."""
-    out = tmp_path / "values.pkl"
-    dump = f"import pickle\nwith open({str(out)!r}, 'wb') as f:\n    pickle.dump({expression}, f)"
+    out = tmp_path / "values.pt"
+    dump = f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport kernel_values\nkernel_values.save({expression}, {str(out)!r})"
     executed = runner.execute(path, extra=dump)
-    with open(out, "rb") as f:
-        shown = pickle.load(f)
+    shown = kernel_values.load(out)
     shown["images"] = sum("image/png" in output.get("data", {}) for cell in executed.cells
                           for output in cell.get("outputs", []))  # fmt: skip
     return shown
