@@ -38,7 +38,8 @@ Languages = Sequence[str] | str | LanguageDetector | None
 DETECTED_CALLS = 16  # prompt calls whose detected languages a handle keeps for their decode steps
 
 
-def _plan(plan: Sequence[PlanItem]) -> list[tuple[Intervention, Schedule]]:
+def plan_items(plan: Sequence[PlanItem]) -> list[tuple[Intervention, Schedule]]:
+    """Each plan item as (intervention, schedule), the default schedule where none is given."""
     items = []
     for index, item in enumerate(plan):
         intervention, schedule = item if isinstance(item, tuple) else (item, Schedule())
@@ -55,8 +56,9 @@ class SteerHandle:
 
     def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None):
         self.model = model
-        self.plan = _plan(plan)
-        self.set_languages(languages)
+        self.plan = plan_items(plan)
+        self.detector = None
+        self._gating(languages)
         self._detected: dict[int, dict[int, str]] = {}  # prompt call -> example -> detected language
         checked = []
         for intervention, schedule in self.plan:
@@ -83,8 +85,16 @@ class SteerHandle:
             raise
 
     def set_languages(self, languages: Languages) -> None:
-        """The language of each example of the next forward passes (one code: all examples; a detector: what it
-        detects per example), for gating."""
+        """The language of each example of the next forward passes (one code: all examples), for gating. Gating
+        by detection is chosen when the plan is applied (``steer(..., languages=detector)``), not switched here."""
+        if isinstance(languages, LanguageDetector) or self.detector is not None:
+            raise InterventionError(
+                "gating by a language detector is set when the plan is applied: steer(model, plan, languages=detector) "
+                "(its hook reads the detector's layer in each pass); set_languages takes language codes"
+            )
+        self._gating(languages)
+
+    def _gating(self, languages: Languages) -> None:
         self.detector = languages if isinstance(languages, LanguageDetector) else None
         if self.detector is not None or languages is None or isinstance(languages, str):
             self.languages = None if self.detector is not None else languages

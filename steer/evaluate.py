@@ -5,7 +5,9 @@ sentences and the language's sentences with the intervention off and on; the con
 change comes from a paired bootstrap over sentences. Side effects: next-token loss on the language's and on
 the pivot's held-out text (the pivot runs with the same plan: a plan gated to the language leaves it
 untouched), and the output-language fidelity of greedy continuations: the line- and word-level pass rates of the
-language-confusion literature (:class:`probes.analysis.OutputLanguage`).
+language-confusion literature (:class:`probes.analysis.OutputLanguage`). Optionally a downstream measure: few-shot
+translation of held-out sentences into the pivot with the plan steering the source sentence, scored with chrF
+(:mod:`steer.translation`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
 from probes.model import ModelError, Site, has_lm_head, n_layers, unwrap
 from steer.apply import PlanItem, steer
+from steer.translation import SHOTS, chrf_change, translate, translation_task
 
 COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
 EVAL_METRICS = ("mexa", "retrieval_top1")
@@ -155,6 +158,8 @@ def evaluate(
     n_boot: int = 1000,
     n_prompts: int = 16,
     n_loss: int | None = 64,
+    n_translations: int = 0,
+    shots: int = SHOTS,
     tokenization: Tokenization = Tokenization(),
     done: pd.DataFrame | None = None,
     on_unit: Callable[[pd.DataFrame], None] | None = None,
@@ -174,7 +179,10 @@ def evaluate(
     NaN when no continuation had a line long enough to judge). Settings with ``detected`` are gated by
     ``detector`` (:func:`gated_by_detection`): their pivot pass is always measured, as a misdetected pivot
     sentence is steered, and their units carry ``detection_accuracy``, the share of the language's held-out
-    texts the detector identifies (``off`` and ``on``).
+    texts the detector identifies (``off`` and ``on``). With ``n_translations``, each unit of a language other than
+    the pivot also has ``chrf``: corpus chrF of greedy ``shots``-shot translations into the pivot of the held-out
+    sentences ``shots .. shots + n_translations`` (the plan edits the source sentence's tokens only), with the
+    paired-bootstrap interval of its change.
 
     Each (language, setting) is a unit: ``on_unit`` receives its rows as soon as they are computed, and the units
     already in ``done`` (an earlier, interrupted evaluation) are taken from it instead of being computed again.
@@ -197,6 +205,9 @@ def evaluate(
         reference, pivot_off = pooled_and_loss(model, tokenizer, test.texts(pivot), sites, pooling=pooling,
                                                n_loss=n_loss, tokenization=tokenization)  # fmt: skip
     pending = {lang for lang, _ in todo}
+    tasks = {lang: translation_task(test, lang, pivot, n_translations, shots=shots)
+             for lang in pending if n_translations and lang != pivot}  # fmt: skip
+    translated: dict[str, list[str]] = {}
     accuracies: dict[str, float] = {}
     units = []
     with progress_bar(progress, "evaluate") as bar:
@@ -205,6 +216,8 @@ def evaluate(
             if lang in pending:
                 bar.set_description(f"evaluate {lang}: unsteered")
                 off = measured(lang)
+                if lang in tasks:
+                    translated[lang] = translate(model, tokenizer, tasks[lang], tokenization=tokenization)
                 bar.update(1)
             for setting in settings:
                 head = (setting.method, setting.setting, lang)
@@ -227,6 +240,11 @@ def evaluate(
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
                 rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
                           on.fidelity[name] - off.fidelity[name], None, None) for name in off.fidelity]  # fmt: skip
+                if lang in tasks:
+                    on_translated = translate(model, tokenizer, tasks[lang], lambda prompts: setting.plan(lang, prompts),
+                                              languages=gate(lang), tokenization=tokenization)  # fmt: skip
+                    change = chrf_change(tasks[lang].references, translated[lang], on_translated, n_boot=n_boot)
+                    rows.append((*head, setting.layer, "chrf", *change))
                 if setting.detected:
                     if lang not in accuracies:
                         accuracies[lang] = detection_accuracy(model, tokenizer, detector, test.texts(lang), lang,

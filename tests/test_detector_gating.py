@@ -107,3 +107,20 @@ def test_a_plan_editing_at_or_before_the_detector_layer_is_refused(detector):
     with pytest.raises(InterventionError, match="only edit later layers"):
         with steer(model, [AddVector({1: torch.zeros(model.config.hidden_size)})], languages=found):
             pass
+
+
+def test_detection_gating_cannot_be_switched_on_or_off_on_an_open_handle(detector):
+    """Its hook is registered with the plan: set_languages refuses a detector, and a detector-gated handle refuses
+    codes, instead of gating silently on stale or missing detections."""
+    model, _ = tiny("llama")
+    _, found = detector
+    vector = torch.zeros(model.config.hidden_size)
+    with steer(model, [(AddVector({3: vector}), gated(["deu"]))], languages="deu") as handle:
+        with pytest.raises(InterventionError, match="set when the plan is applied"):
+            handle.set_languages(found)
+        handle.set_languages(["deu", "eng"])
+        assert handle.languages == ("deu", "eng") and handle.detector is None
+    with steer(model, [(AddVector({3: vector}), gated(["deu"]))], languages=found) as handle:
+        with pytest.raises(InterventionError, match="set_languages takes language codes"):
+            handle.set_languages("deu")
+        assert handle.detector is found

@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out")
         command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
         command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--translations", type=int, default=0,
+                             help="held-out sentences per language translated into the pivot (3-shot, chrF); 0: none")
         command.add_argument("--incline-sigmas", type=_floats, default=list(INCLINE_SIGMAS),
                              help="INCLINE strengths, released rule c + sigma c W (its scripts sweep -1..1 by 0.1); "
                                   "the interpolation runs at 0.5")  # fmt: skip
@@ -255,7 +257,8 @@ def _run(args) -> str:
                            layers=args.layers, max_new_tokens=args.max_new_tokens, **_loading(args))  # fmt: skip
         return "\n".join(f"prompt: {r.prompt}\n  off: {r.off}\n  on:  {r.on}" for r in table.itertuples())
     options = dict(corpus=_corpus_of(args), pivot=args.pivot, methods=args.methods, test_fraction=args.test_fraction,
-                   n_loss=args.loss_sentences, n_prompts=args.prompts, incline_sigmas=args.incline_sigmas,
+                   n_loss=args.loss_sentences, n_prompts=args.prompts, n_translations=args.translations,
+                   incline_sigmas=args.incline_sigmas,
                    progress=progress, **_loading(args))
     if args.command == "evaluate":
         report = closed_loop.evaluate(args.out, sweep=args.sweep, gate_by_detection=args.gate_by_detection, **options)

@@ -69,6 +69,7 @@ def run(
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
+    n_translations: int = 0,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
     device: str = "cpu",
@@ -111,8 +112,8 @@ def run(
             steer_langs = mexa.sort_values().index[:3].tolist()
         steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
                                         methods=methods, test_fraction=test_fraction, n_loss=n_loss,
-                                        n_prompts=n_prompts, incline_sigmas=incline_sigmas, tokenization=tokenization,
-                                        progress=bar)  # fmt: skip
+                                        n_prompts=n_prompts, n_translations=n_translations,
+                                        incline_sigmas=incline_sigmas, tokenization=tokenization, progress=bar)  # fmt: skip
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
@@ -141,6 +142,7 @@ def evaluate(
     test_fraction: float = 0.2,
     n_loss: int = 32,
     n_prompts: int = 8,
+    n_translations: int = 0,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     sweep: bool = False,
     gate_by_detection: bool = False,
@@ -163,7 +165,8 @@ def evaluate(
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
                                   methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-                                  incline_sigmas=incline_sigmas, sweep=sweep, gate_by_detection=gate_by_detection,
+                                  n_translations=n_translations, incline_sigmas=incline_sigmas, sweep=sweep,
+                                  gate_by_detection=gate_by_detection,
                                   tokenization=tokenization, progress=bar)  # fmt: skip
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
                    languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command())
@@ -176,7 +179,7 @@ def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
     methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
     progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2, sweep: bool = False,
-    gate_by_detection: bool = False,
+    gate_by_detection: bool = False, n_translations: int = 0,
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures (and the data of the
     LAPE figure, lape_neurons.csv) and generations.
@@ -196,7 +199,8 @@ def closed_loop(
     table = ResumableTable(out / "evaluation.csv", {
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
         "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
-        "n_loss": n_loss, "n_prompts": n_prompts, "tokenization": tokenization.as_dict(),
+        "n_loss": n_loss, "n_prompts": n_prompts, "n_translations": n_translations,
+        "tokenization": tokenization.as_dict(),
         "detector_layer": found.detector.layer if found.detector is not None else None,
     })  # fmt: skip
     resumed = table.interrupted()
@@ -207,7 +211,8 @@ def closed_loop(
         table.save(pd.concat(finished, ignore_index=True))
 
     evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, fidelity=fidelity,
-                                   detector=found.detector, n_loss=n_loss, n_prompts=n_prompts, tokenization=tokenization,
+                                   detector=found.detector, n_loss=n_loss, n_prompts=n_prompts,
+                                   n_translations=n_translations, tokenization=tokenization,
                                    done=resumed["rows"] if resumed else None, on_unit=keep,
                                    progress=progress)  # fmt: skip
     table.finish(evaluation)

@@ -98,6 +98,7 @@ def steering_section(
 ) -> list[str]:
     """Before/after and Pareto figures, the best setting per method, and generations off vs on."""
     best = best_settings(evaluation)
+    translated = "chrf" in set(evaluation["metric"])
     lines = [
         "## Steering, evaluated on held-out sentences",
         "",
@@ -111,8 +112,9 @@ def steering_section(
         "",
         "Best setting per method (by mean change of MEXA averaged over the layers from the intervention layer on):",
         "",
-        "| method | setting | MEXA change (mean over languages) | languages with CI > 0 | target loss change | line-level fidelity change |",
-        "|---|---|---|---|---|---|",
+        "| method | setting | MEXA change (mean over languages) | languages with CI > 0 | target loss change | "
+        "line-level fidelity change |" + (" 3-shot translation chrF change (CI > 0, CI < 0) |" if translated else ""),
+        "|---|---|---|---|---|---|" + ("---|" if translated else ""),
     ]
     for _, row in best.iterrows():
         part = evaluation[(evaluation["method"] == row["method"]) & (evaluation["setting"] == row["setting"])]
@@ -120,10 +122,13 @@ def steering_section(
         loss = part[part["metric"] == "loss_target"]
         fidelity = part[part["metric"] == "line_fidelity"]
         fidelity_change = f"{fidelity['delta'].mean():+.2f}" if len(fidelity) else "n/a"
+        chrf = part[part["metric"] == "chrf"]
+        chrf_change = (f" {chrf['delta'].mean():+.1f} ({int((chrf['ci_low'] > 0).sum())}, "
+                       f"{int((chrf['ci_high'] < 0).sum())} of {len(chrf)}) |" if translated else "")  # fmt: skip
         lines.append(
             f"| {row['method']} | {row['setting']} | {gain['delta'].mean():+.3f} | "
             f"{int((gain['ci_low'] > 0).sum())}/{len(gain)} ({', '.join(gain[gain['ci_low'] > 0]['language'])}) | "
-            f"{100 * (loss['delta'] / loss['off']).mean():+.1f}% | {fidelity_change} |"
+            f"{100 * (loss['delta'] / loss['off']).mean():+.1f}% | {fidelity_change} |{chrf_change}"
         )
     front = front_table(evaluation)
     lines += ["", f"Pareto front (most MEXA gain for the least relative rise of the loss on the language, means over "
