@@ -38,6 +38,7 @@ import torch
 
 import xlalign as xl
 from probes.model import MOE_FAMILIES
+from probes.plots.style import legend_columns, paper_figure, series_styles
 from xlalign.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table
 from xlalign.tiny_moe import TinyMoE, demo_splits, train_tiny_moe
 
@@ -135,19 +136,24 @@ steering.round(3)
 # itself is not steered), so their divergence may rise with `delta`: the line below the figure names them.
 
 # %%
-figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-strengths = [0.0, *deltas]
-for color, language in zip(plt.colormaps["tab20"].colors, steering.index):
-    left.plot(strengths, steering.loc[language, "middle jsd"], marker=".", color=color, label=language)
-    change = steering.loc[language, "loss"] - steering.loc[language, ("loss", "none")]
-    right.plot(strengths, change, marker=".", color=color, label=language)
-left.set(xlabel="delta", ylabel=f"jsd from English (mean over layers {middle})",
-         title="divergence, English's experts promoted")  # fmt: skip
-right.set(xlabel="delta", ylabel="change of held-out loss (nats)", title="the side effect on the loss")
-right.axhline(0, color="grey", lw=0.8)
-for axes in (left, right):
-    axes.grid(alpha=0.3)
-right.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+@paper_figure
+def promotion_figure():
+    figure, (left, right) = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
+    strengths = [0.0, *deltas]
+    for language, style in series_styles(list(steering.index)).items():
+        left.plot(strengths, steering.loc[language, "middle jsd"], label=language, **style)
+        change = steering.loc[language, "loss"] - steering.loc[language, ("loss", "none")]
+        right.plot(strengths, change, label=language, **style)
+    left.set(xlabel="delta (router logit bias)", ylabel=f"JSD from English (mean over layers {middle})",
+             title="divergence, English's experts promoted")  # fmt: skip
+    right.set(xlabel="delta (router logit bias)", ylabel="change of held-out loss (nats)",
+              title="the side effect on the loss")  # fmt: skip
+    right.axhline(0, color="grey", lw=0.8)
+    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=legend_columns(len(steering)))
+    return figure
+
+
+figure = promotion_figure()
 strongest = f"delta={deltas[-1]:g}"
 lower = steering.index[steering[("middle jsd", strongest)] < steering[("middle jsd", "none")]]
 print(f"{strongest}: mean middle jsd {steering[('middle jsd', 'none')].mean():.3f} -> "
@@ -181,16 +187,21 @@ chance = pd.DataFrame({
 chance.round(3)
 
 # %%
-figure, axes = plt.subplots(figsize=(9, 4), layout="constrained")
-ordered = by_language.sort_values(studied)
-for label in ordered:
-    mine = label == studied
-    axes.plot(ordered.index, ordered[label], marker="o" if mine else ".", lw=2.5 if mine else 1,
-              color="black" if mine else None, label=label)  # fmt: skip
-axes.set(xlabel="language (ordered by the model's divergence)", ylabel="jsd from English (mean over layers)",
-         title="routing divergence per language: the model against random routers of every family")
-axes.grid(alpha=0.3)
-axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+@paper_figure
+def chance_figure():
+    figure, axes = plt.subplots(figsize=(7.0, 2.8), layout="constrained")
+    ordered = by_language.sort_values(studied)
+    styles = series_styles([label for label in ordered if label != studied])
+    for label in ordered:
+        style = {"color": "black", "marker": "o", "lw": 2.5} if label == studied else styles[label]
+        axes.plot(ordered.index, ordered[label], label=label, **style)
+    axes.set(xlabel="language (ordered by the model's divergence)", ylabel="JSD from English (mean over layers)",
+             title="routing divergence per language: the model against random routers of every family")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return figure
+
+
+figure = chance_figure()
 spread = chance["jsd range over languages"]
 print(f"range of divergence over languages: {studied} {spread[studied]:.3f}, "
       f"random routers {spread.drop(studied).min():.3f} to {spread.drop(studied).max():.3f}")

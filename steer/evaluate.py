@@ -13,6 +13,7 @@ translation of held-out sentences into the pivot with the plan steering the sour
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -241,7 +242,7 @@ def evaluate(
                 rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
                           on.fidelity[name] - off.fidelity[name], None, None) for name in off.fidelity]  # fmt: skip
                 if lang in tasks:
-                    on_translated = translate(model, tokenizer, tasks[lang], lambda prompts: setting.plan(lang, prompts),
+                    on_translated = translate(model, tokenizer, tasks[lang], partial(setting.plan, lang),
                                               languages=gate(lang), tokenization=tokenization)  # fmt: skip
                     change = chrf_change(tasks[lang].references, translated[lang], on_translated, n_boot=n_boot)
                     rows.append((*head, setting.layer, "chrf", *change))

@@ -73,32 +73,33 @@ def short_labels(summary: pd.DataFrame) -> pd.Series:
                      index=summary.index)  # fmt: skip
 
 
-def _label_points(ax, points: pd.DataFrame, front: pd.Index, near: float = 7.0) -> None:
-    """Write each point's label beside it: up-left on the front (clear of its line; not its first point, nor in
-    the left half), down-right elsewhere, to the left near the right edge. Points within ``near`` typographic
-    points of each other share one annotation, a label a line."""
+KEY_WIDTH = 38  # characters per line of the Pareto plot's key (two columns at the figure's width)
+
+
+def _number_points(ax, points: pd.DataFrame, near: float = 7.0) -> list[str]:
+    """Number ``points`` (by cost, then gain) beside each marker, to the left near the right edge; points within
+    ``near`` typographic points of each other share one note ("2,3"). Returns the key: "n  label" per point."""
     ax.get_ylim()  # settle the autoscaled limits before reading positions
+    points = points.sort_values(["cost", "gain"])
     xy = points[["cost", "gain"]].to_numpy()
     shown = ax.transData.transform(xy) * 72 / ax.figure.dpi
-    groups: dict[int, list[str]] = {}  # row of the first point -> the labels written there
-    for row, label in enumerate(points["label"]):
+    groups: dict[int, list[int]] = {}  # row of the first point -> the numbers written there
+    for row in range(len(points)):
         anchor = next((first for first in groups if abs(shown[first] - shown[row]).max() < near), row)
-        groups.setdefault(anchor, []).append(label)
+        groups.setdefault(anchor, []).append(row + 1)
     to_axes = ax.transData + ax.transAxes.inverted()
-    for row, labels in groups.items():
-        across = to_axes.transform(xy[row])[0]
-        above = points.index[row] in front and points.index[row] != front[0]
-        left = across > 0.8 or (above and across > 0.45)
-        ax.annotate("\n".join(labels), tuple(xy[row]), xytext=(-4 if left else 4, 4 if above else -4),
-                    textcoords="offset points", ha="right" if left else "left", va="bottom" if above else "top",
-                    fontsize=5.5)  # fmt: skip
+    for row, numbers in groups.items():
+        left = to_axes.transform(xy[row])[0] > 0.85
+        ax.annotate(",".join(map(str, numbers)), tuple(xy[row]), xytext=(-3 if left else 3, 3),
+                    textcoords="offset points", ha="right" if left else "left", va="bottom", fontsize=6)  # fmt: skip
+    return [f"{number}  {label}" for number, label in enumerate(points["label"], start=1)]
 
 
 @paper_figure
 def pareto(evaluation: pd.DataFrame, gain: str = "mexa_mean_after", cost: str = "loss_target") -> Figure:
     """Alignment gain against side effect, one point per (method, setting), averaged over languages; the
-    Pareto front (most gain for least cost) is drawn as a line, and its points and each method's best setting
-    carry their label. The cost axis is linear to 10% and logarithmic beyond."""
+    Pareto front (most gain for least cost) is drawn as a line; its points and each method's best setting carry
+    a number, which the legend's key names. The cost axis is linear to 10% and logarithmic beyond."""
     summary = setting_summary(evaluation, gain, cost)
     summary = summary.assign(cost=100 * summary["cost"], label=short_labels(summary))
     methods = sorted(summary["method"].unique())
@@ -114,13 +115,18 @@ def pareto(evaluation: pd.DataFrame, gain: str = "mexa_mean_after", cost: str = 
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
     ax.margins(y=0.1)
     best = summary.loc[summary.groupby("method")["gain"].idxmax()]
-    _label_points(ax, pd.concat([front, best]).drop_duplicates(["method", "setting"]), front.index)
+    key = _number_points(ax, pd.concat([front, best]).drop_duplicates(["method", "setting"]))
     ax.axhline(0, color="black", linewidth=0.5)
     ax.axvline(0, color="black", linewidth=0.5)
     ax.set(xlabel=f"{metric_name(cost)}: relative change (%)",
            ylabel=f"{metric_name(gain)}:\nchange ({metric_unit(gain)})", title="alignment gain vs side effect")
     ax.grid(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    key = [textwrap.fill(entry, KEY_WIDTH, subsequent_indent="     ") for entry in key]
+    figure.legend([Line2D([], [], linestyle="none") for _ in key], key, loc="outside lower center", ncols=2,
+                  handlelength=0, handletextpad=0, fontsize=6, title="numbered points", title_fontsize=6)  # fmt: skip
+    rows = max(sum(entry.count("\n") + 1 for entry in key[: -(-len(key) // 2)]), 1)
+    figure.set_figheight(3.0 + 0.1 * rows)
     return figure
 
 

@@ -49,7 +49,9 @@ class TranslationTask:
         return len(self.prompts)
 
 
-def translation_task(corpus: ParallelCorpus, language: str, pivot: str, n: int, *, shots: int = SHOTS) -> TranslationTask:
+def translation_task(
+    corpus: ParallelCorpus, language: str, pivot: str, n: int, *, shots: int = SHOTS
+) -> TranslationTask:
     """Translate sentences ``shots .. shots + n`` of ``corpus`` from ``language`` into ``pivot``, shown its first
     ``shots`` pairs."""
     sources, targets = corpus.texts(language), corpus.texts(pivot)
@@ -99,12 +101,13 @@ def _batch_mask(batch: Batch, masks: list[Tensor]) -> Bool[Tensor, "batch tokens
 
 def on_source(plan: Sequence[PlanItem], mask: Tensor) -> list[PlanItem]:
     """``plan`` with every schedule restricted to the prompt tokens of ``mask`` and no decode step."""
-    return [(intervention, replace(schedule, prefill=mask, decode="none")) for intervention, schedule in plan_items(plan)]
+    return [(edit, replace(schedule, prefill=mask, decode="none")) for edit, schedule in plan_items(plan)]
 
 
 def translate(
-    model: nn.Module, tokenizer, task: TranslationTask, plan: Callable[[Sequence[str]], Sequence[PlanItem]] | None = None,
-    *, languages: Languages = None, tokenization: Tokenization = Tokenization(),
+    model: nn.Module, tokenizer, task: TranslationTask,
+    plan: Callable[[Sequence[str]], Sequence[PlanItem]] | None = None, *, languages: Languages = None,
+    tokenization: Tokenization = Tokenization(),
 ) -> list[str]:  # fmt: skip
     """Greedy translations of ``task`` (first line of each continuation, stripped); ``plan(prompts)`` (example
     ``e`` of a batch is ``prompts[e]``) steers the source tokens, gated by ``languages``."""

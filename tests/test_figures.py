@@ -25,7 +25,7 @@ from probes.plots import alignment_per_layer, neurons_per_layer  # noqa: E402
 from probes.plots.style import DIVERGING, PALETTE, SEQUENTIAL, TEXT_WIDTH  # noqa: E402
 from scripts.figures import SCRIPTS  # noqa: E402
 from scripts.figures.files import FORMATS, RESULTS, main, write  # noqa: E402
-from steer.summary import pareto, setting_summary, short_labels  # noqa: E402
+from steer.summary import KEY_WIDTH, pareto, setting_summary, short_labels  # noqa: E402
 
 COLOURS = {colour.lower() for colour in PALETTE}
 
@@ -160,22 +160,28 @@ def test_the_pareto_plot_labels_the_front_and_each_methods_best_setting(drawn):
     front = [p for p in points if not any(q.cost <= p.cost and q.gain >= p.gain and (q.cost, q.gain) != (p.cost, p.gain)
                                           for q in points)]  # fmt: skip
     best = [p for p in points if p.gain == summary[summary["method"] == p.method]["gain"].max()]
-    notes = {label: note.xy for note in ax.texts for label in note.get_text().split("\n")}
+    notes = {int(number): note.xy for note in ax.texts for number in note.get_text().split(",")}
+    texts = [text.get_text() for text in ax.figure.legends[0].get_texts()]
+    entries = [re.fullmatch(r"(\d+)  (.+)", text, re.DOTALL).groups() for text in texts]
+    key = {" ".join(label.split()): number for number, label in entries}
     wanted = {p.label: (p.cost, p.gain) for p in front + best}
-    assert len(front) >= 3 and set(notes) == set(wanted) and len(set(summary["label"])) == len(summary)
+    assert len(front) >= 3 and set(key) == set(wanted) and len(set(summary["label"])) == len(summary)
+    assert sorted(notes) == list(range(1, len(wanted) + 1)) and sorted(map(int, key.values())) == sorted(notes)
     for label, xy in wanted.items():
-        assert notes[label] == pytest.approx(xy), label
-    assert max(map(len, notes)) <= 40, "labels short enough to read beside their point"
+        assert notes[int(key[label])] == pytest.approx(xy), label
+    assert all(len(line) <= KEY_WIDTH for text in texts for line in text.split("\n")), "the key fits its column"
 
 
-def test_pareto_points_on_one_spot_share_one_annotation_a_label_a_line():
+def test_pareto_points_on_one_spot_share_one_note_and_the_key_names_each():
     rows = []
     for method, gain, cost in (("a", 0.1, 0.5), ("b", 0.1, 0.5), ("c", 0.1, 0.5), ("d", 0.3, 2.0)):
         rows += [(method, "only", "deu", 5, "mexa_mean_after", 0.2, 0.2 + gain, gain),
                  (method, "only", "deu", 5, "loss_target", 4.0, 4.0 * (1 + cost), 4.0 * cost)]
     evaluation = pd.DataFrame(rows, columns=["method", "setting", "language", "layer", "metric", "off", "on", "delta"])
     (ax,) = panels(pareto(evaluation))
-    assert sorted(note.get_text() for note in ax.texts) == ["a\nb\nc", "d"]
+    assert sorted(note.get_text() for note in ax.texts) == ["1,2,3", "4"]
+    (key,) = ax.figure.legends
+    assert [text.get_text() for text in key.get_texts()] == ["1  a", "2  b", "3  c", "4  d"]
 
 
 @pytest.mark.parametrize("script, csv, column", [

@@ -22,7 +22,8 @@ def values(path: Path, tmp_path: Path, expression: str):
     """Run ``path`` in a kernel, then evaluate ``expression`` (a dict) there and bring it back, with ``images``:
     how many figures the executed notebook shows as PNG."""
     out = tmp_path / "values.pt"
-    dump = f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport kernel_values\nkernel_values.save({expression}, {str(out)!r})"
+    dump = (f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport kernel_values\n"
+            f"kernel_values.save({expression}, {str(out)!r})")
     executed = runner.execute(path, extra=dump)
     shown = kernel_values.load(out)
     shown["images"] = sum("image/png" in output.get("data", {}) for cell in executed.cells

@@ -112,8 +112,8 @@ def run(
             steer_langs = mexa.sort_values().index[:3].tolist()
         steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
                                         methods=methods, test_fraction=test_fraction, n_loss=n_loss,
-                                        n_prompts=n_prompts, n_translations=n_translations,
-                                        incline_sigmas=incline_sigmas, tokenization=tokenization, progress=bar)  # fmt: skip
+                                        n_prompts=n_prompts, n_translations=n_translations, progress=bar,
+                                        incline_sigmas=incline_sigmas, tokenization=tokenization)  # fmt: skip
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
