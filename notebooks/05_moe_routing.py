@@ -191,10 +191,9 @@ chance.round(3)
 def chance_figure():
     figure, axes = plt.subplots(figsize=(7.0, 2.8), layout="constrained")
     ordered = by_language.sort_values(studied)
-    styles = series_styles([label for label in ordered if label != studied])
+    styles = series_styles([studied, *(label for label in ordered if label != studied)])
     for label in ordered:
-        style = {"color": "black", "marker": "o", "lw": 2.5} if label == studied else styles[label]
-        axes.plot(ordered.index, ordered[label], label=label, **style)
+        axes.plot(ordered.index, ordered[label], label=label, lw=2.5 if label == studied else 1, **styles[label])
     axes.set(xlabel="language (ordered by the model's divergence)", ylabel="JSD from English (mean over layers)",
              title="routing divergence per language: the model against random routers of every family")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -5,7 +5,8 @@ setting and language.
 
 Columns: MEXA averaged over the layers from the first edited one (off -> on, change and its 95% paired
 bootstrap interval), the same change of retrieval top-1, the relative change of the language's loss, the
-change of the pivot's loss and the output-language fidelity of greedy continuations (off -> on).
+change of the pivot's loss and the output-language fidelity of greedy continuations (off -> on); where the
+table has them, 3-shot translation chrF (off -> on, change and its interval) and the detector's accuracy.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ def _interval(row) -> str:
 
 def main(path: str) -> None:
     table = pd.read_csv(path)
+    extra = [name for metric, name in (("chrf", "chrF (off → on, Δ [95% CI])"), ("detection_accuracy", "detected"))
+             if metric in set(table["metric"])]  # fmt: skip
     print("| method | setting | language | MEXA mean over layers ≥ first edited (off → on, Δ [95% CI]) | "
-          "retrieval top-1 Δ [95% CI] | target loss | pivot loss Δ | fidelity |")
-    print("|---|---|---|---|---|---|---|---|")
+          "retrieval top-1 Δ [95% CI] | target loss | pivot loss Δ | fidelity |" + "".join(f" {e} |" for e in extra))
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
     for (method, setting, language), unit in table.groupby(["method", "setting", "language"], sort=False):
         row = {metric: part.iloc[0] for metric, part in unit.groupby("metric")}
         mexa, retrieval = row["mexa_mean_after"], row["retrieval_top1_mean_after"]
@@ -34,6 +37,13 @@ def main(path: str) -> None:
             f"{100 * loss.delta / loss.off:+.1f}%", f"{pivot.delta:+.3f}",
             f"{fidelity.off:.2f} → {fidelity.on:.2f}" if fidelity is not None else "",
         ]  # fmt: skip
+        if "chrf" in set(table["metric"]):
+            chrf = row.get("chrf")
+            cells.append(f"{chrf.off:.1f} → {chrf.on:.1f} ({chrf.delta:+.1f} [{chrf.ci_low:+.1f}, {chrf.ci_high:+.1f}])"
+                         if chrf is not None else "")  # fmt: skip
+        if "detection_accuracy" in set(table["metric"]):
+            accuracy = row.get("detection_accuracy")
+            cells.append(f"{accuracy.on:.2f}" if accuracy is not None else "")
         print("| " + " | ".join(cells) + " |")
 
 
