@@ -138,3 +138,19 @@ def test_evaluation_chrf_rows_equal_direct_translations(corpus):
     row = chrf_rows.iloc[0]
     assert (row.off, row.on) == (chrf(off, task.references), chrf(on, task.references))
     assert (row.ci_low, row.ci_high) == chrf_change(task.references, off, on, n_boot=50)[3:]
+
+
+@pytest.mark.parametrize("backend", ["tl", "nnsight"])
+def test_steered_translation_is_the_same_through_transformerlens_and_nnsight(corpus, backend):
+    from probes.model import resolve_model
+
+    model, tokenizer = tiny("llama")
+    task = translation_task(corpus, "deu", "eng", 3)
+    vector = 6 * torch.randn(64, generator=torch.Generator().manual_seed(3))
+
+    def plan(prompts):
+        return [(AddVector({2: vector}), Schedule(languages=("deu",)))]
+
+    wrapped = resolve_model(model, tokenizer, backend=backend)[0]
+    assert translate(wrapped, tokenizer, task, plan, languages="deu") == translate(model, tokenizer, task, plan,
+                                                                                   languages="deu")  # fmt: skip
