@@ -18,6 +18,7 @@ from probes.data import demo_corpus
 from probes.find import APExperts
 from probes.model import Site, blocks, load_model, locate
 from steer.evaluate import COLUMNS, next_token_loss
+from steer.translation import chrf, translate, translation_task
 from steer.methods import METHODS, fit_methods
 from xlalign.cli import build_parser, main
 
@@ -277,14 +278,19 @@ def test_kojima_experts_over_every_linear_projection_and_forcing_them_all(tmp_pa
 def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     out = tmp_path / "eval"
     argv = ["evaluate", *SMALL[:4], "--langs", "eng,deu", "--max-sentences", "20", "--methods", "shift,procrustes",
-            "--no-progress", "--out", str(out)]
+            "--translations", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
     assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "line_fidelity"} <= set(evaluation.metric)
-    assert "(pareto.png)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "(pareto.png)" in report and "3-shot translation chrF change" in report
     model, tokenizer = tiny("llama")
     _, test = demo_corpus().subset(["eng", "deu"], 20).split(test_fraction=0.2)
+    task = translation_task(test, "deu", "eng", 1)
+    chrf_rows = evaluation[evaluation.metric == "chrf"]
+    assert set(chrf_rows.language) == {"deu"} and len(chrf_rows) == evaluation.groupby(["method", "setting"]).ngroups
+    assert chrf_rows.off.tolist() == [chrf(translate(model, tokenizer, task), task.references)] * len(chrf_rows)
     loss = evaluation[evaluation.metric == "loss_target"]
     assert loss.off.tolist() == pytest.approx([next_token_loss(model, tokenizer, test.texts("deu")[:32])] * len(loss))
     site = Site(3, "resid")
