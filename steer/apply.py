@@ -57,7 +57,6 @@ class SteerHandle:
     def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None):
         self.model = model
         self.plan = plan_items(plan)
-        self.detector = None
         self._gating(languages)
         self._detected: dict[int, dict[int, str]] = {}  # prompt call -> example -> detected language
         checked = []

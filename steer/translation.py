@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 import langcodes
 import torch
 from jaxtyping import Bool
-from sacrebleu.metrics import CHRF
 from torch import Tensor, nn
 
 from probes.analysis import bootstrap_ci
@@ -137,7 +136,7 @@ def translate(
 def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2), 0-100."""
     _check_pairs(hypotheses, references)
-    return CHRF().corpus_score(list(hypotheses), [list(references)]).score
+    return _chrf().corpus_score(list(hypotheses), [list(references)]).score
 
 
 def chrf_change(
@@ -148,7 +147,7 @@ def chrf_change(
     bootstrap computes it)."""
     _check_pairs(before, references)
     _check_pairs(after, references)
-    metric = CHRF()
+    metric = _chrf()
     stats = [torch.tensor(metric._extract_corpus_statistics(list(h), [list(references)]), dtype=torch.float64)
              for h in (before, after)]  # fmt: skip
 
@@ -163,6 +162,12 @@ def chrf_change(
     low, high = bootstrap_ci(change, *stats, n_boot=n_boot)
     off, on = score(stats[0].sum(0)), score(stats[1].sum(0))
     return off, on, on - off, low, high
+
+
+def _chrf():
+    from sacrebleu.metrics import CHRF  # imported when scoring, not with steer.evaluate
+
+    return CHRF()
 
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:

@@ -3,7 +3,7 @@ side effect on held-out loss: the measurements of ``scripts/train_tiny_moe.py`` 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 from torch import Tensor
@@ -22,11 +22,7 @@ PIVOT = "eng"
 def router_traces(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
                   ) -> dict[str, RouterTrace]:  # fmt: skip
     """Per language, the routing of its sentences; ``plan`` steers every language but ``pivot``."""
-    traces = {}
-    for lang in corpus.languages:
-        with steer(model, list(plan) if lang != pivot else []):
-            traces[lang] = trace_router(model, tokenizer, corpus.texts(lang))
-    return traces
+    return _per_language(model, corpus, plan, pivot, lambda texts: trace_router(model, tokenizer, texts))
 
 
 def routing_table(traces: dict[str, RouterTrace], pivot: str = PIVOT, k: int = 2) -> pd.DataFrame:
@@ -52,8 +48,13 @@ def promotions(usage: dict[int, Tensor], deltas: Sequence[float], n_experts: int
 def losses_by_language(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
                        ) -> dict[str, float]:  # fmt: skip
     """Per language, the next-token loss on its sentences with ``plan`` on (``pivot`` never steered)."""
+    return _per_language(model, corpus, plan, pivot, lambda texts: next_token_loss(model, tokenizer, texts))
+
+
+def _per_language(model, corpus: ParallelCorpus, plan: Sequence, pivot: str, measure: Callable) -> dict:
+    """``measure(texts)`` of each language's sentences, with ``plan`` on for every language but ``pivot``."""
     out = {}
     for lang in corpus.languages:
         with steer(model, list(plan) if lang != pivot else []):
-            out[lang] = next_token_loss(model, tokenizer, corpus.texts(lang))
+            out[lang] = measure(corpus.texts(lang))
     return out

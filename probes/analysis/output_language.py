@@ -96,10 +96,12 @@ class OutputLanguage:
         return iso639_1(language) in self._ours if self._codes is not None else identifiable(language)
 
     def pass_rates(self, completions: Sequence[str], language: str) -> dict[str, float]:
-        """``line_fidelity`` and, for a script other than Latin, ``word_fidelity`` of ``completions``."""
-        rates = {"line_fidelity": self.line_pass_rate(completions, language)}
+        """``line_fidelity`` and, for a script other than Latin, ``word_fidelity`` of ``completions`` (each line
+        identified once for both)."""
+        judged = self._judged(completions, language)
+        rates = {"line_fidelity": _line_rate(judged)}
         if script(language) not in LATIN_SCRIPT:
-            rates["word_fidelity"] = self.word_pass_rate(completions, language)
+            rates["word_fidelity"] = _word_rate(judged)
         return rates
 
     def identify(self, lines: Iterable[str]) -> list[str]:
@@ -115,18 +117,20 @@ class OutputLanguage:
     def _lines(self, completion: str) -> list[str]:
         return [line for line in normalise(completion).split("\n") if len(tokens(line)) >= self.min_tokens]
 
-    def _is(self, language: str, lines: list[str]) -> bool:
+    def _judged(self, completions: Sequence[str], language: str) -> list[tuple[list[str], bool]]:
+        """The scored completions (those with a line of ``min_tokens`` tokens): their lines, and whether every
+        line is identified as ``language``."""
         code = iso639_1(language)
         if self._codes is not None and code not in self._ours:
             raise OutputLanguageError(f"language {language!r} is not among the candidates {sorted(self._ours.values())}")
         wanted = self._ours.get(code, code)
-        return all(found == wanted for found in self.identify(lines))
+        scored = [lines for lines in map(self._lines, completions) if lines]
+        return [(lines, all(found == wanted for found in self.identify(lines))) for lines in scored]
 
     def line_pass_rate(self, completions: Sequence[str], language: str) -> float:
         """Share of the scored completions whose every line is in ``language`` (NaN when none is scored:
         every completion had no line of ``min_tokens`` tokens)."""
-        scored = [lines for lines in map(self._lines, completions) if lines]
-        return sum(self._is(language, lines) for lines in scored) / len(scored) if scored else math.nan
+        return _line_rate(self._judged(completions, language))
 
     def word_pass_rate(self, completions: Sequence[str], language: str) -> float:
         """Among the completions that pass at line level, the share with no English word; NaN for a language
@@ -134,9 +138,17 @@ class OutputLanguage:
         and when no completion passes at line level."""
         if script(language) in LATIN_SCRIPT:
             return math.nan
-        passing = [lines for lines in map(self._lines, completions) if lines and self._is(language, lines)]
-        clean = [not any(is_english_word(token) for line in lines for token in tokens(line)) for lines in passing]
-        return sum(clean) / len(clean) if clean else math.nan
+        return _word_rate(self._judged(completions, language))
+
+
+def _line_rate(judged: list[tuple[list[str], bool]]) -> float:
+    return sum(passes for _, passes in judged) / len(judged) if judged else math.nan
+
+
+def _word_rate(judged: list[tuple[list[str], bool]]) -> float:
+    clean = [not any(is_english_word(token) for line in lines for token in tokens(line)) for lines, passes in judged
+             if passes]  # fmt: skip
+    return sum(clean) / len(clean) if clean else math.nan
 
 
 @functools.lru_cache(maxsize=2**16)
