@@ -7,7 +7,8 @@ no torch hook: every forward pass xlalign runs (:func:`trace`, :func:`generate`)
 visits, in the order the model runs them, the Envoys of the modules that carry xlalign hooks, reads their
 ``.inputs`` / ``.output``, runs the same staged edits and reads as the ``hf`` backend, and assigns edited values
 back (a replacement, as NDIF requires). Generation iterates with ``tracer.iter[:]``, the only form in which an
-edit reaches every step. Early exit is ``tracer.stop()``.
+edit reaches every step; with no hooks on the model the body is empty instead (an open loop whose body asks
+nnsight for nothing never yields to the model and never ends). Early exit is ``tracer.stop()``.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def generate(model, context: contextvars.Context, **kwargs) -> torch.Tensor:
         with warnings.catch_warnings():  # the open loop ends at the step generate does not make, by design
             warnings.filterwarnings("ignore", message=".*was never reached: the loop asked for a step")
             with model.generate(**kwargs) as tracer:
-                for _step in tracer.iter[:]:
-                    context.run(_dispatch, events)
+                if events:  # the loop ends only at a request the model never answers: without one it spins
+                    for _step in tracer.iter[:]:
+                        context.run(_dispatch, events)
     finally:
         DISPATCH.depth -= 1
         if previous is None:
