@@ -28,7 +28,9 @@ from probes.capture import NeuronStats, Tokenization, capture, trace_router
 from probes.capture.progress import Progress, progress_bar
 from probes.data import ParallelCorpus
 from probes.find import LAPE, APExperts, HeadProbe, earliest_detector, fit_diffmean, fit_eraser, fit_map, fit_shift
-from probes.model import ROUTER_CHANNELS, Site, arch_table, model_identity, model_type, n_layers, router_layers
+from probes.model import ROUTER_CHANNELS, Site, model_identity, model_type, n_layers, router_layers
+from probes.model.access import site_location
+from probes.model.sites import BackendError, SiteError
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
 from steer.incline import fit_incline_maps, incline
@@ -40,13 +42,35 @@ METHODS = ("shift", "diffmean", "erase", "sandwich", "incline", "procrustes", "l
 KEEPING = {"diffmean", "erase", "sandwich"}  # the language-keeping methods (steer.keeping)
 
 
-def available_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> list[str]:
-    """``methods`` that apply to ``model``: LAPE and AP need per-neuron MLP sites (dense models), ``router``
-    and ``steermoe`` need an MoE router."""
-    table = arch_table(model)
+# The component each method's training pass reads and its plan edits.
+METHOD_COMPONENTS = {"shift": "resid", "diffmean": "resid", "erase": "resid", "sandwich": "resid",
+                     "incline": "mlp_out", "procrustes": "resid", "lape": "mlp_gate", "ap": "mlp_act", "heads": "head",
+                     "router": "router", "steermoe": "router"}  # fmt: skip
+
+
+def unavailable_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> dict[str, str]:
+    """``methods`` that cannot run on ``model`` through its backend, each with the reason: LAPE and AP need
+    per-neuron MLP sites (dense models), ``router`` and ``steermoe`` an MoE router, and every method a site its
+    backend can read (the TransformerLens bridge has no ``mlp_gate``)."""
+    reasons = {}
     dense = not router_layers(model)
-    missing = {"lape": table.mlp_gate is None, "ap": table.mlp_act is None, "router": dense, "steermoe": dense}
-    return [method for method in methods if not missing.get(method, False)]
+    for method in methods:
+        component = METHOD_COMPONENTS[method]
+        if component == "router" and dense:
+            reasons[method] = "it needs an MoE router and this model is dense"
+            continue
+        layer = router_layers(model)[0] if component == "router" else 1
+        try:
+            site_location(model, Site(layer, component))
+        except (SiteError, BackendError) as error:
+            reasons[method] = f"it needs {component} sites: {error}"
+    return reasons
+
+
+def available_methods(model: nn.Module, methods: Sequence[str] = METHODS) -> list[str]:
+    """``methods`` that apply to ``model`` and its backend (see :func:`unavailable_methods`)."""
+    missing = unavailable_methods(model, methods)
+    return [method for method in methods if method not in missing]
 
 
 @dataclass
@@ -99,9 +123,10 @@ def fit_methods(
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    impossible = sorted(set(methods) - set(available_methods(model, methods)))
+    impossible = unavailable_methods(model, methods)
     if impossible:
-        raise ValueError(f"methods {impossible} do not apply to a {model_type(model)} model")
+        raise ValueError(f"these methods cannot run on this {model_type(model)} model: "
+                         + "; ".join(f"{method}: {why}" for method, why in impossible.items()))
     depth = n_layers(model)
     every_layer = range(1, depth + 1)
     middle = range(max(1, depth // 3), max(2, 2 * depth // 3) + 1)
@@ -198,7 +223,8 @@ def settings(
     incline_settings: Sequence[tuple[str, float]] = tuple(incline_grid()), tokenization: Tokenization = Tokenization(),
     sweep: bool = False,
 ) -> list[Setting]:  # fmt: skip
-    """The evaluated grid: a few strengths and layers per method, every plan gated to its language (``sweep``:
+    """The evaluated grid: a few strengths and layers per method, every plan gated to its language (LEACE's to
+    the language and ``pivot``) (``sweep``:
     the language-keeping methods over layers and strengths, :func:`steer.keeping.keeping_settings`).
 
     ``incline_settings``: the (mode, sigma) pairs of INCLINE (:func:`steer.incline.incline`, sign +1: the
@@ -212,7 +238,7 @@ def settings(
         for layer, alpha in ((middle, 0.5), (middle, 1.0)):
             out.append(Setting("shift", f"layer={layer},alpha={alpha}", layer, lambda lang, texts, layer=layer,
                                alpha=alpha: [(add_vector(found.shifts[lang], alpha, [layer]), gated([lang]))]))
-    out += keeping_settings(found, sweep=sweep)
+    out += keeping_settings(found, pivot=pivot, sweep=sweep)
     if found.incline:
         if model is None or tokenizer is None:
             raise ValueError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")

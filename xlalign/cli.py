@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -17,9 +19,11 @@ from probes.analysis.routing import IMPORTANCE
 from probes.capture import POOLINGS, Tokenization
 from probes.capture.distributed import RankError, leave, ranks
 from probes.capture.store import REPAIR
+from probes.data.codes import CorpusError, normalize_language
 from probes.model import COMPONENTS, LINEAR_COMPONENTS
 from probes.model.loading import BACKENDS, DEVICE_MAPS, DEVICES, DTYPES
 from steer.methods import INCLINE_SIGMAS, METHODS
+from xlalign.errors import Notice
 from xlalign.jobs import DEFAULT_K, FIND_METHODS
 from xlalign.presets import PresetError, names_for, preset_options
 
@@ -36,10 +40,43 @@ def _ints(text: str) -> list[int]:
 
 
 def _floats(text: str) -> list[float]:
+    return [_finite(item) for item in _csv(text)]
+
+
+def _language(text: str) -> str:
+    """A language code in any usual spelling (``de``, ``DEU``, ``deu_Latn``) -> the project's (``deu``)."""
     try:
-        return [float(item) for item in _csv(text)]
+        return normalize_language(text)
+    except CorpusError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _languages(text: str) -> list[str]:
+    return [_language(item) for item in _csv(text)]
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _count(least: int):
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
+        return value
+
+    count.__name__ = f"integer >= {least}"
+    return count
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -86,7 +123,7 @@ def _model(command: argparse.ArgumentParser) -> None:
 
 def _corpus(command: argparse.ArgumentParser) -> None:
     command.add_argument("--corpus", default="demo", help="demo, an NTREX or FLORES directory, a .tsv or .jsonl file")
-    command.add_argument("--langs", type=_csv, help="comma-separated language codes (default: all)")
+    command.add_argument("--langs", type=_languages, help="comma-separated language codes (default: all)")
     command.add_argument("--max-sentences", type=int, help="use the first N sentences (default: all)")
     command.add_argument("--sentences", type=_span, help="then use sentences START:STOP (e.g. held-out rows)")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -128,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     measure = add("measure", "alignment metrics per layer and language from a store")
     measure.add_argument("store", type=Path, help="a store made by xlalign capture")
-    measure.add_argument("--pivot", default="eng", help=PIVOT)
+    measure.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
     measure.add_argument("--metrics", type=_csv, default="retrieval_top1,mexa",
                          help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store pooled "
                               f"'active' (mlp_gate): {', '.join(NEURON_METRICS)}")  # fmt: skip
@@ -147,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model(find)
     _corpus(find)
     find.add_argument("--method", help="; ".join(f"{kind}: {'|'.join(m)} (default {m[0]})" for kind, m in FIND_METHODS.items()))
-    find.add_argument("--pivot", default="eng", help=PIVOT)
+    find.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
     find.add_argument("--k", type=int, help=f"ap: units per language (default {DEFAULT_K['ap']}); claim: heads, "
                                             f"ranked by held-out log-likelihood (default {DEFAULT_K['claim']})")
     find.add_argument("--bottom-k", type=int, default=0, help="ap: also the units of lowest AP (Kojima et al.: 1000)")
@@ -171,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a shift vector, map or NeuronSet file; repeat to apply several at once")
     _model(steer)
     steer.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
-    steer.add_argument("--language", help="NeuronSet: whose neurons (LAPE) or experts (AP) to use")
-    steer.add_argument("--strength", type=float, default=1.0, help="alpha (shift) or sigma (map)")
+    steer.add_argument("--language", type=_language,
+                       help="NeuronSet: whose neurons (LAPE) or experts (AP) to use; others: must be the artifact's")
+    steer.add_argument("--strength", type=_finite,
+                       help="alpha (shift), sigma (map) or erasure strength; not for NeuronSets (default: 1)")
     steer.add_argument("--layers", type=_ints, help="where to apply a shift or map (default: the artifact's recommended)")
     steer.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate per prompt")
 
@@ -184,13 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             command.add_argument("--pooling", choices=POOLINGS,
                                  help=f"{POOLING} (default: weighted, as MEXA; mean in MoE models)")
-            command.add_argument("--steer-langs", type=_csv, help="languages to steer (default: the 3 least aligned)")
-        command.add_argument("--pivot", default="eng", help=PIVOT)
+            command.add_argument("--steer-langs", type=_languages, help="languages to steer (default: the 3 least aligned)")
+        command.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
         command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")
-        command.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out")
-        command.add_argument("--loss-sentences", type=int, default=32, help="held-out texts per language for the loss")
-        command.add_argument("--prompts", type=int, default=8, help="held-out prompts per language for fidelity")
-        command.add_argument("--translations", type=int, default=0,
+        command.add_argument("--test-fraction", type=_finite, default=0.2, help="share of sentences held out")
+        command.add_argument("--loss-sentences", type=_count(1), default=32,
+                             help="held-out texts per language for the loss")
+        command.add_argument("--prompts", type=_count(1), default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--translations", type=_count(0), default=0,
                              help="held-out sentences per language translated into the pivot (3-shot, chrF); 0: none")
         command.add_argument("--incline-sigmas", type=_floats, default=list(INCLINE_SIGMAS),
                              help="INCLINE strengths, released rule c + sigma c W (its scripts sweep -1..1 by 0.1); "
@@ -201,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--gate-by-detection", action="store_true",
                                  help="also gate each setting on the language the model itself detects")
         command.add_argument("--out", required=True, type=Path, help="output directory (report.md, CSVs, figures)")
+        command.add_argument("--overwrite", action="store_true",
+                             help="replace the results of another run in --out (the same run resumes without it)")
     return parser
 
 
@@ -222,7 +264,7 @@ def _corpus_of(args):
 
 
 def _run(args) -> str:
-    from xlalign import closed_loop, jobs
+    from xlalign import closed_loop, jobs, steering
 
     progress = not getattr(args, "no_progress", False)
     if args.command == "capture":
@@ -244,7 +286,7 @@ def _run(args) -> str:
         written = jobs.find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,
                             k=args.k, bottom_k=args.bottom_k, components=args.components, pooling=args.pooling,
                             overwrite=args.overwrite, progress=progress, **_loading(args))  # fmt: skip
-        return "\n".join(f"wrote {jobs.describe_artifact(path)}" for path in written)
+        return "\n".join(f"wrote {steering.describe_artifact(path)}" for path in written)
     if args.command == "ablate":
         table = jobs.ablate(args.neurons, args.out, corpus=_corpus_of(args), overwrite=args.overwrite,
                             progress=progress, **_loading(args))  # fmt: skip
@@ -253,13 +295,12 @@ def _run(args) -> str:
                  for lang, part in table.groupby("zeroed", sort=False)]  # fmt: skip
         return "\n".join([*lines, f"wrote {args.out}"])
     if args.command == "steer":
-        table = jobs.steer(args.artifact, args.prompt, language=args.language, strength=args.strength,
+        table = steering.steer(args.artifact, args.prompt, language=args.language, strength=args.strength,
                            layers=args.layers, max_new_tokens=args.max_new_tokens, **_loading(args))  # fmt: skip
         return "\n".join(f"prompt: {r.prompt}\n  off: {r.off}\n  on:  {r.on}" for r in table.itertuples())
     options = dict(corpus=_corpus_of(args), pivot=args.pivot, methods=args.methods, test_fraction=args.test_fraction,
                    n_loss=args.loss_sentences, n_prompts=args.prompts, n_translations=args.translations,
-                   incline_sigmas=args.incline_sigmas,
-                   progress=progress, **_loading(args))
+                   incline_sigmas=args.incline_sigmas, overwrite=args.overwrite, progress=progress, **_loading(args))
     if args.command == "evaluate":
         report = closed_loop.evaluate(args.out, sweep=args.sweep, gate_by_detection=args.gate_by_detection, **options)
         return f"wrote {report}"
@@ -299,9 +340,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _notes_as_lines(command: str) -> None:
+    """Show each :class:`~xlalign.errors.Notice` as one ``xlalign COMMAND: note: ...`` line on stderr."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Notice):
+            print(f"xlalign {command}: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _keep_freed_memory()
+    with warnings.catch_warnings():  # restores the warning display after the command
+        _notes_as_lines(args.command)
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if ranks().world > 1 and args.command not in SPLIT_COMMANDS:
             raise RankError(f"{args.command} does not split its work across processes: run it without torchrun "

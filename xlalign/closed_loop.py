@@ -12,7 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from probes.analysis import OutputLanguage, expert_usage, identifiable, measure, measure_routing, router_matrices
+from probes.analysis import OutputLanguage, expert_usage, measure, measure_routing, router_matrices
 from probes.capture import Tokenization, capture_to_store
 from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
@@ -23,7 +23,10 @@ from steer.apply import steer
 from steer.evaluate import continuations, evaluate as evaluate_settings, gated_by_detection
 from steer.methods import INCLINE_SIGMAS, available_methods, fit_methods, incline_grid, settings
 from steer.summary import before_after, best_settings, pareto
-from xlalign.jobs import JobError, claim, job_bar, open_corpus, open_model
+from xlalign.errors import JobError, notice
+from xlalign.jobs import job_bar, open_corpus, open_model
+from xlalign.loop_options import corpus_language, loop_options
+from xlalign.outdir import ResultDir
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 from xlalign.report import (
@@ -36,19 +39,31 @@ EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generati
                       "pareto.png", "lape_neurons.png", "lape_neurons.csv"}  # fmt: skip
 
 
-def _start(out, allowed: set[str], corpus, pivot: str, model, tokenizer, device: str, device_map, dtype: str,
-           backend: str):
-    """Check the corpus, the pivot and the model, then claim ``out`` (nothing is written before all are good)."""
+def _start(job: str, out, outputs: set[str], options: dict, *, corpus, pivot: str, model, tokenizer, device: str,
+           device_map, dtype: str, backend: str, overwrite: bool):  # fmt: skip
+    """Check every input (corpus, pivot, model, ``options``), then claim ``out`` (nothing is written before all
+    are good). Returns ``(result directory, corpus, pivot, model, tokenizer, complete)``: ``complete`` when
+    ``out`` already holds this job with the same inputs, finished."""
     parallel = open_corpus(corpus)
-    if pivot not in parallel.languages:
-        raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
+    pivot = corpus_language(pivot, parallel, "pivot")
     network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
                                      backend=backend)
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
-    out = Path(out)
-    ranks().on_main(lambda: claim(out, allowed))
-    return out, parallel, network, tokenizer
+    options = loop_options(network, parallel, pivot, **options)
+    settings = {**options, "pivot": pivot, "model": model_identity(network)["weights_sha256"],
+                "corpus": parallel.fingerprint(), "dtype": dtype, "backend": backend}
+    result = ResultDir(Path(out), job, settings, outputs)
+    state = {"complete": False}
+
+    def claim() -> None:
+        state["complete"] = result.check(overwrite)
+        if not state["complete"]:
+            result.start()
+
+    ranks().on_main(claim)
+    complete = ranks().gather(state["complete"])[0]
+    return result, options, parallel, pivot, network, tokenizer, complete
 
 
 def _command() -> str:
@@ -76,6 +91,7 @@ def run(
     device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
+    overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
@@ -84,11 +100,20 @@ def run(
     Alignment is measured on ``hidden`` sites (``output_hidden_states``), pooled ``weighted`` as MEXA's
     released code (``pooling`` default; ``mean`` in MoE models, whose routing metrics average over tokens).
     ``steer_langs`` defaults to the three languages least aligned with the pivot (mean MEXA over layers).
-    Rerunning into the same ``out`` resumes the capture and rewrites the run's own outputs. Returns report.md.
+    Rerunning the same job into ``out`` resumes it (or, finished, does nothing); ``out`` holding another job's
+    results is refused unless ``overwrite``, which replaces them. Returns report.md.
     Under ``torchrun`` the capture is split across the ranks; the main rank does the rest alone.
     """
-    out, parallel, network, tokenizer = _start(out, RUN_OUTPUTS | EVALUATION_OUTPUTS, corpus, pivot, model, tokenizer,
-                                               device, device_map, dtype, backend)  # fmt: skip
+    raw = dict(methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
+               n_translations=n_translations, incline_sigmas=incline_sigmas, steer_langs=steer_langs, pooling=pooling,
+               tokenization=tokenization.as_dict())
+    result, options, parallel, pivot, network, tokenizer, complete = _start(
+        "run", out, RUN_OUTPUTS | EVALUATION_OUTPUTS, raw, corpus=corpus, pivot=pivot, model=model, tokenizer=tokenizer,
+        device=device, device_map=device_map, dtype=dtype, backend=backend, overwrite=overwrite)
+    out = result.out
+    if complete:
+        return out / "report.md"
+    steer_langs = options["steer_langs"]
     routed = router_layers(network)
     pooling = pooling or ("mean" if routed else "weighted")
     sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
@@ -111,9 +136,9 @@ def run(
             mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
             steer_langs = mexa.sort_values().index[:3].tolist()
         steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
-                                        methods=methods, test_fraction=test_fraction, n_loss=n_loss,
+                                        methods=options["methods"], test_fraction=test_fraction, n_loss=n_loss,
                                         n_prompts=n_prompts, n_translations=n_translations, progress=bar,
-                                        incline_sigmas=incline_sigmas, tokenization=tokenization)  # fmt: skip
+                                        incline_sigmas=options["incline_sigmas"], tokenization=tokenization)
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
     lines += alignment_section(table[table["language"] != "all"], alignment)
@@ -127,6 +152,7 @@ def run(
     lines += steering
     report = out / "report.md"
     write_text(report, "\n".join(lines))
+    result.finish()
     return report
 
 
@@ -151,27 +177,37 @@ def evaluate(
     device_map: str | None = None,
     dtype: str = "float32",
     backend: str = "hf",
+    overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
     """The closed loop for every non-pivot language of the corpus; returns report.md. ``sweep``: the
     language-keeping methods over layers and strengths; ``gate_by_detection``: every setting that edits after
-    the detector's layer also gated on the language the model itself detects (``,gate=detected``)."""
+    the detector's layer also gated on the language the model itself detects (``,gate=detected``). ``out`` is
+    claimed as by :func:`run` (resumed, already complete, or refused without ``overwrite``)."""
     if ranks().world > 1:
         raise JobError("evaluate does not split its work across processes: run it without torchrun")
-    out, parallel, network, tokenizer = _start(out, EVALUATION_OUTPUTS | {"report.md"}, corpus, pivot, model,
-                                               tokenizer, device, device_map, dtype, backend)  # fmt: skip
+    raw = dict(methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
+               n_translations=n_translations, incline_sigmas=incline_sigmas, sweep=sweep,
+               gate_by_detection=gate_by_detection, tokenization=tokenization.as_dict())
+    result, options, parallel, pivot, network, tokenizer, complete = _start(
+        "evaluate", out, EVALUATION_OUTPUTS | {"report.md"}, raw, corpus=corpus, pivot=pivot, model=model,
+        tokenizer=tokenizer, device=device, device_map=device_map, dtype=dtype, backend=backend, overwrite=overwrite)
+    out = result.out
+    if complete:
+        return out / "report.md"
     languages = [lang for lang in parallel.languages if lang != pivot]
     with job_bar(progress, f"evaluate into {out}") as bar:
         steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
-                                  methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-                                  n_translations=n_translations, incline_sigmas=incline_sigmas, sweep=sweep,
-                                  gate_by_detection=gate_by_detection,
-                                  tokenization=tokenization, progress=bar)  # fmt: skip
+                                  methods=options["methods"], test_fraction=test_fraction, n_loss=n_loss,
+                                  n_prompts=n_prompts, n_translations=n_translations,
+                                  incline_sigmas=options["incline_sigmas"], sweep=sweep,
+                                  gate_by_detection=gate_by_detection, tokenization=tokenization, progress=bar)
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
                    languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command())
     report = out / "report.md"
     write_text(report, "\n".join(lines + steering))
+    result.finish()
     return report
 
 
@@ -187,6 +223,7 @@ def closed_loop(
     resumes from it. INCLINE runs at each of ``incline_sigmas`` (its released rule, ``c + sigma c W``) and
     interpolated at 0.5. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
+    notes = [split_note(parallel, test, test_fraction)]
     methods = available_methods(model) if methods is None else methods
     found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
                         lape_languages=train.languages, detect=gate_by_detection, tokenization=tokenization,
@@ -194,8 +231,13 @@ def closed_loop(
     grid = settings(found, model, tokenizer, pivot=pivot, incline_settings=incline_grid(incline_sigmas),
                     tokenization=tokenization, sweep=sweep)  # fmt: skip
     if found.detector is not None:
-        grid += gated_by_detection(grid, found.detector.layer)
-    fidelity = OutputLanguage([lang for lang in dict.fromkeys([pivot, *languages]) if identifiable(lang)])
+        twins = gated_by_detection(grid, found.detector.layer)
+        notes.append(ungated_note([s for s in grid if s.layer <= found.detector.layer], found.detector.layer))
+        grid += twins
+    notes = [note for note in notes if note]
+    for note in notes:
+        notice(note)
+    fidelity = OutputLanguage()  # the reference's metric: lid.176 over all its languages
     table = ResumableTable(out / "evaluation.csv", {
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
         "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
@@ -231,7 +273,28 @@ def closed_loop(
         write_text(out / "lape_neurons.csv", counts.to_csv(index=False))
         neurons = save_figure(neurons_per_layer(counts, "LAPE neurons per layer"), out / "lape_neurons.png")
     section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)
+    if notes:
+        section[2:2] = [*(f"> Note: {note}" for note in notes), ""]
     return section, neurons
+
+
+def split_note(parallel: ParallelCorpus, test: ParallelCorpus, test_fraction: float) -> str | None:
+    """A note when whole documents kept the held-out share far (more than 0.1) from ``test_fraction``."""
+    share = len(test) / len(parallel)
+    if abs(share - test_fraction) <= 0.1:
+        return None
+    return (f"the split holds out {len(test)} of {len(parallel)} sentences ({share:.0%}), not the {test_fraction:.0%} "
+            f"asked for: it keeps whole documents on one side, and this corpus has few, long ones. Use more "
+            f"sentences (--max-sentences) for a split closer to --test-fraction.")
+
+
+def ungated_note(settings, detector_layer: int) -> str | None:
+    """A note naming the settings that edit at or before the detector's layer, which get no detection-gated twin."""
+    if not settings:
+        return None
+    names = ", ".join(dict.fromkeys(f"{s.method} ({s.setting})" for s in settings))
+    return (f"--gate-by-detection: no detection-gated setting for {names}: each edits at or before layer "
+            f"{detector_layer}, where the model's language is detected, so it cannot be gated on that detection.")
 
 
 def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int, tokenization,

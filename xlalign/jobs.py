@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 
 from probes.analysis import measure as measure_activations
 from probes.analysis import measure_routing
-from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
+from probes.artifacts import NeuronSet
 from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
 from probes.capture.distributed import ranks
 from probes.capture.progress import add_steps
 from probes.capture.remote import require_key
-from probes.data import ParallelCorpus, load_corpus
+from probes.data import ParallelCorpus, load_corpus, normalize_language
 from probes.data.files import write_text
 from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
 from probes.model import (
@@ -29,19 +29,17 @@ from probes.model import (
 )  # fmt: skip
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
-from steer.convert import to_intervention, zero_neurons
-from steer.incline import fit_incline_maps, incline
-from steer.evaluate import continuations, next_token_loss
+from steer.convert import zero_neurons
+from steer.incline import fit_incline_maps
+from steer.evaluate import next_token_loss
+from xlalign.errors import JobError
+from xlalign.loop_options import corpus_language
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 
 # Units (ap) or heads (claim) kept when find's k is not given.
 DEFAULT_K = {"ap": 1000, "claim": 8}
 FIND_METHODS = {"neurons": ("lape", "ap"), "shift": ("mean", "pca", "logistic", "claim"), "map": ("incline", "procrustes")}
-
-
-class JobError(ValueError):
-    """A job that cannot start: an output that would overwrite the user's files, a missing pivot, ..."""
 
 
 def open_corpus(
@@ -69,14 +67,6 @@ def open_model(
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise JobError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-
-
-def claim(out: Path, allowed: set[str]) -> None:
-    """Refuse an output directory that holds files this job did not write (nothing the user saved is lost)."""
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed) if out.is_dir() else []
-    if foreign:
-        raise JobError(f"{out} holds files that xlalign did not write ({', '.join(foreign[:5])}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
@@ -167,6 +157,7 @@ def measure(
     :func:`probes.analysis.measure_routing`) of a store, written as a CSV to ``out``."""
     out = Path(out)
     refuse_overwrite(out, overwrite)
+    pivot = normalize_language(pivot)
     activations = ActivationStore(store)
     if component == "router":
         table = measure_routing(activations, pivot, importance=importance, ci=ci, n_boot=n_boot)
@@ -220,6 +211,7 @@ def find(
         raise JobError(f"find {kind} --method {method}: components, bottom_k and pooling are options of AP experts")
     parallel = open_corpus(corpus)
     out = Path(out)
+    pivot = corpus_language(pivot, parallel, "pivot") if kind != "neurons" else normalize_language(pivot)
     languages = [lang for lang in parallel.languages if lang != pivot]
     network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
                                      backend=backend)
@@ -230,8 +222,6 @@ def find(
         targets = [out / f"{kind}.{lang}.safetensors" for lang in languages]
     else:
         targets = [out] if len(units) == 1 else [out / f"ap.{component}.safetensors" for component in units]
-    if kind != "neurons" and pivot not in parallel.languages:
-        raise JobError(f"pivot language {pivot!r} is not among the corpus languages {', '.join(parallel.languages)}")
     for path in targets:
         refuse_overwrite(path, overwrite)
     group = ranks()
@@ -252,23 +242,34 @@ def find(
                                   progress=bar)  # fmt: skip
             experts = APExperts(k=DEFAULT_K["ap"] if k is None else k, bottom_k=bottom_k, pooling=pooling)
             found = experts.fit(acts, units).neuron_sets_
-            return [found[component].save(path, overwrite=overwrite) for component, path in zip(units, targets)]
+            return save_all([found[component] for component in units], targets, overwrite)
         if method == "incline":  # its own (half code-switched) training pairs
             maps = fit_incline_maps(network, tokenizer, parallel, languages, pivot=pivot, tokenization=tokenization,
                                     progress=bar)  # fmt: skip
-            return [maps[lang].save(path, overwrite=overwrite) for lang, path in zip(languages, targets)]
+            return save_all([maps[lang] for lang in languages], targets, overwrite)
         component = "head" if method == "claim" else "resid"  # as their papers
         sites = [Site(layer, component) for layer in layers]
         acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
-        for lang, path in zip(languages, targets):
-            if method == "claim":
-                artifact = HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k or DEFAULT_K["claim"])
-            elif kind == "shift":
-                artifact = fit_shift(acts, lang, pivot=pivot, method=method)
-            else:
-                artifact = fit_map(acts, lang, pivot=pivot, method=method)
-            artifact.save(path, overwrite=overwrite)
-    return targets
+        if method == "claim":
+            found = [HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k or DEFAULT_K["claim"]) for lang in languages]
+        else:
+            fit = fit_shift if kind == "shift" else fit_map
+            found = [fit(acts, lang, pivot=pivot, method=method) for lang in languages]
+        return save_all(found, targets, overwrite)
+
+
+def save_all(artifacts: Sequence, paths: Sequence[Path], overwrite: bool) -> list[Path]:
+    """Save each artifact to its path; if one fails (a full disk), the files this call wrote are removed, so a
+    failed job leaves nothing that would block its rerun."""
+    written = []
+    try:
+        for artifact, path in zip(artifacts, paths, strict=True):
+            written.append(artifact.save(path, overwrite=overwrite))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def ablate(
@@ -336,54 +337,3 @@ def ablate(
 
 def _ablation_table(rows: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["zeroed", "evaluated", "loss_before", "loss_after"])
-
-
-def steer(
-    artifact: str | os.PathLike | Sequence[str | os.PathLike],
-    prompts: Sequence[str],
-    *,
-    model="default",
-    tokenizer=None,
-    language: str | None = None,
-    strength: float = 1.0,
-    layers: Sequence[int] | None = None,
-    max_new_tokens: int = 30,
-    tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
-) -> pd.DataFrame:
-    """Greedy continuations of ``prompts`` without and with ``artifact`` applied (several: all at once, e.g. the
-    AP experts of each linear component; ``layers``: default, the artifact's recommended layers), as a table
-    ``prompt, off, on``. An INCLINE map is applied as its released code does (:func:`steer.incline.incline`:
-    every layer of the map unless ``layers``, the last prompt token, targets from a clean pass, ``sigma =
-    strength``)."""
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)
-    paths = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact)
-    plan = []
-    for found in (load_artifact(path, model=network) for path in paths):
-        if isinstance(found, NeuronSet) and layers is not None:
-            raise JobError("--layers applies to shift vectors and maps; a NeuronSet is applied where its units are")
-        if isinstance(found, LinearMap) and found.method == "incline":
-            plan.append(incline(network, tokenizer, prompts, found, strength, layers=layers, tokenization=tokenization))
-        else:
-            plan.append(to_intervention(found, strength=strength, language=language, layers=layers))
-    off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
-    with steering(network, plan):
-        on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
-    return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
-
-
-def describe_artifact(path: str | os.PathLike) -> str:
-    """One line naming what an artifact holds (for the CLI)."""
-    found = load_artifact(path)
-    if isinstance(found, NeuronSet):
-        return repr(found)
-    target = f"{found.language} -> {found.pivot}"
-    where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
-    kind = "shift" if isinstance(found, ShiftVector) else "map"
-    if kind == "map" and found.method == "incline":
-        where = "the last prompt token of every layer (INCLINE)"
-    return f"{path}: {kind} {found.method} {target}, applied at {where} unless --layers says otherwise"

@@ -10,6 +10,8 @@ A model of a family registered with :func:`probes.model.register_architecture` i
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -209,7 +211,10 @@ def _default_model_dir() -> Path:
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as scratch:
+    _remove_abandoned_conversions(target.parent)
+    print(f"xlalign: first use of the embedded Gemma 3 270M: dequantising its GGUF file into {target} "
+          "(about a minute, once; later loads take seconds)", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".convert-{os.getpid()}-") as scratch:
         gguf = package.assemble(Path(scratch) / package.MODEL_NAME)
         model, tokenizer = _load_gguf(gguf, torch.float32)
         staged = Path(scratch) / "model"
@@ -221,3 +226,22 @@ def _default_model_dir() -> Path:
             if not (target / "model.safetensors").is_file():  # not a concurrent conversion that won the race
                 raise
     return target
+
+
+def _remove_abandoned_conversions(cache: Path) -> None:
+    """Remove the scratch directories of conversions whose process is gone (killed mid-way: ~1.3 GB each)."""
+    for scratch in cache.glob(".convert-*"):
+        owner = scratch.name.split("-")[1]
+        if owner.isdigit() and _alive(int(owner)):
+            continue
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -1,0 +1,87 @@
+"""The ``steer`` job: greedy continuations of prompts without and with saved artifacts applied."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
+from probes.capture import Tokenization
+from probes.data import normalize_language
+from steer.apply import steer as steering
+from steer.convert import to_intervention
+from steer.evaluate import continuations
+from steer.incline import incline
+from xlalign.errors import JobError
+from xlalign.jobs import open_model
+
+
+def steer(
+    artifact: str | os.PathLike | Sequence[str | os.PathLike],
+    prompts: Sequence[str],
+    *,
+    model="default",
+    tokenizer=None,
+    language: str | None = None,
+    strength: float | None = None,
+    layers: Sequence[int] | None = None,
+    max_new_tokens: int = 30,
+    tokenization: Tokenization = Tokenization(),
+    device: str = "cpu",
+    device_map: str | None = None,
+    dtype: str = "float32",
+    backend: str = "hf",
+) -> pd.DataFrame:
+    """Greedy continuations of ``prompts`` without and with ``artifact`` applied (several: all at once, e.g. the
+    AP experts of each linear component; ``layers``: default, the artifact's recommended layers), as a table
+    ``prompt, off, on``. ``strength`` (default 1) scales shift vectors, maps and erasers; ``language`` picks a
+    NeuronSet's language and must otherwise be the artifact's own. An INCLINE map is applied as its released
+    code does (:func:`steer.incline.incline`: every layer of the map unless ``layers``, the last prompt token,
+    targets from a clean pass, ``sigma = strength``)."""
+    paths = [Path(artifact)] if isinstance(artifact, (str, os.PathLike)) else [Path(path) for path in artifact]
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p.name for p in path.glob("*.safetensors"))
+            raise JobError(f"--artifact {path} is a directory; name the artifact files in it"
+                           + (f" ({', '.join(inside[:6])})" if inside else " (it holds no .safetensors file)"))
+    language = None if language is None else normalize_language(language)
+    if strength is not None and not math.isfinite(strength):
+        raise JobError(f"--strength must be a finite number, got {strength}")
+    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
+                                     backend=backend)
+    plan = []
+    for path, found in ((path, load_artifact(path, model=network)) for path in paths):
+        if isinstance(found, NeuronSet):
+            if layers is not None or strength is not None:
+                raise JobError(f"{path}: --layers and --strength apply to shift vectors, maps and erasers; a NeuronSet "
+                               "is applied where its units are, zeroed (LAPE) or set to their median response (AP)")
+        elif language is not None and language != getattr(found, "language", None):
+            fitted = f"fitted for {found.language!r}" if hasattr(found, "language") else "not fitted for one language"
+            raise JobError(f"{path} is a {found.KIND} {fitted}, but --language names {language!r}: omit --language, "
+                           f"or use an artifact fitted for {language!r}")
+        alpha = 1.0 if strength is None else strength
+        if isinstance(found, LinearMap) and found.method == "incline":
+            plan.append(incline(network, tokenizer, prompts, found, alpha, layers=layers, tokenization=tokenization))
+        else:
+            plan.append(to_intervention(found, strength=alpha, language=language, layers=layers))
+    off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    with steering(network, plan):
+        on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
+
+
+def describe_artifact(path: str | os.PathLike) -> str:
+    """One line naming what an artifact holds (for the CLI)."""
+    found = load_artifact(path)
+    if isinstance(found, NeuronSet):
+        return repr(found)
+    target = f"{found.language} -> {found.pivot}"
+    where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
+    kind = "shift" if isinstance(found, ShiftVector) else "map"
+    if kind == "map" and found.method == "incline":
+        where = "the last prompt token of every layer (INCLINE)"
+    return f"{path}: {kind} {found.method} {target}, applied at {where} unless --layers says otherwise"
