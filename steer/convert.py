@@ -10,7 +10,7 @@ from typing import Sequence
 
 from probes.artifacts import Artifact, Eraser, LinearMap, NeuronSet, ShiftVector
 from steer.interventions import (
-    AddVector, ApplyMap, Erase, HeadShift, Intervention, InterventionError, SetNeurons, ZeroNeurons,
+    AddVector, ApplyMap, Erase, HeadShift, Intervention, InterventionError, SetNeurons, ZeroNeurons, finite,
 )
 
 
@@ -76,7 +76,9 @@ def to_intervention(
 ) -> Intervention:
     """The intervention an artifact calls for: a shift vector adds (``head``: shifts heads) with ``alpha =
     strength``, a map interpolates with ``sigma = strength``, LAPE neurons of ``language`` are zeroed, other
-    neuron sets (AP experts) set to their median response, an eraser erases (``strength`` 1: fully)."""
+    neuron sets (AP experts) set to their median response, an eraser erases (``strength`` 1: fully). A
+    non-finite ``strength`` is an :class:`InterventionError`, whatever the kind."""
+    finite(strength, "strength", "to_intervention", " (xlalign steer: --strength)")
     if isinstance(artifact, ShiftVector):
         make = head_shift if artifact.component == "head" else add_vector
         return make(artifact, strength, layers)

@@ -31,6 +31,7 @@ from probes.data import ParallelCorpus
 from probes.find import code_switched_pairs, fit_map
 from probes.model import Site, model_identity, model_type, n_layers
 from steer.convert import default_layers
+from steer.interventions import finite
 from steer.patch import Patch
 from steer.schedule import Schedule
 
@@ -50,6 +51,8 @@ def incline(
     variant), both from the clean ``c``."""
     if mode not in INCLINE_MODES:
         raise ValueError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")
+    finite(sigma, "sigma", "incline", " (xlalign steer: --strength; xlalign evaluate: --incline-sigmas)")
+    finite(sign, "sign", "incline")
     chosen = sorted(fitted.matrices) if layers is None else default_layers(fitted, layers)
     sites = {layer: Site(layer, fitted.component) for layer in chosen}
     clean = trace(model, tokenizer, list(prompts), list(sites.values()), tokenization=tokenization)

@@ -7,18 +7,21 @@ tensor for every token of ``x`` (``(batch, tokens, *shape)``; ``head`` sites see
 head_dim)``). ``ctx`` (:class:`EditContext`) says which site, and per token its position, decode step, example
 and whether the schedule selected it; which tokens keep the edit is the schedule's business
 (:mod:`steer.schedule`). Router interventions (:mod:`steer.router`) implement the same protocol on logits.
+Every intervention refuses non-finite numbers and tensors when it is made (:func:`finite`): a NaN strength or
+vector would otherwise steer to NaN logits and empty continuations without a word.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from probes.artifacts import map_formula
+from probes.artifacts import map_formula, nonfinite
 from probes.capture import ForwardContext
 from probes.model import LINEAR_COMPONENTS, Site
 
@@ -80,6 +83,31 @@ def frozen_tensors(mapping: dict) -> dict[int, Tensor]:
     return {int(layer): torch.as_tensor(value).detach() for layer, value in mapping.items()}
 
 
+def finite(value: Any, name: str, owner: str, hint: str = "") -> Any:
+    """``value`` unchanged if it is finite: a number, a tensor, or a mapping (per layer) or sequence of them; else
+    an :class:`InterventionError` naming ``owner``, the parameter ``name`` and the bad value (``hint``: what to do)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            finite(item, f"{name}[{key}]", owner, hint)
+        return value
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            finite(item, f"{name}[{index}]", owner, hint)
+        return value
+    if isinstance(value, Tensor):
+        problem = nonfinite(value)
+        if problem:
+            raise InterventionError(f"{owner}: {name} has {problem}; give finite values{hint}")
+        return value
+    try:
+        number = float(value) if not isinstance(value, (str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InterventionError(f"{owner}: {name}={value!r} is not a finite number; give a finite {name}{hint}")
+    return value
+
+
 def expect(site: Site, what: str, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
     if tuple(got) != tuple(expected):
         raise InterventionError(f"{site}: {what} has shape {tuple(got)}, but the site's tensor is {tuple(expected)} per token")
@@ -106,7 +134,8 @@ class AddVector:
     component: str = "resid"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vectors", frozen_tensors(self.vectors))
+        object.__setattr__(self, "vectors", finite(frozen_tensors(self.vectors), "vectors", "AddVector"))
+        finite(self.alpha, "alpha", "AddVector")
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -131,13 +160,13 @@ class Ablate:
 
     def __post_init__(self) -> None:
         bases = {}
-        for layer, direction in frozen_tensors(self.directions).items():
+        for layer, direction in finite(frozen_tensors(self.directions), "directions", "Ablate").items():
             matrix = direction.double().reshape(-1, direction.shape[-1])
-            if not torch.isfinite(matrix).all() or (matrix.norm(dim=1) == 0).any():
+            if (matrix.norm(dim=1) == 0).any():
                 raise InterventionError(f"Ablate layer {layer}: directions must be finite and non-zero")
             bases[layer] = torch.linalg.qr(matrix.T).Q.T.float()  # (k, d), orthonormal rows
         object.__setattr__(self, "directions", bases)
-        object.__setattr__(self, "means", frozen_tensors(self.means))
+        object.__setattr__(self, "means", finite(frozen_tensors(self.means), "means", "Ablate"))
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -166,7 +195,7 @@ class SetNeurons:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "units", {layer: u.long() for layer, u in frozen_tensors(self.units).items()})
-        object.__setattr__(self, "values", frozen_tensors(self.values))
+        object.__setattr__(self, "values", finite(frozen_tensors(self.values), "values", "SetNeurons"))
         for layer, units in self.units.items():
             if self.values.get(layer) is None or self.values[layer].shape != units.shape:
                 raise InterventionError(f"SetNeurons layer {layer}: {tuple(units.shape)} units need as many values")
@@ -227,8 +256,9 @@ class ApplyMap:
     def __post_init__(self) -> None:
         if self.rule not in ("code", "interpolate"):
             raise InterventionError(f"ApplyMap rule={self.rule!r}: use 'code' or 'interpolate'")
+        finite(self.sigma, "sigma", "ApplyMap")
         for name in ("maps", "source_mean", "target_mean"):
-            object.__setattr__(self, name, frozen_tensors(getattr(self, name)))
+            object.__setattr__(self, name, finite(frozen_tensors(getattr(self, name)), name, "ApplyMap"))
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -261,8 +291,9 @@ class Erase:
     component: str = "resid"
 
     def __post_init__(self) -> None:
+        finite(self.strength, "strength", "Erase")
         for name in ("proj_left", "proj_right", "bias"):
-            object.__setattr__(self, name, frozen_tensors(getattr(self, name)))
+            object.__setattr__(self, name, finite(frozen_tensors(getattr(self, name)), name, "Erase"))
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -291,7 +322,8 @@ class HeadShift:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", {layer: h.long() for layer, h in frozen_tensors(self.heads).items()})
-        object.__setattr__(self, "vectors", frozen_tensors(self.vectors))
+        object.__setattr__(self, "vectors", finite(frozen_tensors(self.vectors), "vectors", "HeadShift"))
+        finite(self.alpha, "alpha", "HeadShift")
         for layer, heads in self.heads.items():
             if self.vectors.get(layer) is None or self.vectors[layer].shape[:1] != heads.shape:
                 raise InterventionError(f"HeadShift layer {layer}: {len(heads)} heads need as many vectors")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from probes.capture import Recording
 from probes.model import Site
-from steer.interventions import EditContext, InterventionError, expect
+from steer.interventions import EditContext, InterventionError, expect, finite
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Patch:
     def __post_init__(self) -> None:
         padded, lengths = {}, {}
         for layer, examples in self.values.items():
-            examples = [torch.as_tensor(example).detach() for example in examples]
+            examples = finite([torch.as_tensor(example).detach() for example in examples], f"values[{layer}]", "Patch")
             if not examples or len({tuple(e.shape[1:]) for e in examples}) != 1:
                 raise InterventionError(f"Patch layer {layer}: give one (tokens, *shape) tensor per example, one shape")
             lengths[int(layer)] = torch.tensor([len(e) for e in examples])

@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.model import Site
-from steer.interventions import EditContext, InterventionError, check_units, frozen_tensors
+from steer.interventions import EditContext, InterventionError, check_units, finite, frozen_tensors
 
 
 def _experts(experts: Mapping[int, Sequence[int] | Tensor]) -> dict[int, Tensor]:
@@ -67,10 +67,12 @@ class RouterBias(_ExpertEdit):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.delta, Mapping):
-            object.__setattr__(self, "delta", frozen_tensors(self.delta))
+            object.__setattr__(self, "delta", finite(frozen_tensors(self.delta), "delta", "RouterBias"))
             for layer, ids in self.experts.items():
                 if layer not in self.delta or self.delta[layer].shape != ids.shape:
                     raise InterventionError(f"RouterBias layer {layer}: {len(ids)} experts need as many deltas")
+        else:
+            finite(self.delta, "delta", "RouterBias")
 
     def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
         delta = self.delta[ctx.layer].to(x) if isinstance(self.delta, dict) else self.delta
@@ -84,6 +86,10 @@ class _SetExpertLogits(_ExpertEdit):
     """Set the chosen experts' logits to a value derived from each token's logits (see subclasses)."""
 
     eps: float = 1e-2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        finite(self.eps, "eps", type(self).__name__)
 
     def edit(self, x: Float[Tensor, "batch tokens experts"], ctx: EditContext) -> Float[Tensor, "batch tokens experts"]:
         out = x.clone()
@@ -140,6 +146,7 @@ def promote_pivot_experts(
     activations, :func:`probes.analysis.router_matrices`). Gate it on the other languages with a
     :class:`~steer.schedule.Schedule` to leave the pivot untouched.
     """
+    finite({layer: torch.as_tensor(values) for layer, values in usage.items()}, "usage", "promote_pivot_experts")
     chosen = middle_layers(list(usage)) if layers is None else list(layers)
     missing = [layer for layer in chosen if layer not in usage]
     if missing:
@@ -156,6 +163,7 @@ def steermoe_experts(
     sorted by ``|risk|`` (descending; ties by layer, then expert), the first ``n_force`` positive ones forced
     (at most ``k`` per layer: later ones are skipped, as the reference's per-layer limit does) and the first
     ``n_ban`` negative ones banned. Returns the ForceExperts and BanExperts (each only if it has experts)."""
+    finite({layer: torch.as_tensor(values) for layer, values in risk.items()}, "risk", "steermoe_experts")
     rows = sorted(((-abs(float(value)), layer, expert, float(value)) for layer, values in risk.items()
                    for expert, value in enumerate(values.tolist())), key=lambda row: row[:3])  # fmt: skip
     positive = [(layer, expert) for _, layer, expert, value in rows if value > 0][:n_force]
