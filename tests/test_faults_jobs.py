@@ -275,3 +275,28 @@ def test_an_abandoned_model_conversion_is_removed_and_a_running_one_kept(tmp_pat
     _remove_abandoned_conversions(tmp_path)
     assert not abandoned.exists() and running.exists()
 
+
+
+def test_router_sites_on_a_dense_model_say_it_is_dense(tmp_path, capsys):
+    assert main(["capture", *CLI, "--sites", "router", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "this model has no MoE router (it is dense)" in err and "--layers" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(".metrics.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    assert main(["capture", *CLI, "--sites", "resid.1", "--out", str(tmp_path / "s")]) == 0
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main(["measure", str(tmp_path / "s"), "--component", "resid", "--out", str(tmp_path / "metrics.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"writing {tmp_path / 'metrics.csv'} failed" in err and "is the disk full?" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

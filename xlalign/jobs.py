@@ -92,7 +92,10 @@ def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[S
         else:
             raise SiteError(f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER")
     if not sites:
-        raise SiteError(f"--sites {spec!r} with --layers {list(layers or [])} selects no site of this model")
+        routerless = "router" in spec and not router_layers(model)
+        why = "this model has no MoE router (it is dense)" if routerless else "it names no site this model has"
+        given = f" with --layers {','.join(map(str, layers))}" if layers is not None else ""
+        raise SiteError(f"--sites {spec!r}{given} selects no site: {why}")
     return sites
 
 

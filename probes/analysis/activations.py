@@ -1,7 +1,9 @@
 """Activations: pooled vectors per (site, language), sentence-aligned across languages; the one noun every metric,
 finder and figure takes. :class:`probes.capture.store.ActivationStore` is its on-disk, read-only twin.
 
-``acts.get(Site(6, "resid"), "deu")`` is ``(n, *shape)``: row i of every language is sentence i.
+``acts.get(Site(6, "resid"), "deu")`` is ``(n, *shape)``: row i of every language is sentence i. Every read
+refuses inf and NaN (:class:`NonFiniteError`, naming site, layer, language and dtype), so no metric or finder
+computes on them.
 ``acts.by_layer("resid")`` yields ``(layer, {language: (n, *shape)})`` one layer at a time (a store reads one
 layer at a time). Sites are the :class:`probes.model.Site` objects the activations were captured at (this module
 reads only their ``layer`` and ``component``).
@@ -12,12 +14,58 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 
 class ActivationsError(ValueError):
     """Activations that do not fit together, or a site or language they do not hold."""
+
+
+class NonFiniteError(ActivationsError):
+    """Activations holding inf or NaN (a model that overflows in its dtype, or a broken edit); build it with
+    :func:`non_finite`, which names the site, layer, language and dtype and says what to do."""
+
+    site: object = None
+    language: str | None = None
+    dtype: str | None = None
+    where: str | None = None
+
+    def of(self, language: str) -> NonFiniteError:
+        """The same error naming ``language`` (for callers that know which language was being captured)."""
+        return non_finite(self.site, language, self.dtype, where=self.where)
+
+
+def non_finite(
+    site: object, language: str | None = None, dtype: object = None, *, where: str | None = None,
+    captured: bool = False, kind: type[NonFiniteError] = NonFiniteError,
+) -> NonFiniteError:
+    """The error (a ``kind``) for non-finite values at ``site`` (of ``language``) computed in ``dtype``;
+    ``captured``: they were read back from an earlier capture (the advice is then to capture again)."""
+    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
+    layer = getattr(site, "layer", None)
+    text = f"{site}" + (f" (layer {layer})" if layer is not None else "") + (f" of {language}" if language else "")
+    again = "capture again with" if captured else "use"
+    if dtype in ("float16", "bfloat16"):
+        wider = "bfloat16 or float32" if dtype == "float16" else "float32"
+        cause = f" in {dtype}: the model overflows in this dtype; {again} --dtype {wider}"
+    else:
+        cause = (f" in {dtype}" if dtype else "") + ": the model (its weights, its input or an edit) produces them"
+    error = kind(f"{where + ': ' if where else ''}{text} holds non-finite values (inf/NaN){cause}")
+    error.site, error.language, error.dtype, error.where = site, language, dtype, where
+    return error
+
+
+def check_finite(
+    values: Tensor, site: object, language: str | None = None, *, dtype: object = None, where: str | None = None,
+    captured: bool = True,
+) -> Tensor:
+    """``values`` unchanged, or :func:`non_finite`'s error if any is inf or NaN (``dtype``: the model's, default
+    that of ``values``). The one check every finder's input passes through."""
+    if not bool(torch.isfinite(values).all()):
+        raise non_finite(site, language, dtype if dtype is not None else values.dtype, where=where, captured=captured)
+    return values
 
 
 class Activations:
@@ -98,6 +146,11 @@ class Activations:
     def _load(self, site: object, language: str) -> Tensor:
         return self._data[str(site), language]
 
+    def _read(self, site: object, language: str) -> Tensor:
+        """:meth:`_load`, refusing inf and NaN (naming the site, language and the model's dtype)."""
+        dtype = self.model.get("dtype")
+        return check_finite(self._load(site, language), site, language, dtype=dtype, where=self.where())
+
     # ---- shared behaviour --------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -115,7 +168,7 @@ class Activations:
             raise self.Error(
                 f"{self.where()}: language {language!r} not captured; have {', '.join(self.languages)}"
             )
-        return self._load(self.sites[names.index(str(site))], language)
+        return self._read(self.sites[names.index(str(site))], language)
 
     def __getitem__(self, key: tuple[object, str]) -> Tensor:
         site, language = key
@@ -146,7 +199,7 @@ class Activations:
         sites = {site.layer: site for site in self.sites if site.component == component}
         for layer in available:
             if layers is None or layer in layers:
-                yield layer, {language: self._load(sites[layer], language) for language in wanted}
+                yield layer, {language: self._read(sites[layer], language) for language in wanted}
 
     def select(self, languages: Sequence[str] | None = None, component: str | None = None) -> Activations:
         """An in-memory copy restricted to ``languages`` and the sites of ``component`` (all when None)."""

@@ -1,6 +1,7 @@
 """Recording: tokenisation, the forward-pass context, record/trace (per token), pooled capture into Activations,
 streaming neuron statistics, MoE router traces, and the on-disk ActivationStore."""
 
+from probes.analysis.activations import NonFiniteError
 from probes.capture.context import ContextError, ForwardContext
 from probes.capture.pooled import capture, capture_batches, capture_corpus, pooling_during
 from probes.capture.pooling import POOLINGS, pool
@@ -11,8 +12,8 @@ from probes.capture.store import ActivationStore, StoreError, capture_to_store
 from probes.capture.tokenization import Batch, Tokenization, TokenizationError, batches
 
 __all__ = [
-    "POOLINGS", "ActivationStore", "Batch", "ContextError", "ForwardContext", "NeuronStats", "Recording",
-    "RouterTrace", "StatsError", "StoreError", "Tokenization", "TokenizationError", "batches", "capture",
+    "POOLINGS", "ActivationStore", "Batch", "ContextError", "ForwardContext", "NeuronStats", "NonFiniteError",
+    "Recording", "RouterTrace", "StatsError", "StoreError", "Tokenization", "TokenizationError", "batches", "capture",
     "capture_batches", "capture_corpus", "capture_to_store", "collect_stats", "pool", "pooling_during", "record",
     "trace", "trace_batches", "trace_router", "watch",
 ]

@@ -2,7 +2,9 @@
 
 ``capture`` pools one list of texts; ``capture_corpus`` every language of a parallel corpus into the
 :class:`~probes.analysis.activations.Activations` noun that every metric and finder takes. Both run the
-decoder without its LM head in length-sorted batches and stop after the deepest needed layer.
+decoder without its LM head in length-sorted batches and stop after the deepest needed layer. Every site of
+every batch is checked for inf and NaN as it is produced (one reduction): the first one stops the capture with
+a :class:`~probes.analysis.activations.NonFiniteError` naming the site, layer and dtype.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.analysis.activations import Activations
+from probes.analysis.activations import Activations, NonFiniteError, non_finite
 from probes.capture.decoder import run_batches
 from probes.capture.pooling import check_pooling, pool
 from probes.capture.progress import Progress, progress_bar
@@ -83,6 +85,7 @@ def pooling_during(
     parts: dict[Site, list[tuple[Tensor, Tensor]]] = {site: [] for site in chosen}
 
     def on_activation(site: Site, x: Tensor, ctx) -> None:
+        check_tokens(site, x, ctx.valid)
         if pooling is not None:
             parts[site].append((ctx.example.cpu(), pool(x, ctx.counted, pooling).cpu()))
         if on_tokens is not None:
@@ -102,6 +105,27 @@ def pooling_during(
             result[site][rows] = stacked
 
 
+def check_tokens(site: Site, x: Float[Tensor, "batch tokens *shape"], valid: Tensor) -> None:
+    """Raise :func:`~probes.analysis.activations.non_finite` if a valid token of ``x`` holds inf or NaN (pads may
+    hold anything: they are never used). One sum per call (inf or NaN anywhere make it inf or NaN; it allocates
+    nothing, unlike ``isfinite(x).all()``, 25x slower on a CPU); only when it is not finite (also when finite
+    values overflow it) is every valid token looked at."""
+    if bool(x.sum(dtype=torch.float32 if x.element_size() < 4 else None).isfinite()):
+        return
+    finite = torch.isfinite(x).flatten(2).all(dim=2) if x.dim() > 2 else torch.isfinite(x)
+    if not bool((finite | ~valid.to(x.device)).all()):
+        raise non_finite(site, dtype=x.dtype)
+
+
+@contextmanager
+def naming(language: str) -> Iterator[None]:
+    """Add ``language`` to a :class:`~probes.analysis.activations.NonFiniteError` raised inside the block."""
+    try:
+        yield
+    except NonFiniteError as error:
+        raise error.of(language) from None
+
+
 def capture_corpus(
     model: nn.Module,
     tokenizer,
@@ -119,7 +143,10 @@ def capture_corpus(
     with progress_bar(progress, "capture") as bar:
         for language in chosen:
             bar.set_description(f"capture {language}")
-            pooled[language] = capture(model, tokenizer, corpus.texts(language), sites, pooling=pooling,
-                                       tokenization=tokenization, progress=bar)  # fmt: skip
+            with naming(language):
+                pooled[language] = capture(
+                    model, tokenizer, corpus.texts(language), sites, pooling=pooling, tokenization=tokenization,
+                    progress=bar,
+                )
     data = {(site, language): values[site] for language, values in pooled.items() for site in values}
     return Activations(data, model=model_identity(model), pooling=pooling, ids=corpus.ids)

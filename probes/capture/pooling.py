@@ -6,7 +6,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-POOLINGS = ("mean", "weighted", "last", "max", "active")
+POOLINGS = ("mean", "weighted", "last", "max", "active", "nas", "nav")
 
 
 def check_pooling(pooling: str) -> str:
@@ -22,8 +22,9 @@ def pool(
 
     ``mean``: plain mean. ``weighted`` (MEXA): weights 1, 2, ..., T over the kept tokens, normalised to sum 1.
     ``last``: the last kept token (not index -1: with right padding it sits at ``mask.sum(1) - 1``).
-    ``max``: elementwise max (Suau et al.). ``active``: the fraction of tokens where each unit is > 0
-    (NeuronXA's neuron states, on ``mlp_gate``). Pad positions never enter, even if they hold NaN or inf.
+    ``max``: elementwise max (Suau et al.). ``active``: the fraction of tokens where each unit is > 0.
+    ``nas`` / ``nav`` (NeuronXA's sentence neuron states and values, on ``mlp_gate``): MEXA's position weights
+    over the binary states ``unit > 0`` / over ``|unit|``. Pad positions never enter, even if they hold NaN or inf.
     The result is on ``hidden``'s device.
     """
     hidden, mask = hidden.float(), mask.to(hidden.device)  # a layer may sit on another GPU than the inputs
@@ -35,11 +36,13 @@ def pool(
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = torch.where(mask, positions, -1).amax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if method == "active":
+    if method in ("active", "nas"):
         hidden = (hidden > 0).float()
+    elif method == "nav":
+        hidden = hidden.abs()
     if method in ("mean", "active"):
         weights = mask.float()
-    elif method == "weighted":
+    elif method in ("weighted", "nas", "nav"):
         weights = mask.float().cumsum(dim=1) * mask
     else:
         check_pooling(method)

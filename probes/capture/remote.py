@@ -19,6 +19,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from probes.analysis.activations import check_finite
 from probes.capture import pooling as pooling_module
 from probes.capture.pooling import check_pooling, pool
 from probes.capture.record import check_sites
@@ -44,11 +45,8 @@ def capture_remote(
     """Pooled activations of ``texts`` at ``sites`` of the nnsight model ``lm``, computed where it runs (NDIF
     for ``remote=True``), in the order of ``texts`` (float32, on the CPU); ``head`` sites ``(n, heads, head_dim)``.
     ``check=False``: the caller already ran :func:`check_service` (once for many calls)."""
-    if not is_nnsight(lm):
-        raise BackendError(f"capture_remote needs an nnsight model (nnsight_model(...) or yours), "
-                           f"got {type(lm).__name__}")  # fmt: skip
     check_pooling(pooling)
-    plan = _plan(lm, check_sites(sites))
+    plan = check_remote_sites(lm, sites)
     if check:
         check_service(lm, remote)
     work = batches(tokenizer, texts, tokenization)
@@ -69,13 +67,25 @@ def capture_remote(
     per_site = list(zip(*[iter(saved)] * len(plan)))  # one tuple of pooled tensors per batch, in plan order
     heads = n_heads(unwrap(lm))
     result = {}
-    for index, (_, _, site) in enumerate(plan):
-        stacked = torch.cat([values[index].float().cpu() for values in per_site])
+    dtype = next(unwrap(lm).parameters()).dtype  # pooled vectors come in float32: name the model's dtype
+    for index, (_, _, site) in enumerate(plan):  # in forward order: the first non-finite site is named
+        checked = [check_finite(values[index], site, dtype=dtype, captured=False) for values in per_site]
+        stacked = torch.cat([values.float().cpu() for values in checked])
         if site.component == "head":
             stacked = rearrange(stacked, "n (h d) -> n h d", h=heads)
         result[site] = torch.empty_like(stacked)
         result[site][rows] = stacked
     return result
+
+
+def check_remote_sites(lm, sites: Sequence[Site]) -> list[tuple[str, str, Site]]:
+    """The (envoy path, side, site) plan of ``sites`` in the nnsight model ``lm``; an error for a site it lacks or
+    cannot capture remotely."""
+    if not is_nnsight(lm):
+        raise BackendError(
+            f"capture_remote needs an nnsight model (nnsight_model(...) or yours), got {type(lm).__name__}"
+        )
+    return _plan(lm, check_sites(sites))
 
 
 def _plan(lm, sites: list[Site]) -> list[tuple[str, str, Site]]:

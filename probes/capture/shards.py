@@ -3,7 +3,7 @@ header also says what they are (language, index, rows, the model's weight finger
 
 So a damaged shard (bytes flipped, truncated, zeroed), a misplaced one (another language's shard copied over it)
 and a store whose metadata was edited (another model, another sentence count) are found when a shard is read,
-instead of being measured silently.
+instead of being measured silently; a check also refuses a tensor holding inf or NaN.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from torch import Tensor
 from probes.data.files import atomic_path
 
 _KEY = "xlalign_shard"
+_NON_FINITE = ("holds non-finite values (inf/NaN): the model overflowed in its dtype (capture in bfloat16 or float32) "
+               "or the file was altered")
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,14 @@ def read_tensor(path: Path, site: str, expected: ShardInfo, sites: list[str]) ->
 
 
 def damage(path: Path, expected: ShardInfo, sites: list[str]) -> str | None:
-    """Why the shard at ``path`` is damaged or missing (every tensor verified), or None when it is good."""
+    """Why the shard at ``path`` is damaged or missing (every tensor verified, inf and NaN refused), or None when
+    it is good."""
     if not path.is_file():
         return "missing"
     try:
         for site in sites:
-            read_tensor(path, site, expected, sites)
+            if not bool(torch.isfinite(read_tensor(path, site, expected, sites)).all()):
+                return f"{site} {_NON_FINITE}"
     except ShardDamage as problem:
         return str(problem)
     return None

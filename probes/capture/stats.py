@@ -32,8 +32,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.analysis.activations import NonFiniteError, non_finite
 from probes.capture.distributed import ranks
-from probes.capture.pooled import capture
+from probes.capture.pooled import capture, naming
 from probes.capture.pooling import check_pooling
 from probes.capture.progress import Progress, progress_bar
 from probes.capture.tokenization import Tokenization
@@ -46,6 +47,10 @@ PER = ("token", "sentence")
 
 class StatsError(ValueError):
     """Statistics asked for something that was never added, or fed values of the wrong shape."""
+
+
+class NonFiniteStatsError(StatsError, NonFiniteError):
+    """Statistics fed inf or NaN (both a :class:`StatsError` and a :class:`NonFiniteError`)."""
 
 
 @dataclass
@@ -102,10 +107,12 @@ class NeuronStats:
         # accumulate where the values are (no per-batch copies off the GPU); MPS has no float64: use the CPU
         device = state.total.device if state is not None else values.device
         device = torch.device("cpu") if device.type == "mps" else device
+        dtype = values.dtype
         values = values.detach().to(device, torch.float64)
         if not torch.isfinite(values).all():
             bad = (~torch.isfinite(values)).any(dim=0).nonzero().flatten()[:5].tolist()
-            raise StatsError(f"{site} ({language}): non-finite activations at neurons {bad}")
+            where = f"NeuronStats.add (neurons {bad})"
+            raise non_finite(site, language, dtype, where=where, kind=NonFiniteStatsError)
         if state is None:
             state = self._state[key] = self._start(values)
         elif state.positive.shape[0] != values.shape[1]:
@@ -311,13 +318,19 @@ def collect_stats(
         for language in group.mine(chosen):
             bar.set_description(f"statistics {language}")
             texts = corpus.texts(language)
-            if per == "token":
-                capture(model, tokenizer, texts, sites, pooling=None, on_tokens=stats.on_tokens(language),
-                        tokenization=tokenization, progress=bar)  # fmt: skip
-            else:
-                pooled = capture(model, tokenizer, texts, sites, pooling=pooling, tokenization=tokenization, progress=bar)
-                for site, values in pooled.items():
-                    stats.add(site, language, values.reshape(values.shape[0], -1))
+            with naming(language):
+                if per == "token":
+                    feed = stats.on_tokens(language)
+                    capture(
+                        model, tokenizer, texts, sites, pooling=None, on_tokens=feed, tokenization=tokenization,
+                        progress=bar,
+                    )
+                else:
+                    pooled = capture(
+                        model, tokenizer, texts, sites, pooling=pooling, tokenization=tokenization, progress=bar
+                    )
+                    for site, values in pooled.items():
+                        stats.add(site, language, values.reshape(values.shape[0], -1))
     if group.world > 1:  # each language was accumulated whole by one rank: gathering them is exact
         parts = group.gather(stats._state)
         stats._state = {key: part[key] for language in chosen for part in parts for key in part if key[1] == language}

@@ -9,8 +9,11 @@ Each shard is computed from its own rows only (batches never cross a shard), wri
 and renamed. An interrupted capture therefore resumes by computing the missing shards and ends bit-for-bit
 equal to an uninterrupted one. Every shard carries its language, rows, the model's weight fingerprint and a
 checksum per tensor (:mod:`probes.capture.shards`): a read checks them, a resume recomputes damaged shards and
-says so, and :meth:`ActivationStore.check` lists every damaged one. Names read from ``meta.json`` (languages,
-sites) are validated before any path is built from them, and every path stays inside the store.
+says so, and :meth:`ActivationStore.check` lists every damaged one (a tensor holding inf or NaN included). Names
+read from ``meta.json`` (languages, sites) are validated before any path is built from them, and every path stays
+inside the store. Every argument (sites against the model and backend included) is checked before ``meta.json``
+is written; a resume deletes the temporary files a killed capture left; a capture that meets inf or NaN stops
+there and leaves no store behind if it created it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -27,17 +31,18 @@ import torch
 from torch import Tensor
 
 from probes import __version__
-from probes.analysis.activations import Activations, ActivationsError
+from probes.analysis.activations import Activations, ActivationsError, NonFiniteError
 from probes.capture.distributed import ranks
-from probes.capture.pooled import capture
+from probes.capture.pooled import capture, naming
 from probes.capture.pooling import POOLINGS, check_pooling
 from probes.capture.progress import Progress, progress_bar
 from probes.capture.record import check_sites
-from probes.capture.remote import capture_remote, check_service
+from probes.capture.remote import capture_remote, check_remote_sites, check_service
 from probes.capture.shards import ShardDamage, ShardInfo, damage, read_tensor, write_shard
 from probes.capture.tokenization import Tokenization
 from probes.data import ParallelCorpus
-from probes.data.files import write_text
+from probes.data.files import remove_leftovers, write_text
+from probes.model.access import site_location
 from probes.model.identity import identity_mismatches, model_identity
 from probes.model.sites import Site, SiteError
 
@@ -224,7 +229,15 @@ def capture_to_store(
     if not isinstance(shard_size, int) or shard_size < 1:
         raise StoreError(f"shard_size must be a positive number of sentences, got {shard_size!r}")
     chosen = check_sites(sites)
+    if remote is not None:  # each site exists in this model and backend before meta.json is written
+        check_remote_sites(model, chosen)
+    else:
+        for site in chosen:
+            site_location(model, site)
     languages = list(languages or corpus.languages)
+    with warnings.catch_warnings():  # the settings work with this tokenizer (e.g. a chat template it lacks)
+        warnings.simplefilter("ignore")  # a truncation warning comes with the capture itself
+        tokenization.encode(tokenizer, corpus.texts(languages[0])[:1])
     settings = {
         "pooling": pooling,
         "sites": [str(site) for site in chosen],
@@ -234,6 +247,7 @@ def capture_to_store(
     }
     wanted = {lang: {"n": len(corpus), "fingerprint": corpus.fingerprint([lang])} for lang in languages}
     group = ranks()
+    existed, created = out.exists(), not (out / META).is_file()
 
     def open_or_create() -> None:
         if remote is not None:
@@ -250,24 +264,47 @@ def capture_to_store(
             damaged[lang, index] = problem
             if problem != "missing":
                 warnings.warn(f"{store.shard(lang, index)} is damaged ({problem}); recomputing it", stacklevel=2)
-    with progress_bar(progress if group.is_main else False, "capture") as bar:
-        for lang, index in damaged:
-            bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
-            info = store.shard_info(lang, index)
-            part = corpus.texts(lang)[info.start : info.stop]
-            if remote is None:
-                pooled = capture(model, tokenizer, part, chosen, pooling=pooling, tokenization=tokenization,
-                                 progress=bar)  # fmt: skip
-            else:
-                pooled = capture_remote(model, tokenizer, part, chosen, pooling=pooling, remote=remote,
-                                        tokenization=tokenization, check=False)  # fmt: skip
-            write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
+    try:
+        with progress_bar(progress if group.is_main else False, "capture") as bar:
+            for lang, index in damaged:
+                bar.set_description(f"capture {lang} (shard {index + 1}/{store.n_shards(lang)})")
+                info = store.shard_info(lang, index)
+                part = corpus.texts(lang)[info.start : info.stop]
+                with naming(lang):
+                    if remote is None:
+                        pooled = capture(
+                            model, tokenizer, part, chosen, pooling=pooling, tokenization=tokenization, progress=bar
+                        )
+                    else:
+                        pooled = capture_remote(
+                            model, tokenizer, part, chosen, pooling=pooling, remote=remote,
+                            tokenization=tokenization, check=False,
+                        )
+                write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
+    except NonFiniteError as error:
+        if not created and error.dtype in ("float16", "bfloat16"):  # its finished shards stay, in that dtype
+            error.args = (f"{error} (into a new --out: {out} was made in {error.dtype} and resumes only in it)",)
+        elif group.world == 1:  # nothing of it is usable: leave no store (and nothing that was there before)
+            _remove_store(out, keep_directory=existed)
+        raise
     group.barrier()  # every rank's shards are written before any rank reads the store
     return store
 
 
+def _remove_store(out: Path, *, keep_directory: bool) -> None:
+    """Delete the store this capture created at ``out`` (its metadata and shards; ``out`` itself unless
+    ``keep_directory``: it existed, empty, before)."""
+    if not keep_directory:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    (out / META).unlink(missing_ok=True)
+    remove_leftovers(out)
+
+
 def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, corpus_name: str) -> None:
-    """Check an existing store against ``settings`` (or create it) and register the wanted languages."""
+    """Check an existing store against ``settings`` (or create it) and register the wanted languages; resuming
+    the same capture, delete the temporary files a killed one left (no rank writes yet)."""
     if (out / META).is_file():
         meta = ActivationStore(out).meta
         problems = [f"model {line}" for line in identity_mismatches(meta["model"], identity, exact=True)]
@@ -286,6 +323,10 @@ def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, cor
                 f"{out} was made by a different capture:\n  " + "\n  ".join(problems)
                 + "\nUse a new --out directory, or repeat the original command to resume it."
             )
+        inside = out.resolve()
+        for directory in [out, *(out / "shards").glob("*/")]:
+            if directory.resolve().is_relative_to(inside):  # never a linked directory elsewhere
+                remove_leftovers(directory)
     else:
         if out.exists() and any(out.iterdir()):
             raise StoreError(f"{out} exists and is not an activation store; choose an empty or new directory")

@@ -113,8 +113,6 @@ class APExperts:
             for layer, by_language in activations.by_layer(name, languages):
                 site = site_named[name, layer]
                 values = torch.cat([by_language[language].flatten(1) for language in languages]).double()
-                if not torch.isfinite(values).all():
-                    raise NeuronError(f"{site}: responses contain NaN or inf")
                 ordered, order = torch.sort(values, dim=0, descending=True, stable=True)
                 ap[site] = torch.stack([_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum()))
                                         for lang in languages])  # fmt: skip

