@@ -140,7 +140,7 @@ class _Measured:
 
     pooled: dict[Site, Tensor]
     loss: float
-    fidelity: dict[str, float]  # line_fidelity, word_fidelity (scripts other than Latin only)
+    fidelity: dict[str, float]  # line_fidelity, word_fidelity (ar, hi, ja, ko, ru, zh only)
 
 
 def evaluate(
@@ -174,10 +174,12 @@ def evaluate(
     ``<metric>_mean_after`` (mean over the layers from the setting's first edited layer on, at ``layer`` =
     that layer), ``loss_target``, ``loss_pivot`` (on the first ``n_loss`` texts: the LM head of a large
     vocabulary dominates the cost; the pivot pass is skipped when every plan item is gated to other languages,
-    which leaves pivot inputs exactly as they are, so ``on`` is ``off``) and, when ``fidelity`` is given and knows
-    the language, ``line_fidelity`` and (not for Latin script) ``word_fidelity`` of greedy 12-token continuations
-    of the first ``n_prompts`` texts (:meth:`OutputLanguage.line_pass_rate`, :meth:`~OutputLanguage.word_pass_rate`;
-    NaN when no continuation had a line long enough to judge). Settings with ``detected`` are gated by
+    which leaves pivot inputs exactly as they are, so ``on`` is ``off``; a plan that can edit the pivot, as
+    LEACE's, which erases every language, has its alignment ``on`` measured against the pivot with the plan on too,
+    so the pair compared is the pair the plan produces) and, when ``fidelity`` is given and knows
+    the language, ``line_fidelity`` and (ar, hi, ja, ko, ru, zh only) ``word_fidelity`` of greedy 12-token
+    continuations of the first ``n_prompts`` texts (:meth:`OutputLanguage.pass_rates`, the language-confusion
+    benchmark's LPR and WPR: 1.0 when no continuation had a line long enough to judge). Settings with ``detected`` are gated by
     ``detector`` (:func:`gated_by_detection`): their pivot pass is always measured, as a misdetected pivot
     sentence is steered, and their units carry ``detection_accuracy``, the share of the language's held-out
     texts the detector identifies (``off`` and ``on``). With ``n_translations``, each unit of a language other than
@@ -201,7 +203,6 @@ def evaluate(
         outputs = continuations(model, tokenizer, texts[:n_prompts], tokenization=tokenization)
         return _Measured(pooled, loss, fidelity.pass_rates(outputs, lang))
 
-    pivot_texts = test.texts(pivot)[:n_loss]
     if todo:
         reference, pivot_off = pooled_and_loss(model, tokenizer, test.texts(pivot), sites, pooling=pooling,
                                                n_loss=n_loss, tokenization=tokenization)  # fmt: skip
@@ -232,11 +233,17 @@ def evaluate(
                 with steer(model, setting.plan(lang, test.texts(lang)), languages=gate(lang)) as handle:
                     on = measured(lang)
                     touched = handle.touches(pivot)
-                pivot_on = pivot_off  # a plan gated to other languages leaves the pivot exactly as it is
+                # A plan gated to other languages leaves the pivot exactly as it is; one that can edit it (LEACE
+                # erases every language) is compared with the pivot as the plan leaves it: the measured pair is
+                # the steered pair.
+                reference_on, pivot_on = reference, pivot_off
                 if touched:
-                    with steer(model, setting.plan(lang, pivot_texts), languages=gate(pivot)):
-                        pivot_on = next_token_loss(model, tokenizer, pivot_texts, tokenization=tokenization)
-                rows = _alignment_rows(head, setting.layer, reference, off.pooled, on.pooled, metrics, n_boot)
+                    pivot_all = test.texts(pivot)
+                    with steer(model, setting.plan(lang, pivot_all), languages=gate(pivot)):
+                        reference_on, pivot_on = pooled_and_loss(model, tokenizer, pivot_all, sites, pooling=pooling,
+                                                                 n_loss=n_loss, tokenization=tokenization)
+                references = (reference, reference_on)
+                rows = _alignment_rows(head, setting.layer, references, off.pooled, on.pooled, metrics, n_boot)
                 rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
                 rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
@@ -268,13 +275,17 @@ def detection_accuracy(
     return sum(found == language for found in detector.predict(pooled[detector.site])) / len(texts)
 
 
-def _alignment_rows(head, first_layer, reference, off, on, metrics, n_boot) -> list[tuple]:
+def _alignment_rows(head, first_layer, references, off, on, metrics, n_boot) -> list[tuple]:
+    """Per layer and metric, the pair (pivot, language) without the plan against the pair with it:
+    ``references`` is the pivot's pooled activations (without, with)."""
+    reference_off, reference_on = references
     rows = []
     for metric in metrics:
         score = PAIR_METRICS[metric]
         per_layer_off, per_layer_on = [], []
-        for site in sorted(reference):
-            before, after = score(reference[site], off[site]).double(), score(reference[site], on[site]).double()
+        for site in sorted(reference_off):
+            before = score(reference_off[site], off[site]).double()
+            after = score(reference_on[site], on[site]).double()
             rows.append(_paired_row(head, site.layer, metric, before, after, n_boot))
             if site.layer >= first_layer:
                 per_layer_off.append(before)

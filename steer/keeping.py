@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 from probes.find import gap_norm
 from steer.convert import add_vector, erase
 from steer.evaluate import Setting
+from steer.interventions import finite
 from steer.schedule import gated
 
 DIFFMEAN_SCALES = (0.25,)  # without --sweep: the strength that kept the loss and the language on NTREX
@@ -44,19 +45,28 @@ def profile_layers(profile: Mapping[int, float]) -> tuple[int, int]:
 def diffmean_plan(found, language: str, layer: int, scale: float):
     """DiffMean towards the pivot at ``layer``, ``alpha = scale *`` the language's gap norm there."""
     vector = found.diffmean[language]
+    finite(scale, "scale", f"diffmean {language} at layer {layer}")
     return add_vector(vector, scale * gap_norm(vector, layer), [layer])
 
 
 def restore_plan(found, language: str, layer: int, scale: float):
     """The language's own direction (DiffMean from the pivot towards it) re-injected at ``layer``."""
     vector = found.diffmean[language]
+    finite(scale, "scale", f"restore {language} at layer {layer}")
     return add_vector(vector, -scale * gap_norm(vector, layer), [layer])
 
 
-def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
+def keeping_settings(found, *, pivot: str = "eng", sweep: bool = False) -> list[Setting]:
     """The settings of ``diffmean``, ``erase`` and ``sandwich`` that ``found`` has findings for, one each at the
-    peak layer; ``sweep``: every fourth layer (as CLaS-Bench's scripts) and the peak, at more strengths, LEACE also
-    over the peak and its neighbours, and the sandwich with LEACE in the middle."""
+    peak layer; ``sweep``: also the layers ``s, 2s, ...`` below the last, ``s = round(L / 4.5)`` for ``L`` layers,
+    at more strengths, LEACE also over the peak and its neighbours, and the sandwich with LEACE in the middle.
+
+    Layers are ours: layer ``N`` is the output of block ``N`` counted from 1. With 18 layers the sweep is 4, 8,
+    12, 16: CLaS-Bench's decoder-layer indices 3, 7, 11, 15, as its scripts count from 0 (their sweep
+    ``4 8 ... 28`` of 32-layer models adds to the output of those 0-based blocks, our layers 5, 9, ..., 29).
+
+    LEACE is applied to the language and to the ``pivot`` alike: it moves every language's mean to the common
+    centroid, not to the pivot's, so only the erased pair (pivot erased too) is the pair it makes alike."""
     out: list[Setting] = []
     if not found.profile:
         return out
@@ -76,7 +86,7 @@ def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
         for span in spans:
             name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
             out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
-                (erase(found.eraser, 1.0, span), gated([lang]))]))
+                (erase(found.eraser, 1.0, span), gated([lang, pivot]))]))
     if "sandwich" in found.keeping:
         for scale in SANDWICH_SCALES if sweep else SANDWICH_SCALES[-1:]:
             out.append(Setting("sandwich", f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
@@ -86,7 +96,7 @@ def keeping_settings(found, *, sweep: bool = False) -> list[Setting]:
         back = SANDWICH_SCALES[-1]
         if sweep:
             out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
-                (erase(found.eraser, 1.0, [peak]), gated([lang])),
+                (erase(found.eraser, 1.0, [peak]), gated([lang, pivot])),
                 (restore_plan(found, lang, restore, back), gated([lang]))]))
     return out
 

@@ -11,7 +11,8 @@ units to their median response) and ``heads`` (CLAIM: shift the most language-sp
 models, ``router`` (Bandarkar et al.: promote the pivot's most used experts in the middle layers) and
 ``steermoe`` (force the experts the pivot uses more than the language, ban those it uses less, by risk
 difference of token-level top-k routing). Every plan is gated to the language it was fitted for, so pivot
-inputs run untouched.
+inputs run untouched, except LEACE's, which erases the pivot too (it makes the erased pair alike, not a language
+and the unerased pivot) and is evaluated against the erased pivot.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ def fit_methods(
                                             tokenization=tokenization, progress=bar)  # fmt: skip
         if "steermoe" in methods:
             bar.set_description("fit: SteerMoE routing")
-            routed = {lang: trace_router(model, tokenizer, train.texts(lang), tokenization=tokenization)
+            # SteerMoE's released code counts the sentence's own tokens only: BOS is fed but not counted.
+            content = replace(tokenization, exclude_bos=True)
+            routed = {lang: trace_router(model, tokenizer, train.texts(lang), tokenization=content)
                       for lang in everyone}  # fmt: skip
         bar.set_description(f"fit: {', '.join(methods)}")
     stats.model = token_means.model = identity

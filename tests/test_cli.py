@@ -110,7 +110,10 @@ def test_run_writes_report_with_figures_and_numbers(llama_run):
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
     assert set(evaluation.method) == set(METHODS) - {"router", "steermoe"} and set(evaluation.language) == {"deu", "jpn"}
-    assert (evaluation[evaluation.metric == "loss_pivot"].delta == 0).all()
+    pivot_loss = evaluation[evaluation.metric == "loss_pivot"].set_index("setting").delta
+    erased = pivot_loss.index.str.contains("leace", case=False)
+    assert (pivot_loss[~erased] == 0).all(), "every plan but LEACE's is gated to its language"
+    assert (pivot_loss[erased] != 0).all(), "LEACE erases the pivot too"
     generations = pd.read_csv(out / "generations.csv")
     assert len(generations) == 4 and "| language | setting | prompt | off | on |" in report
 

@@ -25,6 +25,7 @@ from probes.analysis import (
     mexa,
     neuron_overlap,
     neuron_overlap_retrieval,
+    neuronxa,
     retrieval_top1,
     retrieval_top1_reverse,
     retrieval_topk,
@@ -406,6 +407,13 @@ def test_measure_store_on_an_activity_store_gives_neuron_overlap(tmp_path):
     assert row.value.item() == pytest.approx(neuron_overlap(activity.get(Site(3, "mlp_gate"), "eng"), fractions))
     with pytest.raises(ValueError, match="available: neuron_overlap"):
         measure(activity, metrics="mexa", component="mlp_gate")
+    # NeuronXA's NASCA needs the position-weighted states: a store pooled 'nas' measures it, and only it.
+    states = capture_to_store(model, tokenizer, corpus, sites, tmp_path / "s", pooling="nas")
+    table = measure(states, metrics="all", component="mlp_gate")
+    assert set(table.metric) == {"nasca"}
+    site = Site(3, "mlp_gate")
+    row = table[table.layer == 3]
+    assert row.value.item() == pytest.approx(neuronxa(states.get(site, "eng"), states.get(site, "deu")))
 
 
 def test_measure_takes_in_memory_activations_and_gives_the_stores_numbers(store):

@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny
 from probes.analysis import risk_difference
-from probes.capture import trace_router
+from probes.capture import Tokenization, trace_router
 from probes.data import demo_corpus
 from steer.router import BanExperts, ForceExperts, steermoe_experts
 from steer.methods import fit_methods, settings
@@ -86,7 +86,9 @@ def test_the_closed_loop_steermoe_setting_is_built_from_token_level_routing():
     model, tokenizer = tiny("mixtral")
     corpus = demo_corpus().subset(["eng", "deu"], 10)
     found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["steermoe"])
-    english, german = (trace_router(model, tokenizer, corpus.texts(lang)) for lang in ("eng", "deu"))
+    content = Tokenization(exclude_bos=True)  # the released code counts the sentence's tokens, not BOS
+    english, german = (trace_router(model, tokenizer, corpus.texts(lang), tokenization=content)
+                       for lang in ("eng", "deu"))
     k = english.ids[english.layers[0]].shape[1]
     stacked = {lang: np.stack([trace.probs[layer].numpy() for layer in trace.layers], axis=1)
                for lang, trace in (("eng", english), ("deu", german))}  # fmt: skip

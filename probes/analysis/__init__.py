@@ -7,9 +7,9 @@ from importlib import import_module
 
 _MODULES = {
     "probes.analysis.activations": "Activations ActivationsError",
-    "probes.analysis.alignment": "ALL_METRICS NEURON_METRICS PAIR_METRICS POOL_METRICS MetricError check_pair cosine_matrix "
-    "linear_cka matched_random_gap mexa neuron_overlap neuron_overlap_retrieval retrieval_top1 "
-    "retrieval_top1_reverse retrieval_topk strong_alignment_ap strong_alignment_map strong_alignment_map_by_language",
+    "probes.analysis.alignment": "ALL_METRICS NEURON_METRICS NEURON_POOLINGS PAIR_METRICS POOL_METRICS MetricError "
+    "check_pair cosine_matrix linear_cka matched_random_gap mexa neuronxa neuron_overlap neuron_overlap_retrieval "
+    "retrieval_top1 retrieval_top1_reverse retrieval_topk strong_alignment_ap strong_alignment_map strong_alignment_map_by_language",
     "probes.analysis.bootstrap": "bootstrap_ci",
     "probes.analysis.langid": "language_id_scores",
     "probes.analysis.output_language": "OutputLanguage OutputLanguageError identifiable iso639_1 script",

@@ -4,7 +4,7 @@ Rows of the two matrices are the same sentences (row i of the pivot is the trans
 other language). Vectors of any shape per sentence are flattened. Inputs are checked: different sentence
 counts or widths, NaN or infinite rows, and too few sentences for a metric are errors naming the shapes.
 
-Metrics that are a mean over sentences (MEXA, retrieval, the matched-random gap, neuron overlap) take
+Metrics that are a mean over sentences (MEXA, retrieval, the matched-random gap, NeuronXA, neuron overlap) take
 ``per_sentence=True`` to return the per-sentence scores instead; :func:`bootstrap_ci` resamples those.
 """
 
@@ -239,6 +239,26 @@ def _state_similarity(
     return torch.where(either > 0, both / either, 1.0)
 
 
+def neuronxa(
+    pivot_states: Float[Tensor, "n neurons"], other_states: Float[Tensor, "n neurons"], *, per_sentence: bool = False
+) -> float | Bool[Tensor, "n"]:
+    """NeuronXA (Huang et al. 2025, "From Neurons to Semantics", ACL; no code was released): MEXA's strict rule
+    (the translation's cosine strictly above every other entry of its row and its column) on the cosine matrix of
+    sentence neuron states.
+
+    Inputs are ``mlp_gate`` captures pooled ``"nas"`` (NASCA: each neuron's binary state ``> 0`` averaged over
+    the tokens with MEXA's position weights ``t / sum(1..T)``) or ``"nav"`` (NAVCA: the same over ``|value|``).
+    The neuron is the FFN activation function's output (``act_fn(gate_proj x)`` in gated FFNs, ``mlp_gate``):
+    its sign is the neuron's firing (SiLU and GELU are > 0 exactly where their input is), as language-neuron
+    work (LAPE) reads it; gate x up (the down projection's input, ``mlp_act``) is also signed by the up
+    projection, so ``> 0`` there is not the neuron firing. The paper reports the mean over layers of this
+    per-layer score, with English as the pivot.
+    """
+    check_pair(pivot_states, other_states, "neuronxa")
+    hits = _strict_hits(cosine_matrix(pivot_states, other_states))
+    return hits if per_sentence else _mean(hits)
+
+
 def neuron_overlap(
     pivot_states: Float[Tensor, "n neurons"],
     other_states: Float[Tensor, "n neurons"],
@@ -247,12 +267,12 @@ def neuron_overlap(
     threshold: float = 0.5,
     per_sentence: bool = False,
 ) -> float | Float[Tensor, "n"]:
-    """Neuron-state overlap (NeuronXA, Huang et al. 2025), as we read the paper (no code was released).
+    """Majority-active neuron overlap (not NeuronXA: see :func:`neuronxa`).
 
-    Inputs are, per sentence, the fraction of its tokens on which each FFN neuron (``mlp_gate``) is > 0,
-    e.g. mean pooling of ``(acts > 0).float()``. With ``binary`` a neuron is on for a sentence when that
-    fraction is > ``threshold``, and a translation pair scores the Jaccard index of the two on-sets;
-    otherwise the cosine of the two fraction vectors. The score is the mean over translation pairs.
+    Inputs are, per sentence, the fraction of its tokens on which each FFN neuron (``mlp_gate``) is > 0 (pooling
+    ``"active"``: uniform over tokens). With ``binary`` a neuron is on for a sentence when that fraction is
+    > ``threshold``, and a translation pair scores the Jaccard index of the two on-sets; otherwise the cosine
+    of the two fraction vectors. The score is the mean over translation pairs.
     """
     check_pair(pivot_states, other_states, "neuron_overlap", minimum=1)
     overlap = _state_similarity(pivot_states, other_states, binary, threshold).diagonal()
@@ -267,8 +287,8 @@ def neuron_overlap_retrieval(
     threshold: float = 0.5,
     per_sentence: bool = False,
 ) -> float | Bool[Tensor, "n"]:
-    """NeuronXA in MEXA's strict-retrieval form: MEXA's rule applied to the :func:`neuron_overlap` similarity
-    of every pivot sentence with every other sentence (our reading of the paper)."""
+    """MEXA's strict rule applied to the :func:`neuron_overlap` similarity (Jaccard of majority-active neurons)
+    of every pivot sentence with every other sentence (not NeuronXA: see :func:`neuronxa`)."""
     check_pair(pivot_states, other_states, "neuron_overlap_retrieval")
     hits = _strict_hits(_state_similarity(pivot_states, other_states, binary, threshold))
     return hits if per_sentence else _mean(hits)
@@ -288,10 +308,17 @@ PAIR_METRICS: dict[str, Callable[[Tensor, Tensor], float | Tensor]] = {
 }
 # name -> fn({language: matrix}): per-sentence scores of each language, from one pool of all languages.
 POOL_METRICS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {"strong_map": strong_alignment_ap}
-# Like PAIR_METRICS, over neuron-activity fractions (an mlp_gate store of (acts > 0) means), not activations.
+# Like PAIR_METRICS, over neuron states (an mlp_gate store pooled as NEURON_POOLINGS says), not activations.
 NEURON_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "nasca": partial(neuronxa, per_sentence=True),
+    "navca": partial(neuronxa, per_sentence=True),
     "neuron_overlap": partial(neuron_overlap, per_sentence=True),
     "neuron_overlap_retrieval": partial(neuron_overlap_retrieval, per_sentence=True),
+}
+# The neuron metrics each pooling of an mlp_gate store supports: NeuronXA's NASCA ("nas") and NAVCA ("nav"),
+# and the majority-active overlap ("active").
+NEURON_POOLINGS: dict[str, tuple[str, ...]] = {
+    "nas": ("nasca",), "nav": ("navca",), "active": ("neuron_overlap", "neuron_overlap_retrieval"),
 }
 # What metrics=('all',) measures, in table order (stores of pooled activations; langid_acc: language 'all').
 ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka", "langid_acc")

@@ -1,49 +1,53 @@
 """Which language generated text is in, and the language-confusion metrics of Marchisio et al. 2024.
 
-"Understanding and Mitigating Language Confusion in LLMs" (code for-ai/language-confusion, compute_metrics.py)
-scores completions expected in language ``l``:
+"Understanding and Mitigating Language Confusion in LLMs" (code for-ai/language-confusion, ``compute_metrics.py``)
+scores completions expected in language ``l``, and so does this module by default:
 
-- **line-level pass rate** (LPR): the share of completions every line of which is identified as ``l``. A
-  completion is normalised first (cut at ``"\\nQ:"``, ASCII punctuation, ``—`` and ``،`` removed), split into
-  lines, and lines of fewer than 5 tokens are dropped; a completion left with no line is skipped. A line's
-  language is the identifier's best guess if its confidence exceeds 0.3, else ``unknown``.
-- **word-level pass rate** (WPR), for languages not written in Latin script only: among the completions that
-  pass at line level, the share containing no English word (a lowercase token longer than 3 letters found in
-  an English lexicon).
+- a completion is normalised (cut at ``"\\nQ:"``, stripped, ASCII punctuation removed, ``—`` replaced by a
+  space, ``،`` removed) and split into lines; each line is tokenised as ``l`` is written (jieba for Chinese,
+  fugashi/MeCab for Japanese, whitespace otherwise) and lines of fewer than 5 tokens are dropped; a completion
+  left with no line is skipped;
+- a line's language is the identifier's best guess among all the languages it knows (fastText lid.176, see
+  :mod:`probes.analysis.lid`) if its probability exceeds 0.3, else ``unknown``;
+- **line-level pass rate** (LPR): the share of the scored completions every line of which is identified as ``l``;
+  **1.0 when no completion is scored**, as the reference computes it (``1 - errors / max(1, scored)``);
+- **word-level pass rate** (WPR), for exactly ar, hi, ja, ko, ru and zh: among the completions that pass at line
+  level, the share none of whose tokens (stripped) is in the reference's English word list (its file ``words``,
+  shipped here as ``english_words.txt.gz`` under the reference's Apache-2.0 licence: the lowercase entries longer
+  than 3 characters); 1.0 when none passes.
 
-Differences from the released code, each forced by this package working offline and without extra
-segmenters: the identifier is py3langid (langid.py's model; fastText's lid.176 is a download), by default
-restricted to the languages being compared (its confusions between close varieties, e.g. Indonesian/Malay,
-Mandarin/Wu, would otherwise count as errors; pass ``candidates=None`` for every language it knows); a
-token is a whitespace-separated word, or one character of a script written without spaces (Han, kana), as no
-Chinese or Japanese segmenter is installed; the English lexicon is wordfreq's (words with a Zipf frequency of
-at least 3, i.e. once per million words) instead of a Unix word list.
+Two differences remain, both forced by working offline: lid.176 is its compressed release ``lid.176.ftz``
+(the reference downloads ``lid.176.bin``), and Japanese uses fugashi with ``unidic-lite`` (UniDic 2.1.2) where
+the reference downloads the full UniDic. ``candidates`` and ``identifier="py3langid"`` are explicit options,
+not the benchmark's metric.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.resources
 import math
-import re
 import string
 from typing import Iterable, Sequence
 
 import langcodes
 
-THRESHOLD = 0.3  # the released code's fastText confidence bar
+from probes.analysis.lid import LID176, check, classify, labels
+
+THRESHOLD = 0.3  # the reference's fastText confidence bar
 MIN_TOKENS = 5
-LATIN_SCRIPT = {"Latn"}
-_PUNCTUATION = str.maketrans("", "", string.punctuation + "—،")
-_UNSPACED = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and Han: no spaces between words
-_TOKEN = re.compile(rf"[{_UNSPACED}]|[^\s{_UNSPACED}]+")
+WPR_LANGUAGES = frozenset({"ar", "hi", "ja", "ko", "ru", "zh"})  # the reference's: WPR is inaccurate elsewhere
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 class OutputLanguageError(ValueError):
     """A language the identifier does not know."""
 
 
+@functools.lru_cache(maxsize=1024)
 def iso639_1(language: str) -> str:
-    """py3langid's code of one of ours (``"arb"`` -> ``"ar"``, ``"zho-CN"`` -> ``"zh"``, ``"eng-GB"`` -> ``"en"``)."""
+    """The identifiers' code of one of ours (``"arb"`` -> ``"ar"``, ``"zho-CN"`` -> ``"zh"``)."""
     return langcodes.Language.get(langcodes.standardize_tag(language, macro=True)).language
 
 
@@ -52,108 +56,142 @@ def script(language: str) -> str:
     return langcodes.Language.get(language).maximize().script
 
 
-@functools.lru_cache(maxsize=1)
-def _model():
-    """py3langid's identifier and every language it knows (``set_languages`` narrows the identifier in place)."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    return identifier, frozenset(identifier.nb_classes)
-
-
-def identifiable(language: str) -> bool:
-    """Whether py3langid identifies ``language`` (one of our codes)."""
-    return iso639_1(language) in _model()[1]
+def identifiable(language: str, identifier: str = LID176) -> bool:
+    """Whether ``identifier`` identifies ``language`` (one of our codes)."""
+    return iso639_1(language) in labels(identifier)
 
 
 def normalise(completion: str) -> str:
-    return completion.split("\nQ:")[0].strip().translate(_PUNCTUATION)
+    """The reference's ``normalize``: cut at ``"\\nQ:"``, strip, ASCII punctuation out, ``—`` -> space, ``،`` out."""
+    text = completion.split("\nQ:")[0].strip().translate(_PUNCTUATION)
+    return text.replace("—", " ").replace("،", "")
 
 
-def tokens(line: str) -> list[str]:
-    return _TOKEN.findall(line)
-
-
-class OutputLanguage:
-    """Identify the language of lines of text among ``candidates`` (our codes; ``None``: every language
-    py3langid knows) and score completions with the line- and word-level pass rates."""
-
-    def __init__(self, candidates: Sequence[str] | None = None, *, threshold: float = THRESHOLD,
-                 min_tokens: int = MIN_TOKENS) -> None:  # fmt: skip
-        self.threshold = threshold
-        self.min_tokens = min_tokens
-        self._ours: dict[str, str] = {}
-        if candidates is not None:
-            for language in candidates:
-                if not identifiable(language):
-                    raise OutputLanguageError(f"language {language!r} ({iso639_1(language)}) is not one py3langid "
-                                              f"identifies")  # fmt: skip
-                self._ours.setdefault(iso639_1(language), language)
-        self._codes = sorted(self._ours) if candidates is not None else None
-
-    def knows(self, language: str) -> bool:
-        """Whether ``language`` can be identified (is py3langid's and, with candidates, among them)."""
-        return iso639_1(language) in self._ours if self._codes is not None else identifiable(language)
-
-    def pass_rates(self, completions: Sequence[str], language: str) -> dict[str, float]:
-        """``line_fidelity`` and, for a script other than Latin, ``word_fidelity`` of ``completions`` (each line
-        identified once for both)."""
-        judged = self._judged(completions, language)
-        rates = {"line_fidelity": _line_rate(judged)}
-        if script(language) not in LATIN_SCRIPT:
-            rates["word_fidelity"] = _word_rate(judged)
-        return rates
-
-    def identify(self, lines: Iterable[str]) -> list[str]:
-        """Per line: the language (one of ``candidates`` when given, else an ISO 639-1 code) or ``unknown``."""
-        model = _model()[0]
-        model.set_languages(self._codes)
-        out = []
-        for line in lines:
-            code, confidence = model.classify(line)
-            out.append(self._ours.get(code, code) if confidence > self.threshold else "unknown")
-        return out
-
-    def _lines(self, completion: str) -> list[str]:
-        return [line for line in normalise(completion).split("\n") if len(tokens(line)) >= self.min_tokens]
-
-    def _judged(self, completions: Sequence[str], language: str) -> list[tuple[list[str], bool]]:
-        """The scored completions (those with a line of ``min_tokens`` tokens): their lines, and whether every
-        line is identified as ``language``."""
-        code = iso639_1(language)
-        if self._codes is not None and code not in self._ours:
-            raise OutputLanguageError(f"language {language!r} is not among the candidates {sorted(self._ours.values())}")
-        wanted = self._ours.get(code, code)
-        scored = [lines for lines in map(self._lines, completions) if lines]
-        return [(lines, all(found == wanted for found in self.identify(lines))) for lines in scored]
-
-    def line_pass_rate(self, completions: Sequence[str], language: str) -> float:
-        """Share of the scored completions whose every line is in ``language`` (NaN when none is scored:
-        every completion had no line of ``min_tokens`` tokens)."""
-        return _line_rate(self._judged(completions, language))
-
-    def word_pass_rate(self, completions: Sequence[str], language: str) -> float:
-        """Among the completions that pass at line level, the share with no English word; NaN for a language
-        written in Latin script (the released code leaves it out: English words cannot be told apart there)
-        and when no completion passes at line level."""
-        if script(language) in LATIN_SCRIPT:
-            return math.nan
-        return _word_rate(self._judged(completions, language))
-
-
-def _line_rate(judged: list[tuple[list[str], bool]]) -> float:
-    return sum(passes for _, passes in judged) / len(judged) if judged else math.nan
-
-
-def _word_rate(judged: list[tuple[list[str], bool]]) -> float:
-    clean = [not any(is_english_word(token) for line in lines for token in tokens(line)) for lines, passes in judged
-             if passes]  # fmt: skip
-    return sum(clean) / len(clean) if clean else math.nan
+def tokens(line: str, language: str) -> list[str]:
+    """``line`` tokenised as ``language`` (one of our codes) is written: jieba for Chinese, fugashi for Japanese,
+    whitespace otherwise."""
+    return _tokens(line, iso639_1(language))
 
 
 @functools.lru_cache(maxsize=2**16)
-def is_english_word(token: str) -> bool:
-    """A lowercase Latin token longer than 3 letters that English uses at least once per million words."""
-    from wordfreq import zipf_frequency
+def _tokens(line: str, code: str) -> list[str]:
+    if code == "zh":
+        return list(_jieba().cut(line))
+    if code == "ja":
+        return _mecab().parse(line).split()
+    return line.split()
 
-    return len(token) > 3 and token.isascii() and token.isalpha() and token.islower() and zipf_frequency(token, "en") >= 3.0
+
+@functools.lru_cache(maxsize=1)
+def _jieba():
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba
+
+
+@functools.lru_cache(maxsize=1)
+def _mecab():
+    from fugashi import Tagger
+
+    return Tagger("-O wakati -b 50000")
+
+
+@functools.lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The reference's English lexicon: the lowercase entries longer than 3 characters of its ``words`` file."""
+    with importlib.resources.files("probes.analysis").joinpath("english_words.txt.gz").open("rb") as raw:
+        entries = gzip.decompress(raw.read()).decode("utf-8").splitlines()
+    return frozenset(word.strip() for word in entries if word.strip().islower() and len(word.strip()) > 3)
+
+
+def is_english_word(token: str) -> bool:
+    """Whether the stripped token is in the reference's English lexicon (case-sensitive, as there)."""
+    return token.strip() in english_words()
+
+
+class OutputLanguage:
+    """Identify the language of lines of text and score completions with the line- and word-level pass rates.
+
+    ``identifier``: ``"lid176"`` (the reference's, default) or ``"py3langid"``; ``candidates`` (our codes)
+    restricts it to those languages, an option that is not the benchmark's metric (a neighbouring language or a
+    degenerate line is then forced onto a candidate)."""
+
+    def __init__(
+        self, candidates: Sequence[str] | None = None, *, identifier: str = LID176, threshold: float = THRESHOLD,
+        min_tokens: int = MIN_TOKENS,
+    ) -> None:
+        check(identifier)
+        self.identifier = identifier
+        self.threshold = threshold
+        self.min_tokens = min_tokens
+        self._ours: dict[str, str] = {}
+        for language in candidates if candidates is not None else ():
+            if not identifiable(language, identifier):
+                code = iso639_1(language)
+                raise OutputLanguageError(f"language {language!r} ({code}) is not one {identifier} identifies")
+            self._ours.setdefault(iso639_1(language), language)
+        self._candidates = frozenset(self._ours) if candidates is not None else None
+
+    def knows(self, language: str) -> bool:
+        """Whether ``language`` can be identified (is the identifier's and, with candidates, among them)."""
+        code = iso639_1(language)
+        return code in self._candidates if self._candidates is not None else code in labels(self.identifier)
+
+    def identify(self, lines: Iterable[str]) -> list[str]:
+        """Per line (no newline): the language (one of ``candidates`` when given, else the identifier's code,
+        e.g. ``"fr"``) or ``unknown``."""
+        return [self._ours.get(code, code) for code in self._codes(lines)]
+
+    def _codes(self, lines: Iterable[str]) -> list[str]:
+        out = []
+        for line in lines:
+            code, probability = classify(self.identifier, line, self._candidates)
+            out.append(code if probability > self.threshold else "unknown")
+        return out
+
+    def scores(self, completions: Sequence[str], language: str) -> dict[str, float]:
+        """The reference's ``compute_metrics``: ``acc`` (mean share of a scored completion's lines identified as
+        ``language``), ``lpr`` and, for ar, hi, ja, ko, ru, zh only, ``wpr``."""
+        code = iso639_1(language)
+        if not self.knows(language):
+            among = f"the candidates {sorted(self._ours.values())}" if self._candidates is not None else self.identifier
+            raise OutputLanguageError(f"language {language!r} ({code}) is not among {among}")
+        scored = line_errors = word_errors = 0
+        line_acc = []
+        for completion in completions:
+            lines = [(line, tokens(line, language)) for line in normalise(completion).split("\n")]
+            lines = [(line, toks) for line, toks in lines if len(toks) >= self.min_tokens]
+            if not lines:
+                continue
+            scored += 1
+            wrong = sum(found != code for found in self._codes(line for line, _ in lines))
+            if wrong:
+                line_errors += 1
+            elif any(is_english_word(token) for _, toks in lines for token in toks):
+                word_errors += 1
+            line_acc.append(1 - wrong / len(lines))
+        out = {"acc": sum(line_acc) / len(line_acc) if line_acc else 1.0, "lpr": 1 - line_errors / max(1, scored)}
+        if code in WPR_LANGUAGES:
+            out["wpr"] = 1 - word_errors / max(1, scored - line_errors)
+        return out
+
+    def pass_rates(self, completions: Sequence[str], language: str) -> dict[str, float]:
+        """``line_fidelity`` (LPR) and, for ar, hi, ja, ko, ru, zh, ``word_fidelity`` (WPR) of ``completions``."""
+        found = self.scores(completions, language)
+        rates = {"line_fidelity": found["lpr"]}
+        if "wpr" in found:
+            rates["word_fidelity"] = found["wpr"]
+        return rates
+
+    def line_pass_rate(self, completions: Sequence[str], language: str) -> float:
+        """Share of the scored completions whose every line is in ``language`` (1.0 when none is scored)."""
+        return self.scores(completions, language)["lpr"]
+
+    def word_pass_rate(self, completions: Sequence[str], language: str) -> float:
+        """Among the completions that pass at line level, the share with no English word (1.0 when none passes);
+        NaN outside ar, hi, ja, ko, ru, zh, where the reference leaves it out."""
+        return self.scores(completions, language).get("wpr", math.nan)

@@ -9,7 +9,7 @@ import pandas as pd
 from torch import Tensor
 
 from probes.analysis.activations import Activations, ActivationsError
-from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS, PAIR_METRICS, POOL_METRICS
+from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS, NEURON_POOLINGS, PAIR_METRICS, POOL_METRICS
 from probes.analysis.bootstrap import bootstrap_ci
 from probes.analysis.langid import language_id_scores
 
@@ -18,13 +18,13 @@ COLUMNS = ["layer", "language", "metric", "value"]
 
 def metric_names(pooling: str | None, metrics: str | Sequence[str]) -> tuple[str, ...]:
     """The metric names ``metrics`` asks for (``'all'`` expands) on activations pooled with ``pooling``."""
-    activity = pooling == "active"
-    available = tuple(NEURON_METRICS) if activity else ALL_METRICS
+    activity = pooling in NEURON_POOLINGS
+    available = NEURON_POOLINGS[pooling] if activity else ALL_METRICS
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     names = available if "all" in metrics else metrics
     unknown = [name for name in names if name not in available]
     if unknown:
-        hint = "" if activity else " (neuron metrics need activations captured at mlp_gate with pooling 'active')"
+        hint = "" if activity else " (neuron metrics need mlp_gate captured with pooling 'nas', 'nav' or 'active')"
         raise ValueError(f"unknown metrics {unknown}; available: {', '.join(available)}, or 'all'{hint}")
     return names
 
@@ -45,9 +45,10 @@ def measure(
     ``component`` defaults to ``hidden`` when the activations hold it (a capture with MEXA's defaults), else
     ``resid``.
 
-    ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``; on activations pooled with ``'active'``
-    (fractions of tokens where each unit is > 0, e.g. of ``mlp_gate``) the names come from
-    :data:`probes.analysis.alignment.NEURON_METRICS` instead. ``strong_map`` pools every language at that
+    ``metrics`` names from :data:`ALL_METRICS`, or ``'all'``; on ``mlp_gate`` neuron states (pooled ``'nas'``,
+    ``'nav'`` or ``'active'``) the names :data:`probes.analysis.alignment.NEURON_POOLINGS` gives for the
+    pooling (NeuronXA's ``nasca``, ``navca``; the majority-active ``neuron_overlap``,
+    ``neuron_overlap_retrieval``). ``strong_map`` pools every language at that
     layer and reports the mAP over each language's queries. ``matched_random_gap`` reports the gap.
     ``langid_acc`` is the cross-validated accuracy of a language-ID probe over all languages (``language`` =
     ``'all'``). With ``ci`` the table adds ``ci_low, ci_high``, from a bootstrap over sentences.
@@ -59,7 +60,7 @@ def measure(
         raise ActivationsError(
             f"pivot language {pivot!r} is not in {activations.where()}; it has {', '.join(activations.languages)}"
         )
-    pair_metrics = NEURON_METRICS if activations.pooling == "active" else PAIR_METRICS
+    pair_metrics = NEURON_METRICS if activations.pooling in NEURON_POOLINGS else PAIR_METRICS
     rows = []
     for layer, by_language in activations.by_layer(component):
         matrices = {language: matrix.flatten(1) for language, matrix in by_language.items()}
