@@ -40,6 +40,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m benchmarks.cli
 	$(BIN)/python -m benchmarks.capture
 	$(BIN)/python -m benchmarks.steer
 	$(BIN)/python -m benchmarks.stats_memory

@@ -10,7 +10,7 @@ comes from the clean pass, the edits do not compound through the layers, as an
 :class:`~steer.interventions.ApplyMap` at every layer (which maps the already-steered value) does.
 
 The released scripts sweep ``sigma`` over -1..1 in steps of 0.1 (their list reads ``-0.3-0.2``, so -0.3 and
--0.2 are missing and -0.5 appears twice): :data:`SIGMAS` is the intended grid.
+-0.2 are missing and -0.5 appears twice): :data:`steer.choices.SIGMAS` is the intended grid.
 
     plan = [incline(model, tokenizer, prompts, fitted_map, sigma=0.5)]
     with steer(model, plan):
@@ -35,9 +35,6 @@ from steer.interventions import finite
 from steer.patch import Patch
 from steer.schedule import Schedule
 
-SIGMAS = tuple(round(0.1 * step, 1) for step in range(-10, 11))
-
-
 INCLINE_MODES = ("code", "interpolate")
 
 
@@ -47,7 +44,7 @@ def incline(
 ) -> tuple[Patch, Schedule]:  # fmt: skip
     """The plan item that applies ``fitted`` to ``prompts`` as INCLINE does (every layer of the map unless
     ``layers``); example ``e`` of a steered batch is ``prompts[e]``. ``mode="code"`` is the released rule
-    ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (METHODS.md's
+    ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (docs/methods.md's
     variant), both from the clean ``c``."""
     if mode not in INCLINE_MODES:
         raise ValueError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")

@@ -1,6 +1,6 @@
 """Fit every steering method on a training split and turn the findings into evaluable settings.
 
-Methods (METHODS.md): ``shift`` (mean shift vector added at one layer), ``diffmean`` (CLaS-Bench: the unit
+Methods (docs/methods.md): ``shift`` (mean shift vector added at one layer), ``diffmean`` (CLaS-Bench: the unit
 difference of token means, added with strength alpha at every token of one layer), ``erase`` (LEACE: remove
 the linear language information, fitted on all evaluated languages and the pivot), ``sandwich`` (shift or
 erase at the most aligned layer, re-inject the language's own direction later; :mod:`steer.keeping`), ``incline`` (least-squares maps of
@@ -32,6 +32,7 @@ from probes.find import LAPE, APExperts, HeadProbe, earliest_detector, fit_diffm
 from probes.model import ROUTER_CHANNELS, Site, model_identity, model_type, n_layers, router_layers
 from probes.model.access import site_location
 from probes.model.sites import BackendError, SiteError
+from steer.choices import INCLINE_SIGMAS, METHODS
 from steer.convert import add_vector, apply_map, head_shift, set_neurons, zero_neurons
 from steer.evaluate import Setting
 from steer.incline import fit_incline_maps, incline
@@ -39,7 +40,6 @@ from steer.keeping import alignment_profile, keeping_settings, profile_layers
 from steer.router import promote_pivot_experts, steermoe_experts
 from steer.schedule import gated
 
-METHODS = ("shift", "diffmean", "erase", "sandwich", "incline", "procrustes", "lape", "ap", "heads", "router", "steermoe")
 KEEPING = {"diffmean", "erase", "sandwich"}  # the language-keeping methods (steer.keeping)
 
 
@@ -213,7 +213,6 @@ def fit_methods(
     return found
 
 
-INCLINE_SIGMAS = (-0.5, 0.5)  # the released scripts sweep steer.incline.SIGMAS (-1..1 by 0.1)
 
 
 def incline_grid(sigmas: Sequence[float] = INCLINE_SIGMAS) -> list[tuple[str, float]]:
@@ -249,7 +248,7 @@ def settings(
         def incline_plan(lang, texts, mode, sigma):
             patch, schedule = incline(model, tokenizer, texts, found.incline[lang], sigma, mode=mode,
                                       tokenization=tokenization)  # fmt: skip
-            return [(patch, replace(schedule, languages=(lang,)))]
+            return [(patch, replace(schedule, only=(lang,)))]
 
         for mode, sigma in incline_settings:
             out.append(Setting("incline", f"clean pass,last token,every layer,mode={mode},sigma={sigma}", 1,

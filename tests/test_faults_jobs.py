@@ -15,7 +15,7 @@ from conftest import ntrex_path, tiny
 from probes.artifacts import Artifact
 from probes.data import demo_corpus, load_corpus
 from probes.model import Site, SiteError
-from xlalign import jobs, steering
+from xlalign import steering
 from xlalign.cli import main
 from xlalign.closed_loop import evaluate, run, split_note
 from xlalign.errors import JobError, Notice

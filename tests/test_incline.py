@@ -17,7 +17,8 @@ from probes.find import code_switched_pairs
 from probes.model import Site, model_identity, n_layers
 from steer.apply import steer
 from steer.evaluate import evaluate, next_token_loss
-from steer.incline import SIGMAS, incline
+from steer.choices import SIGMAS
+from steer.incline import incline
 from steer.interventions import ApplyMap
 from steer.methods import Findings, fit_methods, settings
 
@@ -48,7 +49,7 @@ def reference_generation(
         hook.remove()
     if mode == "code":  # mlp_val + sigma * dire, dire = (+/-) mlp_val W
         targets = {i: clean[i] + sign * sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
-    else:  # METHODS.md's interpolation between the clean value and its image
+    else:  # docs/methods.md's interpolation between the clean value and its image
         targets = {i: (1 - sigma) * clean[i] + sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
 
     def patch(i):

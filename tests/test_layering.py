@@ -1,4 +1,4 @@
-"""The layers' dependency rules (DESIGN.md), read from every import statement, module-level or not.
+"""The layers' dependency rules (docs/architecture.md), read from every import statement, module-level or not.
 
 ``probes.data`` uses the standard library only; ``probes.model`` may import ``data``; ``probes.capture``
 ``model``, ``data`` and the Activations noun; ``probes.analysis`` never imports ``model`` or ``capture`` (nor
@@ -21,9 +21,11 @@ OWN = ("probes", "steer", "xlalign")
 MAY_IMPORT = {
     "probes": set(),  # the root package: lazy exports and the version
     "probes.data": set(),
-    "probes.model": {"probes.data"},
-    "probes.capture": {"probes.data", "probes.model", "probes.analysis.activations", "probes.__version__"},
-    "probes.analysis": set(),
+    "probes.choices": set(),  # the names options choose from: a leaf every layer may import
+    "probes.model": {"probes.data", "probes.choices"},
+    "probes.capture": {"probes.data", "probes.model", "probes.analysis.activations", "probes.__version__",
+                       "probes.choices"},
+    "probes.analysis": {"probes.choices"},
     "probes.artifacts": {"probes.data", "probes.model", "probes.__version__"},
     "probes.find": {"probes.analysis", "probes.artifacts"},
     "probes.plots": set(),

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ntrex_path
 from probes.analysis.output_language import (
-    OutputLanguage, OutputLanguageError, identifiable, is_english_word, iso639_1, script, tokens,
+    OutputLanguage, OutputLanguageError, identifiable, iso639_1, tokens,
 )
 from probes.analysis.lid import IdentifierError
 from probes.data import load_corpus

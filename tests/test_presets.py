@@ -14,7 +14,8 @@ from probes.artifacts import LinearMap
 from probes.capture import ActivationStore
 from probes.data import demo_corpus
 from probes.model import Site
-from steer.incline import SIGMAS, fit_incline_maps
+from steer.choices import SIGMAS
+from steer.incline import fit_incline_maps
 from xlalign import jobs
 from xlalign.cli import main, parse_args
 from xlalign.presets import PRESETS, PresetError

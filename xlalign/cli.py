@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Sequence
 
 from probes import __version__
-from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS
-from probes.analysis.routing import IMPORTANCE
-from probes.capture import POOLINGS, Tokenization
-from probes.capture.distributed import RankError, leave, ranks
-from probes.capture.store import REPAIR
+from probes.choices import (
+    ALL_METRICS, BACKENDS, BATCH_SIZE, COMPONENTS, DEVICE_MAPS, DEVICES, DTYPES, IMPORTANCE, LINEAR_COMPONENTS,
+    MAX_LENGTH, NEURON_POOLINGS, PADDING_SIDE, POOLINGS,
+)
 from probes.data.codes import CorpusError, normalize_language
-from probes.model import COMPONENTS, LINEAR_COMPONENTS
-from probes.model.loading import BACKENDS, DEVICE_MAPS, DEVICES, DTYPES
-from steer.methods import INCLINE_SIGMAS, METHODS
+from steer.choices import INCLINE_SIGMAS, METHODS
+from xlalign.choices import DEFAULT_K, FIND_METHODS
 from xlalign.errors import Notice
-from xlalign.jobs import DEFAULT_K, FIND_METHODS
 from xlalign.presets import PresetError, names_for, preset_options
 
 
@@ -111,10 +108,9 @@ def _model(command: argparse.ArgumentParser) -> None:
                          help="split the model's layers over every visible GPU (accelerate); replaces --device")
     command.add_argument("--backend", default="hf", choices=BACKENDS,
                          help="hf: xlalign's hooks; tl: a TransformerLens bridge's hook points; nnsight: nnsight traces")
-    defaults = Tokenization()
-    command.add_argument("--batch-size", type=int, default=defaults.batch_size, help="texts per forward pass")
-    command.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (longer: cut)")
-    command.add_argument("--padding-side", choices=("right", "left"), default=defaults.padding_side,
+    command.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="texts per forward pass")
+    command.add_argument("--max-length", type=int, default=MAX_LENGTH, help="tokens per text (longer: cut)")
+    command.add_argument("--padding-side", choices=("right", "left"), default=PADDING_SIDE,
                          help="which side pads a batch (results are the same either way)")
     command.add_argument("--exclude-bos", action="store_true", help="pooling and statistics skip the BOS token")
     command.add_argument("--no-special-tokens", action="store_true", help="do not add the tokenizer's BOS/EOS")
@@ -167,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("store", type=Path, help="a store made by xlalign capture")
     measure.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
     measure.add_argument("--metrics", type=_csv, default="retrieval_top1,mexa",
-                         help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store pooled "
-                              f"'active' (mlp_gate): {', '.join(NEURON_METRICS)}")  # fmt: skip
+                         help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store of mlp_gate "
+                              + "; ".join(f"pooled '{pooling}': {', '.join(metrics)}"
+                                          for pooling, metrics in NEURON_POOLINGS.items()))
     measure.add_argument("--component", default="hidden", choices=COMPONENTS,
                          help="router: routing divergence (jsd, jsd_norm) and top-k expert overlap instead")
     measure.add_argument("--importance", default="weight", choices=IMPORTANCE,
@@ -246,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tokenization(args) -> Tokenization:
+def _tokenization(args):
+    from probes.capture import Tokenization
+
     return Tokenization(batch_size=args.batch_size, max_length=args.max_length, padding_side=args.padding_side,
                         add_special_tokens=not args.no_special_tokens, exclude_bos=args.exclude_bos,
                         chat_template=args.chat_template)  # fmt: skip
@@ -276,6 +275,8 @@ def _run(args) -> str:
         problems = jobs.check(args.store)
         if problems:
             lines = [f"{path}: {problem}" for path, problem in problems.items()]
+            from probes.capture.store import REPAIR
+
             raise _Damaged("\n".join([*lines, f"{len(problems)} damaged or missing shards. {REPAIR}"]))
         return f"{args.store}: every shard verified, the store is good"
     if args.command == "measure":
@@ -362,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from probes.capture.distributed import RankError, leave, ranks
+
     try:
         if ranks().world > 1 and args.command not in SPLIT_COMMANDS:
             raise RankError(f"{args.command} does not split its work across processes: run it without torchrun "

@@ -32,14 +32,12 @@ from steer.apply import steer as steering
 from steer.convert import zero_neurons
 from steer.incline import fit_incline_maps
 from steer.evaluate import next_token_loss
+from xlalign.choices import DEFAULT_K, FIND_METHODS
 from xlalign.errors import JobError
 from xlalign.loop_options import corpus_language
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 
-# Units (ap) or heads (claim) kept when find's k is not given.
-DEFAULT_K = {"ap": 1000, "claim": 8}
-FIND_METHODS = {"neurons": ("lape", "ap"), "shift": ("mean", "pca", "logistic", "claim"), "map": ("incline", "procrustes")}
 
 
 def open_corpus(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from probes.data import ParallelCorpus, load_corpus
-from steer.incline import SIGMAS
+from steer.choices import SIGMAS
 
 
 class PresetError(ValueError):

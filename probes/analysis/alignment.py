@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from probes.choices import ALL_METRICS, NEURON_POOLINGS  # noqa: F401 (part of this module's API)
+
 
 # Elements per comparison block in strong_alignment_ap: bounds its working memory to a few tens of MB.
 _BLOCK = 2**22
@@ -315,10 +317,3 @@ NEURON_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "neuron_overlap": partial(neuron_overlap, per_sentence=True),
     "neuron_overlap_retrieval": partial(neuron_overlap_retrieval, per_sentence=True),
 }
-# The neuron metrics each pooling of an mlp_gate store supports: NeuronXA's NASCA ("nas") and NAVCA ("nav"),
-# and the majority-active overlap ("active").
-NEURON_POOLINGS: dict[str, tuple[str, ...]] = {
-    "nas": ("nasca",), "nav": ("navca",), "active": ("neuron_overlap", "neuron_overlap_retrieval"),
-}
-# What metrics=('all',) measures, in table order (stores of pooled activations; langid_acc: language 'all').
-ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka", "langid_acc")

@@ -35,6 +35,7 @@ from scipy.spatial.distance import jensenshannon
 from torch import Tensor
 
 from probes.analysis.activations import Activations
+from probes.choices import IMPORTANCE
 from probes.analysis.bootstrap import bootstrap_ci
 
 # The channels of a ``router`` site (probes.model.moe.ROUTER_CHANNELS; restated: analysis never imports model).
@@ -154,7 +155,6 @@ def expert_set_overlap(
     return _table(rows, ci)
 
 
-IMPORTANCE = ("weight", "prob")
 
 
 def measure_routing(

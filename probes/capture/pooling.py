@@ -6,7 +6,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-POOLINGS = ("mean", "weighted", "last", "max", "active", "nas", "nav")
+from probes.choices import POOLINGS
+
 
 
 def check_pooling(pooling: str) -> str:

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
+from probes.choices import BATCH_SIZE, MAX_LENGTH, PADDING_SIDE
 from probes.model.architectures import unwrap
 
 
@@ -35,9 +36,9 @@ class Tokenization:
     text as one user turn with the tokenizer's chat template and generation prompt.
     """
 
-    batch_size: int = 16
-    max_length: int = 512
-    padding_side: str = "right"
+    batch_size: int = BATCH_SIZE
+    max_length: int = MAX_LENGTH
+    padding_side: str = PADDING_SIDE
     add_special_tokens: bool = True
     exclude_bos: bool = False
     chat_template: bool = False

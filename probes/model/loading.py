@@ -17,6 +17,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from probes.choices import BACKENDS, DEVICE_MAPS, DEVICES, DTYPES
 from probes.model.architectures import BUILTIN, arch_table, model_type, unwrap
 from probes.model.tiny import ModelError, random_model
 from probes.model.envoys import is_nnsight, nnsight_model
@@ -26,13 +27,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# hf: xlalign's hooks on the transformers modules (the reference); tl: a TransformerLens bridge's hook points;
-# nnsight: the same hooks run from nnsight traces at the modules' Envoys.
-BACKENDS = ("hf", "nnsight", "tl")
 DEFAULT_MODEL_NAME = "default:gemma-3-270m"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICE_MAPS = ("auto", "balanced", "sequential")
 _validated: weakref.WeakSet = weakref.WeakSet()
 
 

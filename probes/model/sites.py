@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Outputs of the linear projections of a block (per-family paths in ArchTable.linear).
-LINEAR_COMPONENTS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router", *LINEAR_COMPONENTS)
+from probes.choices import COMPONENTS, LINEAR_COMPONENTS  # noqa: F401 (probes.model exports both)
+
 # Components that exist at layer 0 (the embedding output).
 FROM_EMBEDDINGS = ("resid", "hidden")
 

@@ -1,0 +1,48 @@
+"""The command line answers ``--help`` and ``--version`` without loading torch, transformers or scikit-learn
+(benchmarks/cli.py times it): the parser's choices come from modules that import nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "sklearn", "pandas", "numpy")
+PROBE = """
+import sys
+from xlalign.cli import build_parser, main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("loaded:" + ",".join(name for name in {heavy!r} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["capture", "--help"], ["evaluate", "--help"]])
+def test_help_and_version_load_no_heavy_package(argv):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()[-1]
+    assert out == "loaded:", f"xlalign {' '.join(argv)} imported {out}"
+
+
+def test_the_parser_offers_what_the_library_implements():
+    from probes.analysis.alignment import NEURON_METRICS, NEURON_POOLINGS
+    from probes.capture import POOLINGS
+    from probes.capture.pooling import check_pooling
+    from probes.model import COMPONENTS, Site
+    from steer.methods import METHODS, available_methods
+    from xlalign.cli import build_parser
+
+    parser = build_parser()
+    capture = parser.subcommands["capture"]
+    pooling = next(a for a in capture._actions if a.dest == "pooling")
+    assert tuple(pooling.choices) == POOLINGS
+    for name in POOLINGS:
+        check_pooling(name)
+    assert {m for metrics in NEURON_POOLINGS.values() for m in metrics} == set(NEURON_METRICS)
+    assert all(Site(1, component) for component in COMPONENTS)
+    from conftest import tiny
+
+    assert set(available_methods(tiny("llama")[0])) <= set(METHODS)
