@@ -1,12 +1,14 @@
-"""Apply interventions to a model: ``with steer(model, plan):`` or a :class:`SteerHandle` with ``remove()``.
+"""Apply interventions to a model: ``with steer(model, plan):``, or ``handle = steer(model, plan)`` and later
+``handle.remove()``.
 
-A plan is a sequence of interventions, each optionally paired with a :class:`~steer.schedule.Schedule`
-(default: every prompt token and every decode step). Each intervention is checked against every site it
-edits before anything is registered. Interventions on the same site compose in plan order (and nested
-``steer`` blocks in the order they were opened): each sees the tensor the previous one returned, and as
-``ctx.original`` the tensor before the plan's first edit; every ``record`` sees the final value. Hooks are removed on exit, also after an exception; no weight or attribute
-of the model is changed (``generate`` is wrapped on the instance while a block is open, see
-:mod:`probes.capture.context`).
+A plan is an intervention, an artifact, an ``(intervention, Schedule)`` pair or a list of these
+(:mod:`steer.plan`; default schedule: every prompt token and every decode step). Each intervention is checked
+against every site it edits before anything is registered; the hooks are registered when ``steer`` is called
+and stay until the ``with`` block ends or ``remove()`` is called (steering-vectors' handle pattern), also after
+an exception. Interventions on the same site compose in plan order (and nested ``steer`` blocks in the order
+they were opened): each sees the tensor the previous one returned, and as ``ctx.original`` the tensor before
+the plan's first edit; every ``record`` sees the final value. No weight or attribute of the model is changed
+(``generate`` is wrapped on the instance while a plan is applied, see :mod:`probes.capture.context`).
 
 Stateless: each forward pass's tokens are read from that pass alone (mask, cache length and, inside
 ``generate``, the prompt's width), so the same input and plan give the same result whatever ran before, and
@@ -20,8 +22,8 @@ the cache or the ``generate`` call). ``router`` interventions see an MoE gate's 
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
+from contextlib import ExitStack
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,31 +33,22 @@ from probes.capture import pool
 from probes.capture.context import tracking
 from probes.model import HookSet, Site, edit_site, site_shape
 from steer.interventions import EditContext, Intervention, InterventionError
+from steer.plan import Plan, PlanItem, plan_items
 from steer.schedule import Schedule
 
-PlanItem = Intervention | tuple[Intervention, Schedule]
+__all__ = ["Languages", "Plan", "PlanItem", "SteerHandle", "plan_items", "steer"]
 Languages = Sequence[str] | str | LanguageDetector | None
 DETECTED_CALLS = 16  # prompt calls whose detected languages a handle keeps for their decode steps
 
 
-def plan_items(plan: Sequence[PlanItem]) -> list[tuple[Intervention, Schedule]]:
-    """Each plan item as (intervention, schedule), the default schedule where none is given."""
-    items = []
-    for index, item in enumerate(plan):
-        intervention, schedule = item if isinstance(item, tuple) else (item, Schedule())
-        if not isinstance(intervention, Intervention) or not isinstance(schedule, Schedule):
-            raise InterventionError(
-                f"plan item {index}: expected an intervention or (intervention, Schedule), got {item!r:.80}"
-            )
-        items.append((intervention, schedule))
-    return items
-
-
 class SteerHandle:
-    """Hooks that apply a plan until :meth:`remove` is called."""
+    """Hooks that apply a plan from when it is made until :meth:`remove` is called or its ``with`` block ends
+    (also on an exception): ``with steer(model, plan) as handle:`` or ``handle = steer(model, plan)`` ...
+    ``handle.remove()``."""
 
-    def __init__(self, model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None):
+    def __init__(self, model: nn.Module, plan: Plan, *, languages: Languages = None):
         self.model = model
+        self.removed = False
         self.plan = plan_items(plan)
         self._gating(languages)
         self._detected: dict[int, dict[int, str]] = {}  # prompt call -> example -> detected language
@@ -133,12 +126,22 @@ class SteerHandle:
         """Whether any plan item can edit an example in ``language``; if not, such inputs run exactly as
         without the plan (every edit returns the tensor unchanged). Under a detector, any gated item can."""
         if self.detector is not None:  # a misdetected example may be gated into any plan item
-            return any(schedule.languages is None or set(schedule.languages) & set(self.detector.languages)
-                       for _, schedule in self.plan)  # fmt: skip
+            detectable = set(self.detector.languages)
+            return any(schedule.only is None or detectable & set(schedule.only) for _, schedule in self.plan)
         return any(not schedule.excludes(language) for _, schedule in self.plan)
 
     def remove(self) -> None:
+        """Remove every hook of this plan (and ``generate``'s wrapper); calling it again does nothing."""
+        self.removed = True
         self._stack.close()
+
+    def __enter__(self) -> SteerHandle:
+        if self.removed:
+            raise InterventionError("this SteerHandle was removed; call steer(model, plan) again to apply the plan")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
 
     def _select(self, schedule: Schedule) -> Tensor:
         ctx = self._tracker.current
@@ -189,11 +192,8 @@ class SteerHandle:
             self._before[site] = (out, original)
 
 
-@contextmanager
-def steer(model: nn.Module, plan: Sequence[PlanItem], *, languages: Languages = None) -> Iterator[SteerHandle]:
-    """Apply ``plan`` to ``model`` inside the block; the hooks are removed on exit, whatever happens."""
-    handle = SteerHandle(model, plan, languages=languages)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+def steer(model: nn.Module, plan: Plan, *, languages: Languages = None) -> SteerHandle:
+    """Apply ``plan`` to ``model`` now; the returned handle removes it on :meth:`~SteerHandle.remove` or at the end
+    of its ``with`` block, whatever happens. ``languages``: the language of each example (one code: all of them),
+    or a :class:`~probes.artifacts.LanguageDetector`, for items whose schedule has ``only=``."""
+    return SteerHandle(model, plan, languages=languages)

@@ -10,8 +10,9 @@ after it. The first generated token therefore depends only on the prefill schedu
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from jaxtyping import Bool
@@ -20,6 +21,8 @@ from torch import Tensor
 from probes.capture import ForwardContext
 
 Span = tuple[int | None, int | None]
+RENAMED = ("Schedule(languages=...) is renamed Schedule(only=...) (the languages an intervention touches, not "
+           "steer(languages=...), the language of each example); languages= will be removed in the next release")
 
 
 class ScheduleError(ValueError):
@@ -40,7 +43,7 @@ def _check_span(span: tuple, what: str) -> None:
             raise ScheduleError(f"{what}={span!r} is empty or reversed: start must be below stop")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Schedule:
     """Where an intervention applies.
 
@@ -49,13 +52,41 @@ class Schedule:
     span reaching past an example's prompt, or selecting none of it, is an error), or a boolean token mask shaped
     like the prompt's
     ``input_ids``. ``decode``: ``"all"`` steps, ``"none"``, ``n`` (the first ``n`` steps) or a ``(start, stop)``
-    range of steps (1-based, ``stop`` exclusive or None). ``languages``: apply only to examples in these languages
-    (``steer(..., languages=...)`` says each example's language).
+    range of steps (1-based, ``stop`` exclusive or None). ``only``: apply only to examples in these languages
+    (``steer(..., languages=...)`` says which language each example is); ``None``: every example.
+    ``languages=`` is the old name of ``only=``: it still works in this release, with a ``FutureWarning``.
     """
 
     prefill: str | Span | Tensor = "all"
     decode: str | int | Span = "all"
-    languages: tuple[str, ...] | None = None
+    only: tuple[str, ...] | None = None
+
+    def __init__(
+        self,
+        prefill: str | Span | Tensor = "all",
+        decode: str | int | Span = "all",
+        only: Sequence[str] | str | None = None,
+        *,
+        languages: Sequence[str] | str | None = None,
+    ) -> None:
+        if languages is not None:
+            if only is not None:
+                raise ScheduleError(
+                    f"Schedule(only={only!r}, languages={languages!r}): languages= is the old name of only=; "
+                    "pass only="
+                )
+            warnings.warn(RENAMED, FutureWarning, stacklevel=2)
+            only = languages
+        object.__setattr__(self, "prefill", prefill)
+        object.__setattr__(self, "decode", decode)
+        object.__setattr__(self, "only", only)
+        self.__post_init__()
+
+    @property
+    def languages(self) -> tuple[str, ...] | None:
+        """The old name of :attr:`only` (kept one release, with a ``FutureWarning``)."""
+        warnings.warn(RENAMED, FutureWarning, stacklevel=2)
+        return self.only
 
     def __post_init__(self) -> None:
         if isinstance(self.prefill, str) and self.prefill not in ("all", "last", "none"):
@@ -75,8 +106,13 @@ class Schedule:
             if (start is not None and start < 1) or (stop is not None and stop < 1):
                 raise ScheduleError(f"decode={tuple(self.decode)!r}: decode steps count from 1")
             object.__setattr__(self, "decode", tuple(self.decode))
-        if isinstance(self.languages, str):
-            object.__setattr__(self, "languages", (self.languages,))
+        if isinstance(self.only, str):
+            object.__setattr__(self, "only", (self.only,))
+        elif self.only is not None:
+            codes = tuple(self.only) if isinstance(self.only, Iterable) else (self.only,)
+            if not all(isinstance(code, str) for code in codes):
+                raise ScheduleError(f"only={self.only!r}: name the languages to touch as codes, e.g. only=('deu',)")
+            object.__setattr__(self, "only", codes)
 
     def select(self, ctx: ForwardContext, languages: Sequence[str] | str | None = None) -> Bool[Tensor, "batch tokens"]:
         """The tokens of the current forward pass this schedule touches (``languages``: of each example)."""
@@ -95,7 +131,7 @@ class Schedule:
 
     def excludes(self, language: str) -> bool:
         """Whether the schedule never touches an example in ``language`` (it is gated on other languages)."""
-        return self.languages is not None and language not in self.languages
+        return self.only is not None and language not in self.only
 
     def _prefill(self, ctx: ForwardContext, prompt: Tensor) -> Tensor:
         if isinstance(self.prefill, Tensor):
@@ -130,18 +166,18 @@ class Schedule:
     def _gate(self, ctx: ForwardContext, languages: Sequence[str] | str | None) -> Bool[Tensor, " batch"]:
         batch = ctx.valid.shape[0]
         device = ctx.valid.device
-        if self.languages is None:
+        if self.only is None:
             return torch.ones(batch, dtype=torch.bool, device=device)
         if isinstance(languages, str):
-            return torch.full((batch,), languages in self.languages, device=device)
+            return torch.full((batch,), languages in self.only, device=device)
         if languages is None or int(ctx.example.max()) >= len(languages):
             raise ScheduleError(
-                f"schedule gated on languages {list(self.languages)} needs the language of each example "
+                f"a schedule with only={list(self.only)} needs the language of each example "
                 f"(this batch has {batch}): pass languages=[...] to steer() or handle.set_languages()"
             )
-        return torch.tensor([languages[int(e)] in self.languages for e in ctx.example.tolist()], device=device)
+        return torch.tensor([languages[int(e)] in self.only for e in ctx.example.tolist()], device=device)
 
 
 def gated(languages: Sequence[str], **schedule) -> Schedule:
-    """A schedule applied only to examples in ``languages``."""
-    return Schedule(languages=tuple(languages), **schedule)
+    """A schedule applied only to examples in ``languages``: ``Schedule(only=languages, **schedule)``."""
+    return Schedule(only=tuple(languages), **schedule)

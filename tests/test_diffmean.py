@@ -54,7 +54,7 @@ def test_diffmean_settings_add_alpha_times_the_unit_vector_at_one_layer(found):
     for setting, scale in zip(grid, DIFFMEAN_SCALES):
         ((edit, schedule),) = setting.plan("rus", corpus.texts("rus"))
         assert isinstance(edit, AddVector) and edit.layers == (setting.layer,)
-        assert schedule.languages == ("rus",)
+        assert schedule.only == ("rus",)
         vector = findings.diffmean["rus"]
         assert edit.alpha == pytest.approx(scale * gap_norm(vector, setting.layer))
         assert torch.equal(edit.vectors[setting.layer], vector.vectors[setting.layer])

@@ -25,7 +25,7 @@ def corpus():
 def shift_setting(alpha: float) -> Setting:
     vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
     return Setting("shift", f"alpha={alpha}", 2,
-                   lambda lang, texts: [(AddVector({2: vector}, alpha), Schedule(languages=(lang,)))])
+                   lambda lang, texts: [(AddVector({2: vector}, alpha), Schedule(only=(lang,)))])
 
 
 def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus):

@@ -244,7 +244,7 @@ def test_generation_under_router_steering_is_cache_and_batch_proof(family):
         output_logits=True,
     )  # fmt: skip
     plan = [
-        (RouterBias({layer: [1, 5] for layer in layers}, 3.0), Schedule(languages=("deu", "jpn"))),
+        (RouterBias({layer: [1, 5] for layer in layers}, 3.0), Schedule(only=("deu", "jpn"))),
         (ForceExperts({layers[-1]: [2]}), Schedule(prefill="last", decode=2)),
     ]
     plain = model.generate(input_ids=ids, attention_mask=mask, **options)
@@ -272,7 +272,7 @@ def test_language_gating_and_hook_hygiene():
     ids, mask = prompt_batch(tokenizer, TEXTS[:4], side="right")
     before = hook_count(model)
     plain = routed(model, ids, mask)
-    gate = Schedule(languages=("deu",))
+    gate = Schedule(only=("deu",))
     steered = routed(model, ids, mask, [(RouterBias({1: [0]}, 5.0), gate)], languages=["eng", "deu", "jpn", "rus"])
     changed = [bool((steered[1].logits[row] != plain[1].logits[row]).any()) for row in range(4)]
     assert changed == [False, True, False, False]

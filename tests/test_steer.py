@@ -181,7 +181,7 @@ def test_first_generated_token_depends_only_on_the_prefill_schedule():
 def test_language_gating_touches_only_gated_examples():
     model, tokenizer = tiny("gpt2")
     ids, mask = prompt_batch(tokenizer, TEXTS[:4])
-    gate = Schedule(languages=("deu", "rus"))
+    gate = Schedule(only=("deu", "rus"))
     with torch.no_grad():
         plain = model(input_ids=ids, attention_mask=mask).logits
         with steer(model, [(INTERVENTIONS["add"], gate)], languages=["eng", "deu", "jpn", "rus"]):

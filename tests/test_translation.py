@@ -90,7 +90,7 @@ def test_steering_touches_the_source_tokens_of_the_prompt_pass_only_and_batches_
     vector = 6 * torch.randn(64, generator=torch.Generator().manual_seed(3))
 
     def plan(prompts):  # decode="all" and every prompt token: translate narrows it to the source
-        return [(AddVector({2: vector}), Schedule(languages=("deu",)))]
+        return [(AddVector({2: vector}), Schedule(only=("deu",)))]
 
     batched = translate(model, tokenizer, task, plan, languages="deu", tokenization=Tokenization(batch_size=4))
     masks = source_tokens(tokenizer, task, Tokenization())
@@ -127,7 +127,7 @@ def test_chrf_and_its_interval_equal_sacrebleus_corpus_score_on_resamples():
 def test_evaluation_chrf_rows_equal_direct_translations(corpus):
     model, tokenizer = tiny("llama")
     vector = 6 * torch.randn(64, generator=torch.Generator().manual_seed(4))
-    setting = Setting("shift", "strong", 2, lambda lang, texts: [(AddVector({2: vector}), Schedule(languages=(lang,)))])
+    setting = Setting("shift", "strong", 2, lambda lang, texts: [(AddVector({2: vector}), Schedule(only=(lang,)))])
     table = evaluate(model, tokenizer, corpus, [setting], languages=["eng", "rus"], n_boot=50, n_loss=4,
                      n_translations=3, shots=2)  # fmt: skip
     chrf_rows = table[table.metric == "chrf"]
@@ -149,7 +149,7 @@ def test_steered_translation_is_the_same_through_transformerlens_and_nnsight(cor
     vector = 6 * torch.randn(64, generator=torch.Generator().manual_seed(3))
 
     def plan(prompts):
-        return [(AddVector({2: vector}), Schedule(languages=("deu",)))]
+        return [(AddVector({2: vector}), Schedule(only=("deu",)))]
 
     wrapped = resolve_model(model, tokenizer, backend=backend)[0]
     assert translate(wrapped, tokenizer, task, plan, languages="deu") == translate(model, tokenizer, task, plan,
