@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 # The machine's local CPU torch wheel; uv does not look there unless told. uv installs without bytecode unless
 # told (--compile-bytecode): with PYTHONDONTWRITEBYTECODE set, every process would compile its imports, ~20 s.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+# llama-cpp-python (llama.cpp's control-vector parity tests) is a source distribution: built once per machine into
+# xlalign's cache with portable flags (AVX2; 10-20 minutes on 2 cores) and installed from there. Its sdist stays in
+# the cache: its convert_hf_to_gguf.py converts checkpoints to GGUF (xlalign.export.llamacpp finds it there).
+LLAMA_CPP := llama_cpp_python-0.3.36
+LLAMA_CACHE := $(or $(XLALIGN_CACHE),$(HOME)/.cache/xlalign)
+LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: demo test bench notebooks figures clean
 
@@ -20,6 +26,13 @@ $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt py
 		$(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt -r requirements.lock && \
 		$(BIN)/pip install -q --no-deps -r requirements-nodeps.lock -e . ; \
 	fi
+	mkdir -p $(LLAMA_CACHE)/wheels
+	[ -f $(LLAMA_CACHE)/$(LLAMA_CPP).tar.gz ] || \
+		$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(LLAMA_CACHE)
+	ls $(LLAMA_CACHE)/wheels/$(LLAMA_CPP)-*.whl > /dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_FLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/pip wheel -q --no-deps -w $(LLAMA_CACHE)/wheels $(LLAMA_CACHE)/$(LLAMA_CPP).tar.gz
+	$(BIN)/pip install -q --no-deps $(LLAMA_CACHE)/wheels/$(LLAMA_CPP)-*.whl
 	touch $(STAMP)
 
 demo: $(STAMP)

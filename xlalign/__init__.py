@@ -40,6 +40,7 @@ _MODULES = {
     "steer.convert": "to_intervention",
     "steer.evaluate": "next_token_loss continuations",
     "xlalign.closed_loop": "run evaluate",
+    "xlalign.export": "export_control_vector import_control_vector read_control_vector ControlVectorError",
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 _SUBMODULES = {"plots": "probes.plots", "jobs": "xlalign.jobs", "summary": "steer.summary"}

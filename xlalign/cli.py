@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -18,69 +17,12 @@ from probes.choices import (
     ALL_METRICS, BACKENDS, BATCH_SIZE, COMPONENTS, DEVICE_MAPS, DEVICES, DTYPES, IMPORTANCE, LINEAR_COMPONENTS,
     MAX_LENGTH, NEURON_POOLINGS, PADDING_SIDE, POOLINGS,
 )
-from probes.data.codes import CorpusError, normalize_language
 from steer.choices import INCLINE_SIGMAS, METHODS
+from xlalign.arg_types import count, csv_list, finite, floats, ints, language, languages, span
 from xlalign.choices import DEFAULT_K, FIND_METHODS
 from xlalign.errors import Notice
+from xlalign.export.commands import COMMANDS as EXPORT_COMMANDS, add_export_commands, run_export_command
 from xlalign.presets import PresetError, names_for, preset_options
-
-
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(item) for item in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> list[float]:
-    return [_finite(item) for item in _csv(text)]
-
-
-def _language(text: str) -> str:
-    """A language code in any usual spelling (``de``, ``DEU``, ``deu_Latn``) -> the project's (``deu``)."""
-    try:
-        return normalize_language(text)
-    except CorpusError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _languages(text: str) -> list[str]:
-    return [_language(item) for item in _csv(text)]
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _count(least: int):
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
-        return value
-
-    count.__name__ = f"integer >= {least}"
-    return count
-
-
-def _span(text: str) -> tuple[int, int]:
-    start, _, stop = text.partition(":")
-    if not (start.isdigit() and stop.isdigit()) or int(start) >= int(stop):
-        raise argparse.ArgumentTypeError(f"expected START:STOP with START < STOP, got {text!r}")
-    return int(start), int(stop)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -119,9 +61,9 @@ def _model(command: argparse.ArgumentParser) -> None:
 
 def _corpus(command: argparse.ArgumentParser) -> None:
     command.add_argument("--corpus", default="demo", help="demo, an NTREX or FLORES directory, a .tsv or .jsonl file")
-    command.add_argument("--langs", type=_languages, help="comma-separated language codes (default: all)")
+    command.add_argument("--langs", type=languages, help="comma-separated language codes (default: all)")
     command.add_argument("--max-sentences", type=int, help="use the first N sentences (default: all)")
-    command.add_argument("--sentences", type=_span, help="then use sentences START:STOP (e.g. held-out rows)")
+    command.add_argument("--sentences", type=span, help="then use sentences START:STOP (e.g. held-out rows)")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -151,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"{POOLING} (default: weighted, as MEXA; mean when router sites are captured)")
     capture.add_argument("--sites", default="hidden", help=f"components ({','.join(COMPONENTS)}) or sites (resid.7); "
                          "hidden = output_hidden_states, the last after the final norm, as MEXA reads them")
-    capture.add_argument("--layers", type=_ints, help="restrict components to these layers (default: all)")
+    capture.add_argument("--layers", type=ints, help="restrict components to these layers (default: all)")
     capture.add_argument("--shard-size", type=int, default=256,
                          help="sentences per shard file: the unit of resuming and of splitting under torchrun")
     capture.add_argument("--out", required=True, type=Path, help="store directory (resumed if it exists)")
@@ -161,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     measure = add("measure", "alignment metrics per layer and language from a store")
     measure.add_argument("store", type=Path, help="a store made by xlalign capture")
-    measure.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
-    measure.add_argument("--metrics", type=_csv, default="retrieval_top1,mexa",
+    measure.add_argument("--pivot", default="eng", type=language, help=PIVOT)
+    measure.add_argument("--metrics", type=csv_list, default="retrieval_top1,mexa",
                          help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store of mlp_gate "
                               + "; ".join(f"pooled '{pooling}': {', '.join(metrics)}"
                                           for pooling, metrics in NEURON_POOLINGS.items()))
@@ -181,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model(find)
     _corpus(find)
     find.add_argument("--method", help="; ".join(f"{kind}: {'|'.join(m)} (default {m[0]})" for kind, m in FIND_METHODS.items()))
-    find.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
+    find.add_argument("--pivot", default="eng", type=language, help=PIVOT)
     find.add_argument("--k", type=int, help=f"ap: units per language (default {DEFAULT_K['ap']}); claim: heads, "
                                             f"ranked by held-out log-likelihood (default {DEFAULT_K['claim']})")
     find.add_argument("--bottom-k", type=int, default=0, help="ap: also the units of lowest AP (Kojima et al.: 1000)")
-    find.add_argument("--components", type=_csv, help="ap: components whose units are ranked together; linear = "
+    find.add_argument("--components", type=csv_list, help="ap: components whose units are ranked together; linear = "
                       f"every linear projection ({','.join(LINEAR_COMPONENTS)}, those the model has), as Kojima et "
                       "al. (default: mlp_act; several: one file per component in the --out directory)")
     find.add_argument("--pooling", choices=("mean", "max"), default="mean",
@@ -205,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a shift vector, map or NeuronSet file; repeat to apply several at once")
     _model(steer)
     steer.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
-    steer.add_argument("--language", type=_language,
+    steer.add_argument("--language", type=language,
                        help="NeuronSet: whose neurons (LAPE) or experts (AP) to use; others: must be the artifact's")
-    steer.add_argument("--strength", type=_finite,
+    steer.add_argument("--strength", type=finite,
                        help="alpha (shift), sigma (map) or erasure strength; not for NeuronSets (default: 1)")
-    steer.add_argument("--layers", type=_ints, help="where to apply a shift or map (default: the artifact's recommended)")
+    steer.add_argument("--layers", type=ints, help="where to apply a shift or map (default: the artifact's recommended)")
     steer.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate per prompt")
 
     for name, text in (("evaluate", "closed loop: fit on train, steer and evaluate on held-out sentences"),
@@ -220,16 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             command.add_argument("--pooling", choices=POOLINGS,
                                  help=f"{POOLING} (default: weighted, as MEXA; mean in MoE models)")
-            command.add_argument("--steer-langs", type=_languages, help="languages to steer (default: the 3 least aligned)")
-        command.add_argument("--pivot", default="eng", type=_language, help=PIVOT)
-        command.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)} (default: all that apply)")
-        command.add_argument("--test-fraction", type=_finite, default=0.2, help="share of sentences held out")
-        command.add_argument("--loss-sentences", type=_count(1), default=32,
+            command.add_argument("--steer-langs", type=languages, help="languages to steer (default: the 3 least aligned)")
+        command.add_argument("--pivot", default="eng", type=language, help=PIVOT)
+        command.add_argument("--methods", type=csv_list, help=f"subset of {','.join(METHODS)} (default: all that apply)")
+        command.add_argument("--test-fraction", type=finite, default=0.2, help="share of sentences held out")
+        command.add_argument("--loss-sentences", type=count(1), default=32,
                              help="held-out texts per language for the loss")
-        command.add_argument("--prompts", type=_count(1), default=8, help="held-out prompts per language for fidelity")
-        command.add_argument("--translations", type=_count(0), default=0,
+        command.add_argument("--prompts", type=count(1), default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--translations", type=count(0), default=0,
                              help="held-out sentences per language translated into the pivot (3-shot, chrF); 0: none")
-        command.add_argument("--incline-sigmas", type=_floats, default=list(INCLINE_SIGMAS),
+        command.add_argument("--incline-sigmas", type=floats, default=list(INCLINE_SIGMAS),
                              help="INCLINE strengths, released rule c + sigma c W (its scripts sweep -1..1 by 0.1); "
                                   "the interpolation runs at 0.5")  # fmt: skip
         if name == "evaluate":
@@ -240,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--out", required=True, type=Path, help="output directory (report.md, CSVs, figures)")
         command.add_argument("--overwrite", action="store_true",
                              help="replace the results of another run in --out (the same run resumes without it)")
+    parser.subcommands.update(add_export_commands(commands))
     return parser
 
 
@@ -265,6 +208,8 @@ def _corpus_of(args):
 def _run(args) -> str:
     from xlalign import closed_loop, jobs, steering
 
+    if args.command in EXPORT_COMMANDS:
+        return run_export_command(args)
     progress = not getattr(args, "no_progress", False)
     if args.command == "capture":
         store = jobs.capture(args.out, corpus=_corpus_of(args), sites=args.sites, layers=args.layers,
