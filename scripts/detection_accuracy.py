@@ -1,7 +1,7 @@
 """How well the model itself tells the languages apart at its early layers: the language detector
 ``xlalign evaluate --gate-by-detection`` gates on, fitted on the training split, scored on held-out sentences.
 
-    PYTHONPATH=. python scripts/detection_accuracy.py --model default --corpus ../shared/data/ntrex \\
+    PYTHONPATH=. python scripts/detection_accuracy.py --model default --corpus path/to/ntrex \\
         --langs eng,deu,fra,rus,zho-CN,arb,hin --max-sentences 300 --below 11
 
 Prints, per candidate layer, the cross-validated accuracy on the training split, then the detector

@@ -1,4 +1,4 @@
-"""ParallelCorpus and its readers, on the real NTREX copy in ../shared/data/ntrex and on small files in tmp_path."""
+"""ParallelCorpus and its readers, on the real NTREX copy (conftest.NTREX) and on small files in tmp_path."""
 
 from __future__ import annotations
 

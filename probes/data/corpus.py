@@ -2,7 +2,7 @@
 
 :class:`ParallelCorpus` holds line-aligned translations; :mod:`probes.data.readers` builds one from files::
 
-    corpus = load_corpus("../shared/data/ntrex", langs=["eng", "deu", "zho-CN"], max_sentences=200)
+    corpus = load_corpus("path/to/ntrex", langs=["eng", "deu", "zho-CN"], max_sentences=200)
     train, test = corpus.split(test_fraction=0.2, seed=0)   # NTREX: whole documents go to one side
 
 Misaligned or empty input is an error (:class:`CorpusError`) naming the language and the sentence, never a

@@ -1,4 +1,4 @@
-"""Language-specific attention heads (METHODS item 4, CLAIM): rank heads by how well they separate a language
+"""Language-specific attention heads (CLAIM; docs/methods.md): rank heads by how well they separate a language
 from the pivot, and shift the best ones."""
 
 from __future__ import annotations

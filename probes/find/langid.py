@@ -1,4 +1,4 @@
-"""Language identification from activations, per layer (METHODS item 7).
+"""Language identification from activations, per layer (docs/methods.md).
 
 :class:`LanguageIDProbe` (sklearn-style) runs :func:`probes.analysis.langid.language_id_scores` on every layer:
 high accuracy means the layer is language-specific, near chance (1 / #languages) language-neutral. The language

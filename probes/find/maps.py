@@ -1,4 +1,4 @@
-"""Linear maps from one language's activations to the pivot's (METHODS items 5-6): :func:`fit_incline` (least
+"""Linear maps from one language's activations to the pivot's (docs/methods.md): :func:`fit_incline` (least
 squares, INCLINE) and :func:`fit_procrustes` (orthogonal), with :func:`orthogonality_deviation` as a diagnostic;
 :func:`fit_map` fits one per layer into a :class:`~probes.artifacts.LinearMap` artifact."""
 

@@ -1,4 +1,4 @@
-"""Shift vectors (METHODS, "Finding what is language-specific", item 3): per layer, a vector that moves
+"""Shift vectors (docs/methods.md): per layer, a vector that moves
 language-l activations towards the pivot's, by one of three strategies following steering-vectors'
 ``aggregators.py`` (``mean_aggregator``, ``pca_aggregator``, ``logistic_aggregator``)::
 
