@@ -15,6 +15,7 @@ _EXPORTS = {
     "Tokenization": "probes.capture",
     "Activations": "probes.analysis",
     "ActivationStore": "probes.capture",
+    "XlalignError": "probes.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -21,6 +21,7 @@ _EXPORTS = {
     "ForceExperts": "steer.router",
     "BanExperts": "steer.router",
     "to_intervention": "steer.convert",
+    "EvaluationError": "steer.errors",
 }
 
 __all__ = list(_EXPORTS)

@@ -33,6 +33,7 @@ from probes.data import ParallelCorpus
 from probes.model import ModelError, Site, has_lm_head, n_layers, unwrap
 from steer.apply import PlanItem, steer
 from steer.translation import SHOTS, chrf_change, translate, translation_task
+from steer.errors import EvaluationError
 
 COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
 EVAL_METRICS = ("mexa", "retrieval_top1")
@@ -92,7 +93,7 @@ def next_token_loss(
                 total += cross_entropy(logits[scored], targets[scored], reduction="sum").item()
                 count += int(scored.sum())
     if not count:
-        raise ValueError("next-token loss: the texts have no token with a successor (each is one token long)")
+        raise EvaluationError("next-token loss: the texts have no token with a successor (each is one token long)")
     return total / count
 
 
@@ -228,7 +229,7 @@ def evaluate(
                     continue
                 bar.set_description(f"evaluate {lang}: {setting.method}")
                 if setting.detected and detector is None:
-                    raise ValueError(f"setting {setting.method} {setting.setting} is gated by detection: pass a detector")
+                    raise EvaluationError(f"setting {setting.method} {setting.setting} is gated by detection: pass a detector")
                 gate = (lambda language: detector) if setting.detected else (lambda language: language)
                 with steer(model, setting.plan(lang, test.texts(lang)), languages=gate(lang)) as handle:
                     on = measured(lang)

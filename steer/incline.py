@@ -34,6 +34,7 @@ from steer.convert import default_layers
 from steer.interventions import finite
 from steer.patch import Patch
 from steer.schedule import Schedule
+from steer.interventions import InterventionError
 
 INCLINE_MODES = ("code", "interpolate")
 
@@ -47,7 +48,7 @@ def incline(
     ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (docs/methods.md's
     variant), both from the clean ``c``."""
     if mode not in INCLINE_MODES:
-        raise ValueError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")
+        raise InterventionError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")
     finite(sigma, "sigma", "incline", " (xlalign steer: --strength; xlalign evaluate: --incline-sigmas)")
     finite(sign, "sign", "incline")
     chosen = sorted(fitted.matrices) if layers is None else default_layers(fitted, layers)

@@ -24,11 +24,12 @@ from torch import Tensor
 from probes.artifacts import map_formula, nonfinite
 from probes.capture import ForwardContext
 from probes.model import LINEAR_COMPONENTS, Site
+from probes.errors import XlalignError
 
 FLAT_COMPONENTS = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", *LINEAR_COMPONENTS)
 
 
-class InterventionError(ValueError):
+class InterventionError(XlalignError):
     """An intervention that does not fit the site it is applied to."""
 
 

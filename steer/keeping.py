@@ -24,6 +24,7 @@ from steer.convert import add_vector, erase
 from steer.evaluate import Setting
 from steer.interventions import finite
 from steer.schedule import gated
+from steer.errors import EvaluationError
 
 DIFFMEAN_SCALES = (0.25,)  # without --sweep: the strength that kept the loss and the language on NTREX
 SWEEP_SCALES = (0.1, 0.25, 0.5)
@@ -34,7 +35,7 @@ def profile_layers(profile: Mapping[int, float]) -> tuple[int, int]:
     """(peak, restore) layers of an alignment profile ``{layer: mean MEXA}`` (layers 1..L)."""
     layers = sorted(profile)
     if len(layers) < 3:
-        raise ValueError(f"a sandwich needs at least 3 layers in the alignment profile; got {layers}")
+        raise EvaluationError(f"a sandwich needs at least 3 layers in the alignment profile; got {layers}")
     peak = max(layers[:-1], key=lambda layer: profile[layer])
     bar = (profile[peak] + profile[layers[-1]]) / 2
     later = [layer for layer in layers if peak < layer < layers[-1]]

@@ -39,6 +39,7 @@ from steer.incline import fit_incline_maps, incline
 from steer.keeping import alignment_profile, keeping_settings, profile_layers
 from steer.router import promote_pivot_experts, steermoe_experts
 from steer.schedule import gated
+from steer.errors import EvaluationError
 
 KEEPING = {"diffmean", "erase", "sandwich"}  # the language-keeping methods (steer.keeping)
 
@@ -123,10 +124,10 @@ def fit_methods(
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise EvaluationError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     impossible = unavailable_methods(model, methods)
     if impossible:
-        raise ValueError(f"these methods cannot run on this {model_type(model)} model: "
+        raise EvaluationError(f"these methods cannot run on this {model_type(model)} model: "
                          + "; ".join(f"{method}: {why}" for method, why in impossible.items()))
     depth = n_layers(model)
     every_layer = range(1, depth + 1)
@@ -243,7 +244,7 @@ def settings(
     out += keeping_settings(found, pivot=pivot, sweep=sweep)
     if found.incline:
         if model is None or tokenizer is None:
-            raise ValueError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")
+            raise EvaluationError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")
 
         def incline_plan(lang, texts, mode, sigma):
             patch, schedule = incline(model, tokenizer, texts, found.incline[lang], sigma, mode=mode,

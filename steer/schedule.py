@@ -19,13 +19,14 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from probes.capture import ForwardContext
+from probes.errors import XlalignError
 
 Span = tuple[int | None, int | None]
 RENAMED = ("Schedule(languages=...) is renamed Schedule(only=...) (the languages an intervention touches, not "
            "steer(languages=...), the language of each example); languages= will be removed in the next release")
 
 
-class ScheduleError(ValueError):
+class ScheduleError(XlalignError):
     """A schedule that cannot be applied to this input."""
 
 

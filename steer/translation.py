@@ -23,6 +23,7 @@ from probes.capture.passes import generate
 from probes.data import ParallelCorpus
 from probes.model import ModelError, has_lm_head
 from steer.apply import Languages, PlanItem, plan_items, steer
+from steer.errors import EvaluationError
 
 SHOTS = 3
 NEW_TOKENS_PER_SOURCE_TOKEN = 1.5  # generation budget: 1.5x the source sentence's tokens, plus a few
@@ -55,7 +56,7 @@ def translation_task(
     ``shots`` pairs."""
     sources, targets = corpus.texts(language), corpus.texts(pivot)
     if len(sources) < shots + n:
-        raise ValueError(
+        raise EvaluationError(
             f"translation of {n} {language} sentences with {shots} shots needs {shots + n} sentences; the corpus has "
             f"{len(sources)}"
         )
@@ -72,13 +73,13 @@ def translation_task(
 def source_tokens(tokenizer, task: TranslationTask, tokenization: Tokenization) -> list[Bool[Tensor, " tokens"]]:
     """For each prompt, which of its tokens (as ``tokenization`` encodes it) overlap the source sentence."""
     if tokenization.chat_template:
-        raise ValueError("few-shot translation prompts are plain text: use a Tokenization without chat_template")
+        raise EvaluationError("few-shot translation prompts are plain text: use a Tokenization without chat_template")
     ids = tokenization.encode(tokenizer, task.prompts)
     masks = []
     for index, (prompt, (start, end), expected) in enumerate(zip(task.prompts, task.spans, ids)):
         encoded = tokenizer(prompt, add_special_tokens=tokenization.add_special_tokens, return_offsets_mapping=True)
         if list(encoded["input_ids"][: len(expected)]) != expected:
-            raise ValueError(f"{task.language} prompt {index}: the tokenizer's offsets do not match its encoding")
+            raise EvaluationError(f"{task.language} prompt {index}: the tokenizer's offsets do not match its encoding")
         offsets = encoded["offset_mapping"][: len(expected)]
         masks.append(torch.tensor([a < end and b > start and b > a for a, b in offsets], dtype=torch.bool))
     return masks
@@ -172,4 +173,4 @@ def _chrf():
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
     if len(hypotheses) != len(references) or not references:
-        raise ValueError(f"chrF of {len(hypotheses)} hypotheses against {len(references)} references")
+        raise EvaluationError(f"chrF of {len(hypotheses)} hypotheses against {len(references)} references")

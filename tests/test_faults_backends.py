@@ -19,7 +19,7 @@ from xlalign.cli import main
 
 
 class Hang(RuntimeError):
-    """A call ran past its deadline (not an OSError or ValueError, which the CLI would turn into a message)."""
+    """A call ran past its deadline (not an OSError or XlalignError, which the CLI would turn into a message)."""
 
 
 @contextmanager

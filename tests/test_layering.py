@@ -1,10 +1,11 @@
 """The layers' dependency rules (docs/architecture.md), read from every import statement, module-level or not.
 
-``probes.data`` uses the standard library only; ``probes.model`` may import ``data``; ``probes.capture``
-``model``, ``data`` and the Activations noun; ``probes.analysis`` never imports ``model`` or ``capture`` (nor
-any layer above it); ``probes.artifacts`` may import ``data`` and ``model``; ``probes.find`` may import
-``analysis`` and ``artifacts``; ``probes.plots`` only pandas and matplotlib; ``steer`` may import ``probes``;
-nothing outside ``xlalign`` imports it; no import cycles; no file over 400 lines.
+``probes.errors`` (the root error class) imports nothing and every layer may import it; ``probes.data`` uses the
+standard library only; ``probes.model`` may import ``data``; ``probes.capture`` ``model``, ``data`` and the
+Activations noun; ``probes.analysis`` never imports ``model`` or ``capture`` (nor any layer above it);
+``probes.artifacts`` may import ``data`` and ``model``; ``probes.find`` may import ``analysis`` and ``artifacts``;
+``probes.plots`` only pandas and matplotlib; ``steer`` may import ``probes``; nothing outside ``xlalign`` imports
+it; no import cycles; no file over 400 lines.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ OWN = ("probes", "steer", "xlalign")
 # Layer -> the xlalign layers it may import (itself always; third-party packages unless it says otherwise).
 MAY_IMPORT = {
     "probes": set(),  # the root package: lazy exports and the version
-    "probes.data": set(),
+    "probes.data": {"probes.errors"},
     "probes.choices": set(),  # the names options choose from: a leaf every layer may import
-    "probes.model": {"probes.data", "probes.choices"},
+    "probes.errors": set(),  # the root of every xlalign error: a leaf every layer may import
+    "probes.model": {"probes.data", "probes.choices", "probes.errors"},
     "probes.capture": {"probes.data", "probes.model", "probes.analysis.activations", "probes.__version__",
-                       "probes.choices"},
-    "probes.analysis": {"probes.choices"},
-    "probes.artifacts": {"probes.data", "probes.model", "probes.__version__"},
-    "probes.find": {"probes.analysis", "probes.artifacts"},
-    "probes.plots": set(),
+                       "probes.choices", "probes.errors"},
+    "probes.analysis": {"probes.choices", "probes.errors"},
+    "probes.artifacts": {"probes.data", "probes.model", "probes.__version__", "probes.errors"},
+    "probes.find": {"probes.analysis", "probes.artifacts", "probes.errors"},
+    "probes.plots": {"probes.errors"},
     "steer": {"probes"},  # every layer of it
     "xlalign": {"probes", "steer"},
 }

@@ -1,6 +1,7 @@
 """The ``xlalign`` command: argument parsing only; each subcommand calls one job (:mod:`xlalign.jobs`,
-:mod:`xlalign.closed_loop`). Input errors exit with status 2 and one line naming what is wrong; Ctrl-C exits
-with 130 and says what was kept."""
+:mod:`xlalign.closed_loop`). Input errors (:class:`~probes.errors.XlalignError`, and ``OSError``) exit with status 2
+and one line naming what is wrong; Ctrl-C exits with 130 and says what was kept; any other exception is a bug and
+keeps its traceback."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from probes.choices import (
     ALL_METRICS, BACKENDS, BATCH_SIZE, COMPONENTS, DEVICE_MAPS, DEVICES, DTYPES, IMPORTANCE, LINEAR_COMPONENTS,
     MAX_LENGTH, NEURON_POOLINGS, PADDING_SIDE, POOLINGS,
 )
+from probes.errors import XlalignError
 from steer.choices import INCLINE_SIGMAS, METHODS
 from xlalign.arg_types import count, csv_list, finite, floats, ints, language, languages, span
 from xlalign.choices import DEFAULT_K, FIND_METHODS
@@ -37,6 +39,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})".strip()
 
 
+# Printed before the traceback of an exception that is not an XlalignError or an OSError.
+BUG = ("this is a bug in xlalign, not in your input: please report it with the command line and this traceback "
+       "on the project's issue tracker")
 SPLIT_COMMANDS = {"capture", "find", "run"}  # the commands that split their work under torchrun
 PIVOT = "the language every other one is compared with (ISO 639-3)"
 POOLING = "how each sentence's tokens become one vector (weighted: MEXA's position weights)"
@@ -321,7 +326,7 @@ def _main(args: argparse.Namespace) -> int:
     except _Damaged as damage:
         print(damage, file=sys.stderr)
         return 1
-    except (ValueError, OSError) as error:  # xlalign's input errors are ValueErrors; a full disk is an OSError
+    except (XlalignError, OSError) as error:  # an input xlalign cannot use; a full disk or a missing file
         if args.debug:
             raise
         print(f"xlalign {args.command}: error: {error}", file=sys.stderr)
@@ -334,6 +339,9 @@ def _main(args: argparse.Namespace) -> int:
                 }.get(args.command, "")  # fmt: skip
         print(f"xlalign {args.command}: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
         return 130
+    except Exception:
+        print(f"xlalign {args.command}: {BUG}", file=sys.stderr)
+        raise
     finally:
         leave()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import warnings
 
+from probes.errors import XlalignError
 
-class JobError(ValueError):
+
+class JobError(XlalignError):
     """A job that cannot start: an output that would overwrite the user's files, a missing pivot, ..."""
 
 

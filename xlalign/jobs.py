@@ -126,7 +126,7 @@ def capture(
     """
     parallel = open_corpus(corpus)
     if remote and backend != "nnsight":
-        raise ValueError(f"remote capture runs through nnsight: pass backend='nnsight' (got {backend!r})")
+        raise JobError(f"remote capture runs through nnsight: pass backend='nnsight' (got {backend!r})")
     require_key(remote)
     if remote is True and isinstance(model, str):
         network, tokenizer = hosted_model(model)

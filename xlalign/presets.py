@@ -12,9 +12,10 @@ from typing import Callable, Mapping
 
 from probes.data import ParallelCorpus, load_corpus
 from steer.choices import SIGMAS
+from probes.errors import XlalignError
 
 
-class PresetError(ValueError):
+class PresetError(XlalignError):
     """A preset that does not exist or does not apply to the command."""
 
 

@@ -14,7 +14,7 @@ _MODULES = {
     "probes.analysis.langid": "language_id_scores",
     "probes.analysis.output_language": "OutputLanguage OutputLanguageError identifiable iso639_1 script",
     "probes.analysis.tables": "COLUMNS measure metric_names",
-    "probes.analysis.routing": "entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
+    "probes.analysis.routing": "RoutingError entropy expert_set_overlap expert_usage jsd language_experts measure_routing "
     "normalised_jsd risk_difference router_matrices routing_divergence set_overlap universal_experts",
     "probes.analysis.word_alignment": "mutual_argmax similarity word_alignments word_of_token",
 }

@@ -18,8 +18,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probes.errors import XlalignError
 
-class ActivationsError(ValueError):
+
+class ActivationsError(XlalignError):
     """Activations that do not fit together, or a site or language they do not hold."""
 
 

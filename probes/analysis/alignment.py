@@ -18,13 +18,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from probes.choices import ALL_METRICS, NEURON_POOLINGS  # noqa: F401 (part of this module's API)
+from probes.errors import XlalignError
 
 
 # Elements per comparison block in strong_alignment_ap: bounds its working memory to a few tens of MB.
 _BLOCK = 2**22
 
 
-class MetricError(ValueError):
+class MetricError(XlalignError):
     """Inputs a metric cannot score: misaligned sentences, NaN rows, too few sentences."""
 
 

@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probes.analysis.alignment import MetricError
+
 
 def bootstrap_ci(
     metric_fn: Callable[..., float | Tensor],
@@ -34,14 +36,14 @@ def bootstrap_ci(
     n = len(matrices[0])
     shapes = [tuple(matrix.shape) for matrix in matrices]
     if any(shape[0] != n for shape in shapes):
-        raise ValueError(f"bootstrap_ci needs matrices of the same sentences; got shapes {shapes}")
+        raise MetricError(f"bootstrap_ci needs matrices of the same sentences; got shapes {shapes}")
     rows = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
     ones = torch.ones(n_boot, n, dtype=torch.float64)
     counts = torch.zeros_like(ones).scatter_add_(1, rows, ones)
     value = metric_fn(*matrices)
     if isinstance(value, Tensor) and value.ndim == 1:
         if len(value) != n:
-            raise ValueError(f"metric_fn returned {len(value)} per-sentence scores for {n} sentences")
+            raise MetricError(f"metric_fn returned {len(value)} per-sentence scores for {n} sentences")
         estimates = counts @ value.double() / n
     elif "weights" in inspect.signature(metric_fn).parameters:
         estimates = metric_fn(*matrices, weights=counts)

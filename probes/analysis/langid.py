@@ -17,12 +17,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
+from probes.analysis.alignment import MetricError
+
 
 def check_folds(counts: Mapping[str, int], cv: int, where: str) -> None:
     """Raise if some class has fewer samples than cross-validation folds."""
     small = {label: n for label, n in counts.items() if n < cv}
     if small:
-        raise ValueError(f"{where}: {cv}-fold cross-validation needs at least {cv} sentences per class; {small}")
+        raise MetricError(f"{where}: {cv}-fold cross-validation needs at least {cv} sentences per class; {small}")
 
 
 def probe_pipeline(C: float, max_iter: int) -> Pipeline:
@@ -46,11 +48,11 @@ def language_id_scores(
     """
     names = list(by_language)
     if len(names) < 2:
-        raise ValueError(f"{where}: language ID needs at least two languages, got {names}")
+        raise MetricError(f"{where}: language ID needs at least two languages, got {names}")
     check_folds({lang: len(x) for lang, x in by_language.items()}, cv, where)
     features = np.concatenate([x.flatten(1).double().numpy() for x in by_language.values()])
     if not np.isfinite(features).all():
-        raise ValueError(f"{where}: the activations hold NaN or infinite values")
+        raise MetricError(f"{where}: the activations hold NaN or infinite values")
     labels = np.repeat(names, [len(x) for x in by_language.values()])
     folds = StratifiedKFold(cv, shuffle=True, random_state=0)
     predicted = cross_val_predict(probe_pipeline(C, max_iter), features, labels, cv=folds, n_jobs=n_jobs)

@@ -18,6 +18,8 @@ import importlib.util
 from pathlib import Path
 from typing import Sequence
 
+from probes.errors import XlalignError
+
 LID176 = "lid176"
 PY3LANGID = "py3langid"
 IDENTIFIERS = (LID176, PY3LANGID)
@@ -33,7 +35,7 @@ LID176_LABELS = frozenset(
 )
 
 
-class IdentifierError(ValueError):
+class IdentifierError(XlalignError):
     """An unknown identifier, or one whose package is not installed."""
 
 

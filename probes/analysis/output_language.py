@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 import langcodes
 
 from probes.analysis.lid import LID176, check, classify, labels
+from probes.errors import XlalignError
 
 THRESHOLD = 0.3  # the reference's fastText confidence bar
 MIN_TOKENS = 5
@@ -41,7 +42,7 @@ WPR_LANGUAGES = frozenset({"ar", "hi", "ja", "ko", "ru", "zh"})  # the reference
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-class OutputLanguageError(ValueError):
+class OutputLanguageError(XlalignError):
     """A language the identifier does not know."""
 
 

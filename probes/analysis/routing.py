@@ -37,6 +37,13 @@ from torch import Tensor
 from probes.analysis.activations import Activations
 from probes.choices import IMPORTANCE
 from probes.analysis.bootstrap import bootstrap_ci
+from probes.errors import XlalignError
+
+
+class RoutingError(XlalignError):
+    """Activations, traces or options the routing metrics cannot use: no router sites, a missing pivot, an
+    unknown channel or method."""
+
 
 # The channels of a ``router`` site (probes.model.moe.ROUTER_CHANNELS; restated: analysis never imports model).
 ROUTER_CHANNELS = ("prob", "weight", "selected")
@@ -54,13 +61,13 @@ def router_matrices(
     ``selected`` (fraction of tokens routed to each expert).
     """
     if channel not in ROUTER_CHANNELS:
-        raise ValueError(f"unknown router channel {channel!r}; choose one of {', '.join(ROUTER_CHANNELS)}")
+        raise RoutingError(f"unknown router channel {channel!r}; choose one of {', '.join(ROUTER_CHANNELS)}")
     index = ROUTER_CHANNELS.index(channel)
     if isinstance(source, Activations):
         if source.pooling != "mean":
-            raise ValueError(f"{source.where()}: routing metrics need mean-pooled activations, not {source.pooling!r}")
+            raise RoutingError(f"{source.where()}: routing metrics need mean-pooled activations, not {source.pooling!r}")
         if not source.layers("router"):
-            raise ValueError(f"{source.where()} has no router sites; capture with sites router.LAYER")
+            raise RoutingError(f"{source.where()} has no router sites; capture with sites router.LAYER")
         return {layer: {lang: matrix[:, index] for lang, matrix in by_lang.items()}
                 for layer, by_lang in source.by_layer("router", languages)}  # fmt: skip
     langs = list(languages or source)
@@ -98,12 +105,12 @@ def _pairs(matrices: Matrices, pivot: str):
     for layer in sorted(matrices):
         by_lang = matrices[layer]
         if pivot not in by_lang:
-            raise ValueError(f"router.{layer}: pivot {pivot!r} missing; languages: {', '.join(by_lang)}")
+            raise RoutingError(f"router.{layer}: pivot {pivot!r} missing; languages: {', '.join(by_lang)}")
         for lang, other in by_lang.items():
             if lang == pivot:
                 continue
             if other.shape != by_lang[pivot].shape:
-                raise ValueError(
+                raise RoutingError(
                     f"router.{layer}: {lang} has shape {tuple(other.shape)}, pivot {pivot} "
                     f"{tuple(by_lang[pivot].shape)}; routing metrics need the same parallel sentences"
                 )
@@ -165,7 +172,7 @@ def measure_routing(
     and ``topk_jaccard`` (the ``k`` most important experts) of the expert ``importance`` (``weight``: the
     released code's total actual weight, the default; ``prob``: the softmax mean), as one tidy table."""
     if importance not in IMPORTANCE:
-        raise ValueError(f"unknown expert importance {importance!r}; choose one of {', '.join(IMPORTANCE)}")
+        raise RoutingError(f"unknown expert importance {importance!r}; choose one of {', '.join(IMPORTANCE)}")
     importance = router_matrices(activations, importance)
     return pd.concat([routing_divergence(importance, pivot, ci=ci, n_boot=n_boot),
                       expert_set_overlap(importance, pivot, k=k, ci=ci, n_boot=n_boot)], ignore_index=True)  # fmt: skip
@@ -208,7 +215,7 @@ def language_experts(
         for layer in sorted(usage["layer"].unique()):
             cube = _usage_cube(usage, layer)
             if len(cube) < 2:
-                raise ValueError("language_experts needs the usage of at least two languages")
+                raise RoutingError("language_experts needs the usage of at least two languages")
             others = (cube.sum(axis=0) - cube) / (len(cube) - 1)
             difference = cube - others
             for lang, expert in zip(*np.nonzero(difference.to_numpy() >= threshold)):
@@ -227,7 +234,7 @@ def language_experts(
         for ent, layer, expert, langs in candidates[: max(1, round(fraction * len(candidates)))] if candidates else []:
             rows += [dict(layer=layer, expert=int(expert), language=lang, score=ent) for lang in langs]
     else:
-        raise ValueError(f"unknown method {method!r}; use 'risk_difference' or 'entropy'")
+        raise RoutingError(f"unknown method {method!r}; use 'risk_difference' or 'entropy'")
     return pd.DataFrame(rows, columns=["layer", "expert", "language", "score"])
 
 
@@ -241,7 +248,7 @@ def universal_experts(usage: pd.DataFrame, pivot: str = "eng", *, ratio: float =
     for layer in sorted(usage["layer"].unique()):
         cube = _usage_cube(usage, layer)
         if pivot not in cube.index:
-            raise ValueError(f"router.{layer}: pivot {pivot!r} missing from the usage table")
+            raise RoutingError(f"router.{layer}: pivot {pivot!r} missing from the usage table")
         ref = cube.loc[pivot]
         uniform = ref.sum() / len(ref)
         shared = (cube / ref.replace(0, np.nan)).min(axis=0)
@@ -257,10 +264,10 @@ def risk_difference(
     fraction of behaviour-1 tokens whose top ``k`` router probabilities include it, minus that fraction for
     behaviour-2 tokens. Positive: the expert is used more for behaviour 1."""
     if probs_1.dim() != 2 or probs_2.dim() != 2 or probs_1.shape[1] != probs_2.shape[1] or not 0 < k <= probs_1.shape[1]:
-        raise ValueError(f"risk difference needs (tokens, experts) probabilities of the same experts and 0 < k <= "
+        raise RoutingError(f"risk difference needs (tokens, experts) probabilities of the same experts and 0 < k <= "
                          f"experts; got {tuple(probs_1.shape)}, {tuple(probs_2.shape)}, k={k}")  # fmt: skip
     if not len(probs_1) or not len(probs_2):
-        raise ValueError("risk difference needs tokens of both behaviours")
+        raise RoutingError("risk difference needs tokens of both behaviours")
 
     def activated(probs: Tensor) -> Tensor:
         chosen = torch.zeros_like(probs, dtype=torch.float64)

@@ -12,6 +12,7 @@ from probes.analysis.activations import Activations, ActivationsError
 from probes.analysis.alignment import ALL_METRICS, NEURON_METRICS, NEURON_POOLINGS, PAIR_METRICS, POOL_METRICS
 from probes.analysis.bootstrap import bootstrap_ci
 from probes.analysis.langid import language_id_scores
+from probes.analysis.alignment import MetricError
 
 COLUMNS = ["layer", "language", "metric", "value"]
 
@@ -25,7 +26,7 @@ def metric_names(pooling: str | None, metrics: str | Sequence[str]) -> tuple[str
     unknown = [name for name in names if name not in available]
     if unknown:
         hint = "" if activity else " (neuron metrics need mlp_gate captured with pooling 'nas', 'nav' or 'active')"
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(available)}, or 'all'{hint}")
+        raise MetricError(f"unknown metrics {unknown}; available: {', '.join(available)}, or 'all'{hint}")
     return names
 
 

@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from probes.analysis.alignment import MetricError
+
 
 def similarity(source: Float[Tensor, "m d"], target: Float[Tensor, "n d"]) -> Float[Tensor, "m n"]:
     """SimAlign's similarity: cosine rescaled to [0, 1]. Each pair is summed on its own, not in a matrix product,
@@ -42,7 +44,7 @@ def word_alignments(
     """Aligned (source word, target word) pairs, sorted: a pair is aligned when any of its tokens are mutual best
     matches. ``source_words[i]``: the word token ``i`` belongs to (tokens outside every word: pass them out)."""
     if len(source_words) != len(source) or len(target_words) != len(target):
-        raise ValueError(f"{len(source)} and {len(target)} tokens, but word indices for {len(source_words)} and "
+        raise MetricError(f"{len(source)} and {len(target)} tokens, but word indices for {len(source_words)} and "
                          f"{len(target_words)}")  # fmt: skip
     aligned = mutual_argmax(similarity(source, target)).nonzero().tolist()
     return sorted({(int(source_words[i]), int(target_words[j])) for i, j in aligned})

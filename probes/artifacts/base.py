@@ -29,6 +29,7 @@ from probes.data.files import atomic_path
 from probes.model.architectures import locate, model_type, site_shape
 from probes.model.identity import identity_mismatches, model_identity
 from probes.model.sites import Site, SiteError
+from probes.errors import XlalignError
 
 _KEY = "xlalign"
 _DIGEST = "sha256"
@@ -37,7 +38,7 @@ FIND_AGAIN = "find it again with this version (xlalign find)"
 A = TypeVar("A", bound="Artifact")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(XlalignError):
     """An artifact that cannot be written, read, or applied to this model."""
 
 

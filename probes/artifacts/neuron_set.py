@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from probes.artifacts.base import Artifact, ArtifactError
 from probes.model.architectures import n_heads, n_layers, width
 from probes.model.sites import COMPONENTS
+from probes.errors import XlalignError
 
 
-class NeuronError(ValueError):
+class NeuronError(XlalignError):
     """Bad input to a finder, or a NeuronSet that does not fit."""
 
 

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from probes.capture.tokenization import Batch
 from probes.model.architectures import decoder, unwrap
 from probes.model.hooks import HookSet
+from probes.errors import XlalignError
 
 
-class ContextError(ValueError):
+class ContextError(XlalignError):
     """A forward pass whose tokens cannot be told apart (prompt vs generated)."""
 
 

@@ -18,11 +18,13 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from probes.errors import XlalignError
+
 T = TypeVar("T")
 _ALONE: list[bool] = []  # inside alone(): this process works as a single one
 
 
-class RankError(ValueError):
+class RankError(XlalignError):
     """A distributed job that cannot go on: what the main rank raised, raised again on every other rank (so
     none waits for it forever), or a job started with WORLD_SIZE > 1 that cannot be split."""
 

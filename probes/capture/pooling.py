@@ -7,12 +7,16 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from probes.choices import POOLINGS
+from probes.errors import XlalignError
 
+
+class PoolingError(XlalignError):
+    """A pooling xlalign does not know."""
 
 
 def check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        raise PoolingError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     return pooling
 
 

@@ -18,6 +18,12 @@ from probes.model.architectures import arch_table, model_type, router_layers
 from probes.model.hooks import HookSet
 from probes.model.moe import ROUTER_CHANNELS, Routing, observe_router, probabilities, routing_view
 from probes.model.sites import Site, SiteError
+from probes.errors import XlalignError
+
+
+class RouterTraceError(XlalignError):
+    """A question a router trace cannot answer (an unknown importance variant)."""
+
 
 _FIELDS = ("logits", "ids", "weights", "shared")  # probs are computed from the logits once, at the end
 
@@ -60,7 +66,7 @@ class RouterTrace:
         """Expert importance per text: ``prob`` (token mean of probabilities), ``weight`` (top-k renormalised,
         the "actual weight") or ``selected`` (fraction of tokens routed to each expert)."""
         if variant not in ROUTER_CHANNELS:
-            raise ValueError(f"unknown importance variant {variant!r}; choose one of {', '.join(ROUTER_CHANNELS)}")
+            raise RouterTraceError(f"unknown importance variant {variant!r}; choose one of {', '.join(ROUTER_CHANNELS)}")
         return self.pooled(layer)[:, ROUTER_CHANNELS.index(variant)]
 
 

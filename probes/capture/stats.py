@@ -41,11 +41,12 @@ from probes.capture.tokenization import Tokenization
 from probes.data import ParallelCorpus
 from probes.model.identity import model_identity
 from probes.model.sites import Site
+from probes.errors import XlalignError
 
 PER = ("token", "sentence")
 
 
-class StatsError(ValueError):
+class StatsError(XlalignError):
     """Statistics asked for something that was never added, or fed values of the wrong shape."""
 
 

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from probes.choices import BATCH_SIZE, MAX_LENGTH, PADDING_SIDE
 from probes.model.architectures import unwrap
+from probes.errors import XlalignError
 
 
-class TokenizationError(ValueError):
+class TokenizationError(XlalignError):
     """A tokenisation setting that cannot work, or texts that cannot be tokenised with it."""
 
 

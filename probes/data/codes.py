@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 
+from probes.errors import XlalignError
 
-class CorpusError(ValueError):
+
+class CorpusError(XlalignError):
     """Bad corpus input; the message names file, line, language and counts."""
 
 

@@ -11,6 +11,7 @@ import torch
 from probes.analysis.activations import Activations
 from probes.analysis.langid import language_id_scores, probe_pipeline
 from probes.artifacts.detector import LanguageDetector
+from probes.find.errors import FinderError
 
 
 def fit_detector(
@@ -21,7 +22,7 @@ def fit_detector(
     activations at ``Site(layer, component)``, exported as tensors."""
     chosen = list(languages or activations.languages)
     if len(chosen) < 2:
-        raise ValueError(f"a language detector needs at least two languages; got {chosen}")
+        raise FinderError(f"a language detector needs at least two languages; got {chosen}")
     ((_, by_language),) = activations.by_layer(component, chosen, [layer])
     x = torch.cat([by_language[lang] for lang in chosen]).double().numpy()
     y = np.repeat(np.arange(len(chosen)), [len(by_language[lang]) for lang in chosen])

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from probes.analysis.activations import check_finite
 from probes.artifacts.shift_vector import ShiftVector
+from probes.find.errors import FinderError
 
 
 def fit_diffmean(
@@ -25,7 +26,7 @@ def fit_diffmean(
     sites = {site.layer: site for site in stats.sites if site.component == component}
     missing = sorted(set(layers) - set(sites))
     if missing:
-        raise ValueError(f"DiffMean at {component} layers {missing}: the statistics hold layers {sorted(sites)}")
+        raise FinderError(f"DiffMean at {component} layers {missing}: the statistics hold layers {sorted(sites)}")
     vectors, gaps = {}, {}
     for layer in layers:
         site = sites[layer]
@@ -35,7 +36,7 @@ def fit_diffmean(
         difference = ours.double() - theirs.double()
         norm = difference.norm()
         if norm == 0:
-            raise ValueError(f"{site}: {language} and {pivot} have the same token mean; DiffMean has no direction")
+            raise FinderError(f"{site}: {language} and {pivot} have the same token mean; DiffMean has no direction")
         vectors[layer] = (difference / norm).float()
         gaps[layer] = norm.item()
     params = {"unit": True, "means": "token", "gap_norms": {str(layer): gap for layer, gap in gaps.items()}}

@@ -16,6 +16,7 @@ from concept_erasure import LeaceFitter
 
 from probes.analysis.activations import Activations
 from probes.artifacts.eraser import Eraser
+from probes.find.errors import FinderError
 
 
 def leace_fitter(by_language: dict[str, torch.Tensor]) -> LeaceFitter:
@@ -34,7 +35,7 @@ def fit_eraser(
     the sentences of ``languages`` (default: every language of ``activations``)."""
     chosen = list(languages or activations.languages)
     if len(chosen) < 2:
-        raise ValueError(f"erasing the language needs at least two languages; got {chosen}")
+        raise FinderError(f"erasing the language needs at least two languages; got {chosen}")
     left, right, bias = {}, {}, {}
     for layer, by_language in activations.by_layer(component, chosen, layers):
         eraser = leace_fitter(dict(by_language)).eraser

@@ -13,6 +13,7 @@ from probes.analysis.activations import Activations
 from probes.analysis.langid import check_folds, probe_pipeline
 from probes.artifacts.shift_vector import ShiftVector
 from probes.find.shifts import mean_shift
+from probes.find.errors import FinderError
 
 
 class HeadProbe:
@@ -42,7 +43,7 @@ class HeadProbe:
         for layer, by_language in activations.by_layer("head", [pivot, language]):
             ours, theirs = by_language[pivot], by_language[language]
             if ours.dim() != 3:
-                raise ValueError(f"layer {layer}: head activations are (n, heads, head_dim); got {tuple(ours.shape)}")
+                raise FinderError(f"layer {layer}: head activations are (n, heads, head_dim); got {tuple(ours.shape)}")
             check_folds({pivot: len(ours), language: len(theirs)}, self.cv, f"head layer {layer}")
             labels = np.r_[np.ones(len(ours)), np.zeros(len(theirs))]
             folds = StratifiedKFold(self.cv, shuffle=True, random_state=0)

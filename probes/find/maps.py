@@ -15,6 +15,7 @@ from torch import Tensor
 from probes.analysis.activations import Activations
 from probes.artifacts.linear_map import MAP_COMPONENTS, MAP_METHODS, LinearMap
 from probes.find.shifts import middle_layer
+from probes.find.errors import FinderError
 
 
 def fit_incline(
@@ -51,9 +52,9 @@ def code_switched_pairs(
     ``none``: every pair plain. (The released code also drops pairs over 500 tokens; here
     ``Tokenization.max_length`` truncates instead.) Returns ``(source side, pivot side)``."""
     if style not in SWITCH_STYLES:
-        raise ValueError(f"code-switching style {style!r}: choose from {', '.join(SWITCH_STYLES)}")
+        raise FinderError(f"code-switching style {style!r}: choose from {', '.join(SWITCH_STYLES)}")
     if len(source) != len(pivot):
-        raise ValueError(f"code-switched pairs need parallel texts; got {len(source)} and {len(pivot)}")
+        raise FinderError(f"code-switched pairs need parallel texts; got {len(source)} and {len(pivot)}")
     joined = {"llama": lambda s, p: (f"{p}\n{s}", f"{p}\n{p}"), "bloom": lambda s, p: (f"{s} {p}", f"{p} {p}")}
     pairs = [
         joined[style](s, p) if style != "none" and index % 2 == 1 else (s, p)
@@ -99,7 +100,7 @@ def orthogonality_deviation(W: Float[Tensor, "d d"]) -> float:
 
 def _check_pairs(X_l: Tensor, X_pivot: Tensor) -> None:
     if X_l.dim() != 2 or X_l.shape != X_pivot.shape:
-        raise ValueError(f"a linear map needs paired (n, d) matrices; got {tuple(X_l.shape)}, {tuple(X_pivot.shape)}")
+        raise FinderError(f"a linear map needs paired (n, d) matrices; got {tuple(X_l.shape)}, {tuple(X_pivot.shape)}")
 
 
 def fit_map(
@@ -117,7 +118,7 @@ def fit_map(
     """A map from ``language`` to ``pivot`` on every (or the given) ``component`` layer (rows are translation
     pairs). INCLINE recommends every layer (its rule edits all of them), Procrustes the middle one."""
     if component not in MAP_COMPONENTS or method not in MAP_METHODS:
-        raise ValueError(f"component must be one of {MAP_COMPONENTS} and method one of {MAP_METHODS}")
+        raise FinderError(f"component must be one of {MAP_COMPONENTS} and method one of {MAP_METHODS}")
     matrices, mean_source, mean_pivot = {}, {}, {}
     for layer, by_language in activations.by_layer(component, [pivot, language], layers):
         if method == "incline":

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from probes.analysis.activations import Activations
 from probes.artifacts.shift_vector import ShiftVector
+from probes.find.errors import FinderError
 
 
 def mean_shift(pivot: Float[Tensor, "n d"], other: Float[Tensor, "m d"]) -> Float[Tensor, " d"]:
@@ -33,7 +34,7 @@ def pca_shift(pivot: Float[Tensor, "n d"], other: Float[Tensor, "n d"]) -> Float
     the same units as :func:`mean_shift` and adding it moves the l-mean as far along that direction.
     """
     if pivot.shape != other.shape:
-        raise ValueError(f"pca shift needs paired rows: pivot {tuple(pivot.shape)}, other {tuple(other.shape)}")
+        raise FinderError(f"pca shift needs paired rows: pivot {tuple(pivot.shape)}, other {tuple(other.shape)}")
     differences = (pivot.double() - other.double()).numpy()
     direction = np.linalg.svd(differences, full_matrices=False)[2][0]
     return _scaled(direction, differences.mean(0), pivot.dtype)
@@ -77,9 +78,9 @@ def shift(
     ``params`` go to the strategy (``C``, ``max_iter`` for ``logistic``).
     """
     if method not in SHIFT_METHODS:
-        raise ValueError(f"unknown shift method {method!r}; choose one of {', '.join(SHIFT_METHODS)}")
+        raise FinderError(f"unknown shift method {method!r}; choose one of {', '.join(SHIFT_METHODS)}")
     if pivot.shape[1:] != other.shape[1:]:
-        raise ValueError(f"pivot vectors have shape {tuple(pivot.shape[1:])}, the other's {tuple(other.shape[1:])}")
+        raise FinderError(f"pivot vectors have shape {tuple(pivot.shape[1:])}, the other's {tuple(other.shape[1:])}")
     fn = SHIFT_METHODS[method]
     if pivot.dim() == 3:
         return torch.stack([fn(pivot[:, h], other[:, h], **params) for h in range(pivot.shape[1])])
@@ -94,7 +95,7 @@ def fit_shift_vectors(
 ) -> dict[int, Float[Tensor, "*dims"]]:
     """:func:`shift` for every layer; both dicts must hold the same layers."""
     if set(pivot) != set(other):
-        raise ValueError(f"pivot has layers {sorted(pivot)}, the other language {sorted(other)}")
+        raise FinderError(f"pivot has layers {sorted(pivot)}, the other language {sorted(other)}")
     return {layer: shift(pivot[layer], other[layer], method, **params) for layer in sorted(pivot)}
 
 

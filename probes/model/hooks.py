@@ -143,7 +143,7 @@ class HookSet:
     ) -> None:
         """Run ``fn`` on ``side`` (``"input"`` or ``"output"``) of ``module`` at ``stage``; ``name`` labels errors."""
         if side not in ("input", "output") or stage not in _STAGES:
-            raise ValueError(f"side must be 'input' or 'output' and stage one of {_STAGES}; got {side!r}, {stage!r}")
+            raise SiteError(f"side must be 'input' or 'output' and stage one of {_STAGES}; got {side!r}, {stage!r}")
         points = POINTS.setdefault(module, {})
         point = points.get(side) or points.setdefault(side, _Point(module, side))
         entry = _Entry(stage, fn if raw else _tensor_fn(fn, side), name or f"{type(module).__name__}.{side}")

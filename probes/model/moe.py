@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from probes.model.architectures import RouterPoint
 from probes.model.hooks import HookSet, first_tensor
+from probes.model.sites import SiteError
+from probes.model.tiny import ModelError
 
 ROUTER_CHANNELS = ("prob", "weight", "selected")
 Rule = Callable[[nn.Module, Float[Tensor, "n experts"]], tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]]
@@ -72,7 +74,7 @@ def _sparsemixer(gate: nn.Module, logits: Tensor) -> tuple[Tensor, Tensor]:
     from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
     if gate.training:
-        raise ValueError("Phi-MoE routes by sampling in training mode: call model.eval() before steering its router")
+        raise ModelError("Phi-MoE routes by sampling in training mode: call model.eval() before steering its router")
     return sparsemixer(logits, jitter_eps=gate.router_jitter_noise, training=False, top_k=gate.top_k)
 
 
@@ -172,7 +174,7 @@ def edit_router(
         if edited is None:
             return None
         if edited.shape != (*shape, logits.shape[-1]):
-            raise ValueError(
+            raise SiteError(
                 f"router.{point.layer}: an edit returned shape {tuple(edited.shape)}; "
                 f"the logits are {(*shape, logits.shape[-1])}"
             )

@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from probes.choices import COMPONENTS, LINEAR_COMPONENTS  # noqa: F401 (probes.model exports both)
+from probes.errors import XlalignError
 
 # Components that exist at layer 0 (the embedding output).
 FROM_EMBEDDINGS = ("resid", "hidden")
 
 
-class SiteError(ValueError):
+class SiteError(XlalignError):
     """A site that does not exist in a model, or an architecture without a table."""
 
 

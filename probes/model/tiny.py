@@ -6,11 +6,13 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from probes.errors import XlalignError
+
 if TYPE_CHECKING:
     import torch
 
 
-class ModelError(ValueError):
+class ModelError(XlalignError):
     """A model spec that cannot be loaded, or a model object xlalign cannot use."""
 
 # --- tiny random-weight models -------------------------------------------------------------------------

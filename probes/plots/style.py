@@ -15,6 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.rcsetup import cycler
 from matplotlib.ticker import MaxNLocator
 
+from probes.errors import XlalignError
+
+
+class FigureError(XlalignError):
+    """A figure that cannot be written as asked (a file suffix other than .png or .pdf)."""
+
+
 # Okabe & Ito (2008), "Color universal design": blue, vermillion, bluish green, reddish purple, orange, sky blue,
 # black, and yellow last (the least visible on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -130,7 +137,7 @@ def save(figure: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     kind = path.suffix.lstrip(".").lower()
     if kind not in METADATA:
-        raise ValueError(f"{path}: figures are written as .png or .pdf, not {path.suffix or 'without a suffix'}")
+        raise FigureError(f"{path}: figures are written as .png or .pdf, not {path.suffix or 'without a suffix'}")
     with rc_context(RC):
         figure.savefig(path, format=kind, dpi=DPI, metadata=METADATA[kind])
     return path

@@ -26,6 +26,7 @@ from probes.artifacts import Artifact, Eraser, LanguageDetector, LinearMap, Neur
 from steer.convert import to_intervention
 from steer.interventions import AddVector, Intervention
 from steer.schedule import Schedule
+from probes.errors import XlalignError
 
 # xlalign model_type -> llama.cpp general.architecture (the model hint); others are written as they are.
 LLAMA_ARCH = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gemma2": "gemma2", "gemma": "gemma", "llama": "llama",
@@ -34,7 +35,7 @@ LLAMA_ARCH = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gemma2": "gemma2", "
 EVERY_TOKEN = Schedule()
 
 
-class ControlVectorError(ValueError):
+class ControlVectorError(XlalignError):
     """A plan, artifact or file that cannot become (or be read as) a llama.cpp control vector."""
 
 
