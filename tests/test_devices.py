@@ -85,3 +85,19 @@ def test_an_unknown_device_map_is_a_clear_error():
 
     with pytest.raises(ModelError, match="unknown device_map 'everywhere'; choose one of auto, balanced, sequential"):
         load_model("random:llama", device_map="everywhere")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True), ("fpu avx2 avx512f avx512bw", False)],
+)
+def test_auto_dtype_is_bfloat16_on_a_cpu_with_native_bfloat16_only(flags, expected, monkeypatch, tmp_path):
+    import probes.model.loading as loading
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real = loading.Path
+    monkeypatch.setattr(loading, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo" else real(p))
+    assert loading.native_cpu_bf16() is expected
+    assert loading.pick_dtype("auto", "cpu") == (torch.bfloat16 if expected else torch.float32)
+    assert loading.pick_dtype("float32", "cpu") == torch.float32

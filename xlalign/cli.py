@@ -50,7 +50,8 @@ POOLING = "how each sentence's tokens become one vector (weighted: MEXA's positi
 def _model(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id")
     command.add_argument("--device", default="cpu", choices=DEVICES, help="auto: CUDA, then MPS, then the CPU")
-    command.add_argument("--dtype", default="float32", choices=DTYPES, help="auto: bfloat16 where the GPU supports it")
+    command.add_argument("--dtype", default="float32", choices=DTYPES,
+                         help="auto: bfloat16 on a GPU that supports it or a CPU with native bfloat16 (AVX-512 BF16, AMX)")
     command.add_argument("--device-map", choices=DEVICE_MAPS,
                          help="split the model's layers over every visible GPU (accelerate); replaces --device")
     command.add_argument("--backend", default="hf", choices=BACKENDS,

@@ -59,7 +59,8 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str | torch.dtype = "float32", device: str = "cpu") -> torch.dtype:
-    """``auto``: bfloat16 on a GPU that supports it, else float32."""
+    """``auto``: bfloat16 on a GPU that supports it and on a CPU with native bfloat16 arithmetic (AVX-512 BF16 or
+    AMX, where it is about twice as fast as float32; elsewhere it is several times slower), else float32."""
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -68,8 +69,18 @@ def pick_dtype(dtype: str | torch.dtype = "float32", device: str = "cpu") -> tor
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if dtype == "auto":
         gpu_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 else torch.float32
+        cpu_bf16 = device == "cpu" and native_cpu_bf16()
+        return torch.bfloat16 if gpu_bf16 or cpu_bf16 else torch.float32
     return getattr(torch, dtype)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag, Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_model(
