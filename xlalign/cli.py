@@ -21,7 +21,7 @@ from probes.choices import (
 from probes.errors import XlalignError
 from steer.choices import INCLINE_SIGMAS, METHODS
 from xlalign.arg_types import count, csv_list, finite, floats, ints, language, languages, span
-from xlalign.choices import DEFAULT_K, FIND_METHODS
+from xlalign.choices import DEFAULT_K, FIND_METHODS, LOSS_SENTENCES, PROMPTS
 from xlalign.errors import Notice
 from xlalign.export.commands import COMMANDS as EXPORT_COMMANDS, add_export_commands, run_export_command
 from xlalign.presets import PresetError, names_for, preset_options
@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--pivot", default="eng", type=language, help=PIVOT)
         command.add_argument("--methods", type=csv_list, help=f"subset of {','.join(METHODS)} (default: all that apply)")
         command.add_argument("--test-fraction", type=finite, default=0.2, help="share of sentences held out")
-        command.add_argument("--loss-sentences", type=count(1), default=32,
+        command.add_argument("--loss-sentences", type=count(1), default=LOSS_SENTENCES,
                              help="held-out texts per language for the loss")
-        command.add_argument("--prompts", type=count(1), default=8, help="held-out prompts per language for fidelity")
+        command.add_argument("--prompts", type=count(1), default=PROMPTS, help="held-out prompts per language for fidelity")
         command.add_argument("--translations", type=count(0), default=0,
                              help="held-out sentences per language translated into the pivot (3-shot, chrF); 0: none")
         command.add_argument("--incline-sigmas", type=floats, default=list(INCLINE_SIGMAS),

@@ -23,6 +23,7 @@ from steer.apply import steer
 from steer.evaluate import continuations, evaluate as evaluate_settings, gated_by_detection
 from steer.methods import INCLINE_SIGMAS, available_methods, fit_methods, incline_grid, settings
 from steer.summary import before_after, best_settings, pareto
+from xlalign.choices import LOSS_SENTENCES, PROMPTS
 from xlalign.errors import JobError, notice
 from xlalign.jobs import job_bar, open_corpus, open_model
 from xlalign.loop_options import corpus_language, loop_options
@@ -82,8 +83,8 @@ def run(
     steer_langs: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     test_fraction: float = 0.2,
-    n_loss: int = 32,
-    n_prompts: int = 8,
+    n_loss: int = LOSS_SENTENCES,
+    n_prompts: int = PROMPTS,
     n_translations: int = 0,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
@@ -140,7 +141,8 @@ def run(
                                         n_prompts=n_prompts, n_translations=n_translations, progress=bar,
                                         incline_sigmas=options["incline_sigmas"], tokenization=tokenization)
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
-                   pivot=pivot, pooling=pooling, command=command or _command())  # fmt: skip
+                   pivot=pivot, pooling=pooling, command=command or _command(), dtype=network.dtype,
+                   sizes=(n_loss, n_prompts))
     lines += alignment_section(table[table["language"] != "all"], alignment)
     lines += language_specific_section(table, langid, neurons)
     if routing is not None:
@@ -166,8 +168,8 @@ def evaluate(
     pivot: str = "eng",
     methods: Sequence[str] | None = None,
     test_fraction: float = 0.2,
-    n_loss: int = 32,
-    n_prompts: int = 8,
+    n_loss: int = LOSS_SENTENCES,
+    n_prompts: int = PROMPTS,
     n_translations: int = 0,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     sweep: bool = False,
@@ -204,7 +206,8 @@ def evaluate(
                                   incline_sigmas=options["incline_sigmas"], sweep=sweep,
                                   gate_by_detection=gate_by_detection, tokenization=tokenization, progress=bar)
     lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
-                   languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command())
+                   languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command(),
+                   dtype=network.dtype, sizes=(n_loss, n_prompts))
     report = out / "report.md"
     write_text(report, "\n".join(lines + steering))
     result.finish()

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from probes.data.files import atomic_path
 from probes.plots import save
 from steer.summary import GOAL, best_settings, front_table
+from xlalign.choices import LOSS_SENTENCES, PROMPTS
 
 
 def save_figure(figure: Figure, path: Path) -> str:
@@ -20,13 +21,23 @@ def save_figure(figure: Figure, path: Path) -> str:
     return f"![{path.stem.replace('_', ' ')}]({path.name})"
 
 
-def header(*, model: str, corpus: str, n_sentences: int, languages, pivot: str, pooling: str, command: str) -> list[str]:
+def header(
+    *, model: str, corpus: str, n_sentences: int, languages, pivot: str, pooling: str, command: str, dtype,
+    sizes: tuple[int, int],
+) -> list[str]:
+    """The report's head: what ran, on what, how (``sizes``: loss texts and fidelity prompts per language)."""
+    n_loss, n_prompts = sizes
+    full = (f" (reduced: below the full evaluation's {LOSS_SENTENCES} and {PROMPTS}; run the same command without "
+            "`--loss-sentences` and `--prompts`, on a larger corpus such as NTREX, for the full evaluation)"
+            if n_loss < LOSS_SENTENCES or n_prompts < PROMPTS else "")
     return [
         "# xlalign report",
         "",
-        f"- model: `{model}`",
+        f"- model: `{model}` in `{str(dtype).removeprefix('torch.')}`",
         f"- corpus: `{corpus}`, {n_sentences} parallel sentences, languages: {', '.join(languages)}",
         f"- pivot: `{pivot}`; pooling: `{pooling}`; layer 0 = embedding output, layer i = output of block i",
+        f"- evaluation: {n_loss} held-out texts per language for the loss, {n_prompts} prompts for the output "
+        f"language{full}",
         f"- command: `{command}`",
         "",
     ]
