@@ -300,3 +300,19 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert f"writing {tmp_path / 'metrics.csv'} failed" in err and "is the disk full?" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_measure_takes_the_only_component_a_store_holds(tmp_path):
+    for sites, component in (("resid", "resid"), ("mlp_out", "mlp_out")):
+        store = tmp_path / sites
+        assert main(["capture", *CLI, "--sites", sites, "--layers", "1,2", "--out", str(store)]) == 0
+        assert main(["measure", str(store), "--out", str(tmp_path / f"{sites}.csv")]) == 0
+        named = ["measure", str(store), "--component", component, "--out", str(tmp_path / f"{sites}.named.csv")]
+        assert main(named) == 0
+        measured, named = (pd.read_csv(tmp_path / f"{sites}{suffix}.csv") for suffix in ("", ".named"))
+        pd.testing.assert_frame_equal(measured, named)
+    moe = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu", "--max-sentences", "8",
+           "--no-progress"]
+    assert main(["capture", *moe, "--sites", "router", "--out", str(tmp_path / "router")]) == 0
+    assert main(["measure", str(tmp_path / "router"), "--out", str(tmp_path / "router.csv")]) == 0
+    assert {"jsd", "jsd_norm"} <= set(pd.read_csv(tmp_path / "router.csv").metric)

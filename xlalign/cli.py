@@ -51,7 +51,8 @@ def _model(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id")
     command.add_argument("--device", default="cpu", choices=DEVICES, help="auto: CUDA, then MPS, then the CPU")
     command.add_argument("--dtype", default="float32", choices=DTYPES,
-                         help="auto: bfloat16 on a GPU that supports it or a CPU with native bfloat16 (AVX-512 BF16, AMX)")
+                         help="auto: bfloat16 on a GPU that supports it or a CPU with native bfloat16 (AVX-512 "
+                              "BF16, AMX)")
     command.add_argument("--device-map", choices=DEVICE_MAPS,
                          help="split the model's layers over every visible GPU (accelerate); replaces --device")
     command.add_argument("--backend", default="hf", choices=BACKENDS,
@@ -114,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"comma-separated, or 'all'; activations: {', '.join(ALL_METRICS)}; a store of mlp_gate "
                               + "; ".join(f"pooled '{pooling}': {', '.join(metrics)}"
                                           for pooling, metrics in NEURON_POOLINGS.items()))
-    measure.add_argument("--component", default="hidden", choices=COMPONENTS,
-                         help="router: routing divergence (jsd, jsd_norm) and top-k expert overlap instead")
+    measure.add_argument("--component", choices=COMPONENTS,
+                         help="which sites to measure (default: the store's only component; of several, hidden, else "
+                              "resid); router: routing divergence (jsd, jsd_norm) and top-k expert overlap instead")
     measure.add_argument("--importance", default="weight", choices=IMPORTANCE,
                          help="router: expert importance; weight = top-k renormalised weights, the released code of "
                               "Bandarkar et al.; prob = softmax over all experts, the paper's description")  # fmt: skip

@@ -148,18 +148,22 @@ def measure(
     *,
     pivot: str = "eng",
     metrics: str | Sequence[str] = ("retrieval_top1", "mexa"),
-    component: str = "hidden",
+    component: str | None = None,
     importance: str = "weight",
     ci: bool = False,
     n_boot: int = 1000,
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Alignment (or, for ``component='router'``, routing metrics of the expert ``importance``: see
-    :func:`probes.analysis.measure_routing`) of a store, written as a CSV to ``out``."""
+    :func:`probes.analysis.measure_routing`) of a store, written as a CSV to ``out``. ``component`` defaults to
+    the store's only component, else to ``hidden`` (``resid`` in a store without ``hidden`` sites)."""
     out = Path(out)
     refuse_overwrite(out, overwrite)
     pivot = normalize_language(pivot)
     activations = ActivationStore(store)
+    if component is None:
+        held = {site.component for site in activations.sites}
+        component = held.pop() if len(held) == 1 else None
     if component == "router":
         table = measure_routing(activations, pivot, importance=importance, ci=ci, n_boot=n_boot)
     else:
