@@ -13,7 +13,7 @@ LLAMA_CPP := llama_cpp_python-0.3.36
 LLAMA_CACHE := $(or $(XLALIGN_CACHE),$(HOME)/.cache/xlalign)
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: demo test bench notebooks figures clean
+.PHONY: demo test lint bench notebooks figures clean
 
 $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
 	rm -rf $(VENV)
@@ -53,6 +53,10 @@ figures: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff, configured in pyproject.toml (CI runs it before the tests).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cli
