@@ -32,7 +32,8 @@ from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.data import ParallelCorpus
 from probes.model import ModelError, Site, has_lm_head, n_layers, unwrap
 from steer.apply import PlanItem, steer
-from steer.translation import SHOTS, chrf_change, translate, translation_task
+from steer.translation import SHOTS, SourceSteeringError, chrf_change, translate, translation_task
+from probes.errors import notice
 from steer.errors import EvaluationError
 
 COLUMNS = ["method", "setting", "language", "layer", "metric", "off", "on", "delta", "ci_low", "ci_high"]
@@ -250,10 +251,14 @@ def evaluate(
                 rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
                           on.fidelity[name] - off.fidelity[name], None, None) for name in off.fidelity]  # fmt: skip
                 if lang in tasks:
-                    on_translated = translate(model, tokenizer, tasks[lang], partial(setting.plan, lang),
-                                              languages=gate(lang), tokenization=tokenization)  # fmt: skip
-                    change = chrf_change(tasks[lang].references, translated[lang], on_translated, n_boot=n_boot)
-                    rows.append((*head, setting.layer, "chrf", *change))
+                    try:
+                        on_translated = translate(model, tokenizer, tasks[lang], partial(setting.plan, lang),
+                                                  languages=gate(lang), tokenization=tokenization)
+                    except SourceSteeringError as error:
+                        notice(f"{setting.method} ({setting.setting}), {lang}: {error}")
+                    else:
+                        change = chrf_change(tasks[lang].references, translated[lang], on_translated, n_boot=n_boot)
+                        rows.append((*head, setting.layer, "chrf", *change))
                 if setting.detected:
                     if lang not in accuracies:
                         accuracies[lang] = detection_accuracy(model, tokenizer, detector, test.texts(lang), lang,

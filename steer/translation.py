@@ -99,9 +99,22 @@ def _batch_mask(batch: Batch, masks: list[Tensor]) -> Bool[Tensor, "batch tokens
     return out
 
 
+class SourceSteeringError(EvaluationError):
+    """A plan item that edits chosen prompt tokens (INCLINE: the last one), so it cannot be moved onto the source
+    sentence's tokens: the translation harness cannot measure it (it would silently measure no edit)."""
+
+
 def on_source(plan: Sequence[PlanItem], mask: Tensor) -> list[PlanItem]:
-    """``plan`` with every schedule restricted to the prompt tokens of ``mask`` and no decode step."""
-    return [(edit, replace(schedule, prefill=mask, decode="none")) for edit, schedule in plan_items(plan)]
+    """``plan`` with every schedule restricted to the prompt tokens of ``mask`` and no decode step; an item whose
+    prefill is not every token is refused (:class:`SourceSteeringError`)."""
+    items = plan_items(plan)
+    for edit, schedule in items:
+        if not (isinstance(schedule.prefill, str) and schedule.prefill == "all"):
+            raise SourceSteeringError(
+                f"{type(edit).__name__} edits prefill={schedule.prefill!r}, not every prompt token: it cannot be "
+                "restricted to the source sentence's tokens, so its translation is not measured"
+            )
+    return [(edit, replace(schedule, prefill=mask, decode="none")) for edit, schedule in items]
 
 
 def translate(

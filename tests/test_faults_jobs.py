@@ -316,3 +316,21 @@ def test_measure_takes_the_only_component_a_store_holds(tmp_path):
     assert main(["capture", *moe, "--sites", "router", "--out", str(tmp_path / "router")]) == 0
     assert main(["measure", str(tmp_path / "router"), "--out", str(tmp_path / "router.csv")]) == 0
     assert {"jsd", "jsd_norm"} <= set(pd.read_csv(tmp_path / "router.csv").metric)
+
+
+def test_a_plan_that_edits_chosen_tokens_is_not_measured_on_translation_silently(tmp_path):
+    import torch
+
+    from steer.interventions import AddVector
+    from steer.schedule import Schedule
+    from steer.translation import SourceSteeringError, on_source
+
+    vector = AddVector({1: torch.ones(64)})
+    assert len(on_source([vector], torch.ones(1, 3, dtype=torch.bool))) == 1
+    with pytest.raises(SourceSteeringError, match="prefill='last'"):
+        on_source([(vector, Schedule(prefill="last"))], torch.ones(1, 3, dtype=torch.bool))
+    corpus = demo_corpus().subset(["eng", "deu"], 40)
+    with pytest.warns(Notice, match="incline .*deu: Patch edits prefill='last'"):
+        report = evaluated(tmp_path / "e", corpus=corpus, methods=["shift", "incline"], n_translations=2)
+    table = pd.read_csv(report.parent / "evaluation.csv")
+    assert set(table[table.metric == "chrf"].method) == {"shift"}, "INCLINE's translation would be a silent zero"
