@@ -27,15 +27,15 @@ ACCEPTED = ("an intervention (e.g. AddVector), an artifact (ShiftVector, LinearM
 def plan_items(plan: Plan) -> list[tuple[Intervention, Schedule]]:
     """Each item of ``plan`` as (intervention, schedule): artifacts converted, the default schedule where none
     is given. Anything else is an :class:`InterventionError` naming what was given and what is accepted."""
-    if _single(plan):
+    if is_single(plan):
         return [_item(plan, "the plan")]
     if isinstance(plan, (str, bytes, Mapping, Tensor)) or not isinstance(plan, Iterable):
         raise InterventionError(f"steer(): got {_given(plan)} as the plan; expected {ACCEPTED}")
     return [_item(item, f"plan item {index}") for index, item in enumerate(plan)]
 
 
-def _single(plan: object) -> bool:
-    """One step or one (step, Schedule) pair, rather than a list of items."""
+def is_single(plan: object) -> bool:
+    """Whether ``plan`` is one step or one (step, Schedule) pair, rather than a list of items."""
     pair = isinstance(plan, tuple) and len(plan) == 2 and isinstance(plan[1], Schedule)
     return pair or isinstance(plan, (Intervention, Artifact))
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from torch import Tensor
 
 from probes.artifacts import Artifact, Eraser, LanguageDetector, LinearMap, NeuronSet, ShiftVector, load_artifact
 from steer.convert import to_intervention
-from steer.interventions import AddVector, Intervention
+from steer.interventions import AddVector, Intervention, InterventionError
+from steer.plan import is_single, plan_items
 from steer.schedule import Schedule
 from probes.errors import XlalignError
 
@@ -32,7 +33,6 @@ from probes.errors import XlalignError
 LLAMA_ARCH = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gemma2": "gemma2", "gemma": "gemma", "llama": "llama",
               "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe",
               "mixtral": "llama", "olmoe": "olmoe", "phi3": "phi3", "gpt2": "gpt2"}
-EVERY_TOKEN = Schedule()
 
 
 class ControlVectorError(XlalignError):
@@ -139,9 +139,10 @@ def _describe(intervention: Intervention) -> str:
 
 
 def _add(found: Collected, where: str, item: object, n_layers: int | None) -> None:
-    intervention, schedule = item if isinstance(item, tuple) and len(item) == 2 else (item, EVERY_TOKEN)
-    if not isinstance(schedule, Schedule) or not hasattr(intervention, "edit"):
-        found.problems.append(f"{where}: expected an intervention or (intervention, Schedule), got {item!r:.80}")
+    try:
+        ((intervention, schedule),) = plan_items([item])
+    except InterventionError as error:
+        found.problems.append(f"{where}: {error}")
         return
     where = f"{where} ({_describe(intervention)})"
     why = _why_not(intervention) or _why_not_schedule(schedule)
@@ -165,9 +166,8 @@ def collect(
 ) -> Collected:
     """Sum every exportable item of a plan, or of artifacts (objects or paths, steered as ``xlalign steer`` does:
     ``strength`` and ``layers``, default the recommended layers), by llama.cpp block; refusals are listed."""
-    items = list(plan_or_artifacts) if isinstance(plan_or_artifacts, (list, tuple)) else [plan_or_artifacts]
-    if isinstance(plan_or_artifacts, tuple) and len(items) == 2 and isinstance(items[1], Schedule):
-        items = [plan_or_artifacts]  # one (intervention, schedule) pair, not a plan of two items
+    one = is_single(plan_or_artifacts) or isinstance(plan_or_artifacts, (str, os.PathLike))
+    items = [plan_or_artifacts] if one or not isinstance(plan_or_artifacts, Iterable) else list(plan_or_artifacts)
     identity = _identity(model)
     found = Collected(models=[identity] if identity else [])
     n_layers = identity.get("n_layers") if identity else None
