@@ -1,9 +1,12 @@
 """Few-shot translation into the pivot, scored with chrF (sacrebleu), with a plan steering the source sentence.
 
 A prompt shows ``shots`` held-out pairs, ``"<Language>: <sentence>\\n<Pivot>: <translation>\\n\\n"``, then
-``"<Language>: <source>\\n<Pivot>:"``; the model continues greedily until a line break. The plan edits only the
-tokens of the source sentence (its schedules' prefill becomes that token mask, decoding is left alone): what a
-better aligned source representation does for the translation, not what steering the English output does.
+``"<Language>: <source>\\n<Pivot>:"``; the model continues greedily until a line break. A plan item that edits
+every prompt token edits only the tokens of the source sentence here (its schedules' prefill becomes that token
+mask, decoding is left alone): what a better aligned source representation does for the translation, not what
+steering the English output does. An item defined at the last prompt token (INCLINE) keeps its own protocol: the
+last token of the whole translation prompt (``"<Pivot>:"``, the position that predicts the translation), with
+targets from a clean pass of that prompt, as INCLINE's released code applies it to a task prompt.
 """
 
 from __future__ import annotations
@@ -100,21 +103,26 @@ def _batch_mask(batch: Batch, masks: list[Tensor]) -> Bool[Tensor, "batch tokens
 
 
 class SourceSteeringError(EvaluationError):
-    """A plan item that edits chosen prompt tokens (INCLINE: the last one), so it cannot be moved onto the source
-    sentence's tokens: the translation harness cannot measure it (it would silently measure no edit)."""
+    """A plan item that edits chosen prompt tokens other than the last one: neither the source sentence's tokens
+    nor INCLINE's last prompt token, so the translation harness cannot measure it (it would measure another edit)."""
 
 
 def on_source(plan: Sequence[PlanItem], mask: Tensor) -> list[PlanItem]:
-    """``plan`` with every schedule restricted to the prompt tokens of ``mask`` and no decode step; an item whose
-    prefill is not every token is refused (:class:`SourceSteeringError`)."""
-    items = plan_items(plan)
-    for edit, schedule in items:
-        if not (isinstance(schedule.prefill, str) and schedule.prefill == "all"):
+    """``plan`` as the translation harness applies it: an item on every prompt token restricted to the tokens of
+    ``mask`` with no decode step; an item on the last prompt token (INCLINE) unchanged; any other prefill refused
+    (:class:`SourceSteeringError`)."""
+    out = []
+    for edit, schedule in plan_items(plan):
+        if isinstance(schedule.prefill, str) and schedule.prefill == "all":
+            out.append((edit, replace(schedule, prefill=mask, decode="none")))
+        elif isinstance(schedule.prefill, str) and schedule.prefill == "last":
+            out.append((edit, schedule))
+        else:
             raise SourceSteeringError(
-                f"{type(edit).__name__} edits prefill={schedule.prefill!r}, not every prompt token: it cannot be "
-                "restricted to the source sentence's tokens, so its translation is not measured"
+                f"{type(edit).__name__} edits prefill={schedule.prefill!r}: neither every prompt token (restricted "
+                "to the source sentence) nor the last one (INCLINE's protocol), so its translation is not measured"
             )
-    return [(edit, replace(schedule, prefill=mask, decode="none")) for edit, schedule in items]
+    return out
 
 
 def translate(

@@ -318,19 +318,26 @@ def test_measure_takes_the_only_component_a_store_holds(tmp_path):
     assert {"jsd", "jsd_norm"} <= set(pd.read_csv(tmp_path / "router.csv").metric)
 
 
-def test_a_plan_that_edits_chosen_tokens_is_not_measured_on_translation_silently(tmp_path):
+def test_a_plan_that_edits_chosen_tokens_is_not_measured_on_translation_silently():
     import torch
 
+    from conftest import tiny
+    from steer.evaluate import Setting, evaluate
     from steer.interventions import AddVector
     from steer.schedule import Schedule
     from steer.translation import SourceSteeringError, on_source
 
     vector = AddVector({1: torch.ones(64)})
-    assert len(on_source([vector], torch.ones(1, 3, dtype=torch.bool))) == 1
-    with pytest.raises(SourceSteeringError, match="prefill='last'"):
-        on_source([(vector, Schedule(prefill="last"))], torch.ones(1, 3, dtype=torch.bool))
-    corpus = demo_corpus().subset(["eng", "deu"], 40)
-    with pytest.warns(Notice, match="incline .*deu: Patch edits prefill='last'"):
-        report = evaluated(tmp_path / "e", corpus=corpus, methods=["shift", "incline"], n_translations=2)
-    table = pd.read_csv(report.parent / "evaluation.csv")
-    assert set(table[table.metric == "chrf"].method) == {"shift"}, "INCLINE's translation would be a silent zero"
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    assert on_source([vector], mask)[0][1].decode == "none", "every token: narrowed to the source, no decode step"
+    last = Schedule(prefill="last", decode="none")
+    assert on_source([(vector, last)], mask) == [(vector, last)], "INCLINE's last prompt token: its own protocol"
+    with pytest.raises(SourceSteeringError, match=r"prefill=\(0, 2\)"):
+        on_source([(vector, Schedule(prefill=(0, 2)))], mask)
+    model, tokenizer = tiny("llama")
+    span = Setting("span", "first tokens", 1, lambda lang, texts: [(vector, Schedule(prefill=(0, 2), only=(lang,)))])
+    every = Setting("shift", "all", 1, lambda lang, texts: [(vector, Schedule(only=(lang,)))])
+    with pytest.warns(Notice, match=r"span \(first tokens\), deu: AddVector edits prefill=\(0, 2\)"):
+        table = evaluate(model, tokenizer, demo_corpus().subset(["eng", "deu"], 12), [span, every],
+                         languages=["eng", "deu"], n_boot=20, n_loss=2, n_translations=2, shots=2)  # fmt: skip
+    assert set(table[table.metric == "chrf"].method) == {"shift"}, "the span's translation would be another edit"

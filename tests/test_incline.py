@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import TEXTS, tiny
+from incline_reference import NEW_TOKENS, random_map, reference_generation
 from probes.analysis import PAIR_METRICS
-from probes.artifacts import LinearMap
 from probes.capture import Tokenization, batches, capture, record
 from probes.data import demo_corpus
 from probes.find import code_switched_pairs
-from probes.model import Site, model_identity, n_layers
+from probes.model import Site, n_layers
 from steer.apply import steer
 from steer.evaluate import evaluate, next_token_loss
 from steer.choices import SIGMAS
@@ -23,52 +23,6 @@ from steer.interventions import ApplyMap
 from steer.methods import Findings, fit_methods, settings
 
 PROMPTS = TEXTS[:3]
-NEW_TOKENS = 6
-
-
-def random_map(model) -> LinearMap:
-    width = model.config.hidden_size
-    g = torch.Generator().manual_seed(0)
-    matrices = {layer: torch.randn(width, width, generator=g) / width**0.5 for layer in range(1, n_layers(model) + 1)}
-    return LinearMap(matrices, "mlp_out", "incline", "deu", "eng", {}, model_identity(model))
-
-
-def reference_generation(
-    model, tokenizer, prompt: str, fitted: LinearMap, sigma: float, sign: float, new_tokens=NEW_TOKENS, mode="code"
-):  # fmt: skip
-    """One prompt, no padding: clean MLP outputs of the last token, targets, then greedy generation with the
-    last prompt token overwritten at every layer while the input is the whole prompt."""
-    mlps = [layer.mlp for layer in model.model.layers]
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    clean = {}
-    hooks = [mlp.register_forward_hook(lambda m, a, out, i=i: clean.__setitem__(i, out[0, -1].clone()))
-             for i, mlp in enumerate(mlps)]  # fmt: skip
-    with torch.no_grad():
-        model(ids)
-    for hook in hooks:
-        hook.remove()
-    if mode == "code":  # mlp_val + sigma * dire, dire = (+/-) mlp_val W
-        targets = {i: clean[i] + sign * sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
-    else:  # docs/methods.md's interpolation between the clean value and its image
-        targets = {i: (1 - sigma) * clean[i] + sigma * (clean[i] @ fitted.matrices[i + 1]) for i in clean}
-
-    def patch(i):
-        def hook(module, args, out):
-            if out.shape[1] == ids.shape[1]:  # the prompt's forward pass, not a decode step
-                out = out.clone()
-                out[0, -1] = targets[i]
-                return out
-
-        return hook
-
-    hooks = [mlp.register_forward_hook(patch(i)) for i, mlp in enumerate(mlps)]
-    try:
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return out[0, ids.shape[1] :], targets
 
 
 @pytest.mark.parametrize("sign,mode", [(1.0, "code"), (-1.0, "code"), (1.0, "interpolate")])

@@ -9,10 +9,12 @@ import torch
 from sacrebleu.metrics import CHRF
 
 from conftest import tiny
+from incline_reference import random_map, reference_generation
 from probes.capture import Tokenization
 from probes.data import demo_corpus
 from probes.model import Site, locate
 from steer.evaluate import Setting, evaluate
+from steer.incline import incline
 from steer.interventions import AddVector
 from steer.schedule import Schedule
 from steer.translation import (
@@ -100,6 +102,27 @@ def test_steering_touches_the_source_tokens_of_the_prompt_pass_only_and_batches_
     assert plain == [raw_reference(model, tokenizer, p, m, 2, 0 * vector) for p, m in zip(task.prompts, masks)]
     assert plain != batched, "the edit changes the translations"
     assert translate(model, tokenizer, task, plan, languages="rus") == plain, "gated out: untouched"
+
+
+@pytest.mark.parametrize("mode", ["code", "interpolate"])
+def test_incline_translates_with_its_own_protocol_the_last_prompt_token_from_a_clean_pass(corpus, mode):
+    """INCLINE edits the last token of the whole translation prompt at every layer, targets from a clean pass of
+    that prompt, as its released code evaluates translation; not the source tokens."""
+    model, tokenizer = tiny("llama")
+    task = translation_task(corpus, "deu", "eng", 3)
+    fitted = random_map(model)
+
+    def plan(prompts):
+        return [incline(model, tokenizer, prompts, fitted, 0.5, mode=mode)]
+
+    steered = translate(model, tokenizer, task, plan, tokenization=Tokenization(batch_size=3))
+    masks = source_tokens(tokenizer, task, Tokenization())
+    expected = []
+    for prompt, mask in zip(task.prompts, masks):
+        tokens, _ = reference_generation(model, tokenizer, prompt, fitted, 0.5, 1.0, new_tokens(mask), mode=mode)
+        expected.append(tokenizer.decode(tokens, skip_special_tokens=True).strip().split("\n")[0].strip())
+    assert steered == expected
+    assert steered != translate(model, tokenizer, task), "the edit changes the translations"
 
 
 def test_chrf_and_its_interval_equal_sacrebleus_corpus_score_on_resamples():
