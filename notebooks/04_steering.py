@@ -39,7 +39,7 @@ out = Path(tempfile.mkdtemp(prefix="xlalign-steering-"))
 # The closed loop (`xlalign evaluate`): fit on 80% of the sentences, evaluate on the other 20%.
 
 # %%
-xl.evaluate(out, model=model, tokenizer=tokenizer, corpus=corpus, methods=["shift", "heads", "procrustes"],
+xl.evaluate(out, model=model, tokenizer=tokenizer, corpus=corpus, methods=["shift", "claim", "procrustes"],
             n_loss=16, n_prompts=4, progress=False)  # fmt: skip
 evaluation = pd.read_csv(out / "evaluation.csv")
 best = xl.summary.best_settings(evaluation)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from probes.artifacts import Eraser, ShiftVector
 from probes.find import gap_norm
 from steer.convert import add_vector, erase
 from steer.evaluate import Setting
@@ -43,62 +44,75 @@ def profile_layers(profile: Mapping[int, float]) -> tuple[int, int]:
     return peak, restore
 
 
-def diffmean_plan(found, language: str, layer: int, scale: float):
+def diffmean_plan(vectors: Mapping[str, ShiftVector], language: str, layer: int, scale: float):
     """DiffMean towards the pivot at ``layer``, ``alpha = scale *`` the language's gap norm there."""
-    vector = found.diffmean[language]
+    vector = vectors[language]
     finite(scale, "scale", f"diffmean {language} at layer {layer}")
     return add_vector(vector, scale * gap_norm(vector, layer), [layer])
 
 
-def restore_plan(found, language: str, layer: int, scale: float):
+def restore_plan(vectors: Mapping[str, ShiftVector], language: str, layer: int, scale: float):
     """The language's own direction (DiffMean from the pivot towards it) re-injected at ``layer``."""
-    vector = found.diffmean[language]
+    vector = vectors[language]
     finite(scale, "scale", f"restore {language} at layer {layer}")
     return add_vector(vector, -scale * gap_norm(vector, layer), [layer])
 
 
-def keeping_settings(found, *, pivot: str = "eng", sweep: bool = False) -> list[Setting]:
-    """The settings of ``diffmean``, ``erase`` and ``sandwich`` that ``found`` has findings for, one each at the
-    peak layer; ``sweep``: also the layers ``s, 2s, ...`` below the last, ``s = round(L / 4.5)`` for ``L`` layers,
-    at more strengths, LEACE also over the peak and its neighbours, and the sandwich with LEACE in the middle.
+def keeping_layers(profile: Mapping[int, float], sweep: bool) -> list[int]:
+    """The layers a language-keeping method runs at: the profile's peak; ``sweep``: also ``s, 2s, ...`` below the
+    last, ``s = round(L / 4.5)`` for ``L`` layers.
 
     Layers are ours: layer ``N`` is the output of block ``N`` counted from 1. With 18 layers the sweep is 4, 8,
     12, 16: CLaS-Bench's decoder-layer indices 3, 7, 11, 15, as its scripts count from 0 (their sweep
-    ``4 8 ... 28`` of 32-layer models adds to the output of those 0-based blocks, our layers 5, 9, ..., 29).
-
-    LEACE is applied to the language and to the ``pivot`` alike: it moves every language's mean to the common
-    centroid, not to the pivot's, so only the erased pair (pivot erased too) is the pair it makes alike."""
-    out: list[Setting] = []
-    if not found.profile:
-        return out
-    peak, restore = profile_layers(found.profile)
-    last = max(found.profile)
+    ``4 8 ... 28`` of 32-layer models adds to the output of those 0-based blocks, our layers 5, 9, ..., 29)."""
+    peak, _ = profile_layers(profile)
+    last = max(profile)
     step = max(1, round(last / 4.5))
-    layers = sorted({*range(step, last, step), peak}) if sweep else [peak]
-    if "diffmean" in found.keeping:
-        for layer in layers:
-            for scale in SWEEP_SCALES if sweep else DIFFMEAN_SCALES:
-                out.append(Setting("diffmean", f"layer={layer},alpha={scale:g}x gap", layer, lambda lang, texts,
-                                   layer=layer, scale=scale: [(diffmean_plan(found, lang, layer, scale), gated([lang]))]))
-    if "erase" in found.keeping:
-        spans = [[layer] for layer in layers]
-        if sweep:
-            spans.append(list(range(max(1, peak - 1), min(last - 1, peak + 1) + 1)))
-        for span in spans:
-            name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
-            out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
-                (erase(found.eraser, 1.0, span), gated([lang, pivot]))]))
-    if "sandwich" in found.keeping:
-        for scale in SANDWICH_SCALES if sweep else SANDWICH_SCALES[-1:]:
-            out.append(Setting("sandwich", f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
-                               peak, lambda lang, texts, scale=scale: [
-                                   (diffmean_plan(found, lang, peak, scale), gated([lang])),
-                                   (restore_plan(found, lang, restore, scale), gated([lang]))]))
-        back = SANDWICH_SCALES[-1]
-        if sweep:
-            out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
-                (erase(found.eraser, 1.0, [peak]), gated([lang, pivot])),
-                (restore_plan(found, lang, restore, back), gated([lang]))]))
+    return sorted({*range(step, last, step), peak}) if sweep else [peak]
+
+
+def diffmean_settings(vectors: Mapping[str, ShiftVector], profile: Mapping[int, float], *, sweep: bool = False):
+    """DiffMean (CLaS-Bench) at :func:`keeping_layers`, at one strength (``sweep``: three)."""
+    return [Setting("diffmean", f"layer={layer},alpha={scale:g}x gap", layer, lambda lang, texts, layer=layer,
+                    scale=scale: [(diffmean_plan(vectors, lang, layer, scale), gated([lang]))])
+            for layer in keeping_layers(profile, sweep) for scale in (SWEEP_SCALES if sweep else DIFFMEAN_SCALES)]  # fmt: skip
+
+
+def erase_settings(eraser: Eraser, profile: Mapping[int, float], *, pivot: str = "eng", sweep: bool = False):
+    """LEACE at :func:`keeping_layers` (``sweep``: also over the peak and its neighbours), applied to the language
+    and to the ``pivot`` alike: it moves every language's mean to the common centroid, not to the pivot's, so only
+    the erased pair (pivot erased too) is the pair it makes alike."""
+    peak, _ = profile_layers(profile)
+    last = max(profile)
+    spans = [[layer] for layer in keeping_layers(profile, sweep)]
+    if sweep:
+        spans.append(list(range(max(1, peak - 1), min(last - 1, peak + 1) + 1)))
+    out = []
+    for span in spans:
+        name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
+        out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
+            (erase(eraser, 1.0, span), gated([lang, pivot]))]))
+    return out
+
+
+def sandwich_settings(
+    vectors: Mapping[str, ShiftVector], eraser: Eraser, profile: Mapping[int, float], *, pivot: str = "eng",
+    sweep: bool = False,
+) -> list[Setting]:  # fmt: skip
+    """DiffMean towards the pivot at the peak, the language's own direction re-injected at the restore layer (one
+    strength; ``sweep``: two, and LEACE in the middle)."""
+    peak, restore = profile_layers(profile)
+    out = []
+    for scale in SANDWICH_SCALES if sweep else SANDWICH_SCALES[-1:]:
+        out.append(Setting("sandwich", f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
+                           peak, lambda lang, texts, scale=scale: [
+                               (diffmean_plan(vectors, lang, peak, scale), gated([lang])),
+                               (restore_plan(vectors, lang, restore, scale), gated([lang]))]))
+    back = SANDWICH_SCALES[-1]
+    if sweep:
+        out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
+            (erase(eraser, 1.0, [peak]), gated([lang, pivot])),
+            (restore_plan(vectors, lang, restore, back), gated([lang]))]))
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny
 from reference_mexa import reference_mexa
-from test_incline import reference_generation
+from incline_reference import reference_generation
 from probes.analysis import ALL_METRICS, NEURON_METRICS, mexa, retrieval_top1
 from probes.artifacts import LinearMap, NeuronSet, ShiftVector
 from probes.capture import ActivationStore, capture, capture_corpus
@@ -19,7 +19,8 @@ from probes.find import APExperts
 from probes.model import Site, blocks, load_model, locate
 from steer.evaluate import COLUMNS, next_token_loss
 from steer.translation import chrf, translate, translation_task
-from steer.methods import METHODS, fit_methods
+from steer.methods import fit_methods, names
+from steer.methods import method as registered
 from xlalign.cli import build_parser, main
 
 SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
@@ -103,13 +104,13 @@ def test_run_writes_report_with_figures_and_numbers(llama_run):
         assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
     train, _ = demo_corpus().subset(["eng", "deu", "jpn"], 12).split(test_fraction=0.2)
     lape = fit_methods(model, tokenizer, train, languages=["deu", "jpn"], methods=["lape"],
-                       lape_languages=train.languages).lape  # fmt: skip
+                       lape_languages=train.languages)["lape"]  # fmt: skip
     drawn = pd.read_csv(out / "lape_neurons.csv")  # the LAPE figure's data: the counts of the run's neurons
     assert drawn.to_dict("records") == lape.count_per_layer().to_dict("records") and drawn.n_neurons.sum() > 0
     assert "Most aligned layers" in report and "Most language-specific layers" in report
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
-    assert set(evaluation.method) == set(METHODS) - {"router", "steermoe"} and set(evaluation.language) == {"deu", "jpn"}
+    assert set(evaluation.method) == {n for n in names() if registered(n).default} - {"router", "steermoe"} and set(evaluation.language) == {"deu", "jpn"}
     pivot_loss = evaluation[evaluation.metric == "loss_pivot"].set_index("setting").delta
     erased = pivot_loss.index.str.contains("leace", case=False)
     assert (pivot_loss[~erased] == 0).all(), "every plan but LEACE's is gated to its language"
@@ -213,7 +214,7 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
 
     prompt = "Guten Morgen"
     plain = greedy(model, tokenizer, prompt, 3, {})
-    for kind, method in (("shift", "mean"), ("shift", "claim"), ("map", "incline"), ("map", "procrustes")):
+    for kind, method in (("shift", "shift"), ("shift", "claim"), ("map", "incline"), ("map", "procrustes")):
         out = tmp_path / f"{kind}-{method}"
         assert main(["find", kind, "--method", method, "--k", "2", *SMALL, "--out", str(out)]) == 0
         assert sorted(p.name for p in out.iterdir()) == [f"{kind}.deu.safetensors", f"{kind}.jpn.safetensors"]
@@ -224,7 +225,7 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
         lines = capsys.readouterr().out.splitlines()
         off, on = (line.split(":", 1)[1].strip() for line in lines if line.lstrip().startswith(("off:", "on:")))
         assert off == plain.strip()
-        if (kind, method) == ("shift", "mean"):
+        if (kind, method) == ("shift", "shift"):
             assert on != off, "a strong shift changes the continuation"
         if method == "incline":  # the released code's rule: the last prompt token, targets from a clean pass
             fitted = LinearMap.load(artifact)
@@ -300,6 +301,19 @@ def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     unsteered = {lang: capture(model, tokenizer, test.texts(lang), [site])[site] for lang in ("eng", "deu")}
     row = evaluation[(evaluation.metric == "mexa") & (evaluation.layer == 3)]
     assert row.off.tolist() == pytest.approx([mexa(unsteered["eng"], unsteered["deu"])] * len(row))
+
+
+def test_an_moe_run_pools_its_steering_evaluation_as_its_header_says(moe_run):
+    """The run's header names one pooling (``mean`` in MoE models); the unsteered MEXA of its evaluation is that
+    pooling's, on the held-out split."""
+    assert "pooling: `mean`" in (moe_run / "report.md").read_text()
+    _, test = demo_corpus().subset(["eng", "deu", "rus"], 16).split(test_fraction=0.2)
+    model, tokenizer = load_model("random:qwen2_moe")
+    evaluation = pd.read_csv(moe_run / "evaluation.csv")
+    row = evaluation[(evaluation.metric == "mexa") & (evaluation.language == "deu")].iloc[0]
+    site = Site(int(row.layer), "hidden")
+    pooled = capture_corpus(model, tokenizer, test, [site], pooling="mean")
+    assert row.off == pytest.approx(mexa(pooled.get(site, "eng"), pooled.get(site, "deu")))
 
 
 def test_moe_routing_from_the_command_line(tmp_path, capsys, moe_run):

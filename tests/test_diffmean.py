@@ -40,7 +40,7 @@ def test_diffmean_is_the_unit_difference_of_token_means(found):
     pivot = token_means(corpus.texts("eng"))
     for lang in ("deu", "rus"):
         difference = pivot - token_means(corpus.texts(lang))
-        vector = findings.diffmean[lang]
+        vector = findings["diffmean"][lang]
         for layer in range(1, n_layers(model)):  # the last hidden state has the final norm applied; resid not
             expected = difference[layer] / difference[layer].norm()
             assert torch.allclose(vector.vectors[layer].double(), expected, atol=1e-5), (lang, layer)
@@ -55,6 +55,6 @@ def test_diffmean_settings_add_alpha_times_the_unit_vector_at_one_layer(found):
         ((edit, schedule),) = setting.plan("rus", corpus.texts("rus"))
         assert isinstance(edit, AddVector) and edit.layers == (setting.layer,)
         assert schedule.only == ("rus",)
-        vector = findings.diffmean["rus"]
+        vector = findings["diffmean"]["rus"]
         assert edit.alpha == pytest.approx(scale * gap_norm(vector, setting.layer))
         assert torch.equal(edit.vectors[setting.layer], vector.vectors[setting.layer])

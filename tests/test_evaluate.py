@@ -101,13 +101,13 @@ def test_one_pass_fitting_equals_each_finder_run_alone(corpus):
                         lape_languages=["eng", "deu", "rus"], ap_k=7)
     gates = [Site(layer, "mlp_gate") for layer in range(1, 5)]
     lape = LAPE().fit(collect_stats(model, tokenizer, corpus, gates, languages=["eng", "deu", "rus"], bins=0)).neurons_
-    assert found.lape.languages == lape.languages
-    assert all(torch.equal(found.lape.neurons[lang], lape.neurons[lang]) for lang in lape.languages)
+    assert found["lape"].languages == lape.languages
+    assert all(torch.equal(found["lape"].neurons[lang], lape.neurons[lang]) for lang in lape.languages)
     sites = [Site(layer, "mlp_act") for layer in range(1, 5)]
     ap = APExperts(k=7).fit(capture_corpus(model, tokenizer, corpus, sites, languages=["eng", "deu"])).neurons_
-    assert torch.equal(found.ap.neurons["eng"], ap.neurons["eng"])
+    assert torch.equal(found["ap"]["mlp_act"].neurons["eng"], ap.neurons["eng"])
     data = capture_corpus(model, tokenizer, corpus, [Site(2, "resid")], languages=["eng", "deu"])
-    torch.testing.assert_close(found.shifts["deu"].vectors[2], fit_shift(data, "deu").vectors[2])
+    torch.testing.assert_close(found["shift"]["deu"].vectors[2], fit_shift(data, "deu").vectors[2])
 
 
 @pytest.mark.parametrize("n_loss", [5, 9])

@@ -62,7 +62,7 @@ def plans(found, last: int) -> dict:
     return {
         "plain": [],
         "shift at a middle layer": [to_intervention(found.shift, strength=1.0, layers=[MIDDLE])],
-        "sandwich": [diffmean_plan(found, "deu", MIDDLE, 0.5), restore_plan(found, "deu", RESTORE, 0.5)],
+        "sandwich": [diffmean_plan(found.diffmean, "deu", MIDDLE, 0.5), restore_plan(found.diffmean, "deu", RESTORE, 0.5)],
         "vector at the last layer": [to_intervention(found.shift, strength=0.05, layers=[last])],
     }
 

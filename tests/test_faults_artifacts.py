@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,13 +155,13 @@ def test_incline_and_the_keeping_strengths_refuse_non_finite_values(value):
     with pytest.raises(InterventionError, match=f"incline: sigma={value!r} is not a finite number.*--strength"):
         incline(model, tokenizer, ["Guten Morgen"], fitted, value)
     shift = ShiftVector({2: torch.ones(WIDTH)}, "resid", "eng", "deu", "diffmean", {"gap_norms": {"2": 3.0}}, {})
-    found = SimpleNamespace(diffmean={"deu": shift})
+    found = {"deu": shift}
     assert diffmean_plan(found, "deu", 2, 0.5).alpha == pytest.approx(1.5)
     for plan in (diffmean_plan, restore_plan):
         with pytest.raises(InterventionError, match=f"scale={value!r} is not a finite number"):
             plan(found, "deu", 2, value)
     unmeasured = ShiftVector({2: torch.ones(WIDTH)}, "resid", "eng", "deu", "diffmean", {"gap_norms": {"2": value}}, {})
-    broken = SimpleNamespace(diffmean={"deu": unmeasured})
+    broken = {"deu": unmeasured}
     with pytest.raises(InterventionError, match="AddVector: alpha="):
         diffmean_plan(broken, "deu", 2, 0.5)
 

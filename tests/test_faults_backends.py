@@ -72,7 +72,7 @@ def continuations(output: str) -> list[tuple[str, str]]:
 def test_cli_steer_through_nnsight_finishes_and_prints_what_hf_prints(tmp_path, capsys):
     small = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu", "--max-sentences", "8"]
     with deadline(120):
-        assert main(["find", "shift", "--method", "mean", *small, "--no-progress", "--out", str(tmp_path / "s")]) == 0
+        assert main(["find", "shift", "--method", "shift", *small, "--no-progress", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     artifact = tmp_path / "s" / "shift.deu.safetensors"
     prompts = ["--prompt", "Guten Morgen", "--prompt", "Hallo Welt, wie geht es dir heute?"]

@@ -25,7 +25,7 @@ def test_risk_differences_leave_bos_out():
     corpus = demo_corpus().subset(["eng", "deu"], 10)
     found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["steermoe"])
     traces = {lang: trace_router(model, tokenizer, corpus.texts(lang)) for lang in ("eng", "deu")}
-    k = found.experts_per_token
+    k = found["steermoe"]["experts_per_token"]
     layers = traces["eng"].layers
     reference = reference_risk_diff(*(content_tokens(traces[lang], tokenizer, corpus.texts(lang))
                                       for lang in ("eng", "deu")), k)
@@ -33,4 +33,4 @@ def test_risk_differences_leave_bos_out():
                                      for lang in ("eng", "deu")), k)
     assert not np.allclose(reference.risk_diff, with_bos.risk_diff), "BOS changes the counts"
     for row in reference.itertuples():
-        assert found.risk["deu"][layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff, abs=1e-12)
+        assert found["steermoe"]["risk"]["deu"][layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff, abs=1e-12)

@@ -93,17 +93,17 @@ def test_incline_pairs_and_fit_equal_the_released_training_loop():
 
     zh, en = token_means(source), token_means(target)
     found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["incline"])
-    assert found.incline["deu"].component == "mlp_out"
+    assert found["incline"]["deu"].component == "mlp_out"
     for layer in range(n_layers(model)):
         expected = np.linalg.lstsq(zh[:, layer, :], en[:, layer, :], rcond=None)[0]
-        np.testing.assert_allclose(found.incline["deu"].matrices[layer + 1].double().numpy(), expected, atol=2e-4)
+        np.testing.assert_allclose(found["incline"]["deu"].matrices[layer + 1].double().numpy(), expected, atol=2e-4)
 
 
 def test_the_closed_loop_applies_incline_from_a_clean_pass_of_the_texts_it_measures():
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"], 12)
     fitted = random_map(model)
-    grid = settings(Findings(n_layers(model), incline={"deu": fitted}), model, tokenizer,
+    grid = settings(Findings(n_layers(model), {"incline": {"deu": fitted}}), model, tokenizer,
                     incline_settings=[("code", 0.5), ("interpolate", 0.5)])  # fmt: skip
     table = evaluate(model, tokenizer, corpus, grid, languages=["deu"], metrics=["matched_random_gap"], n_boot=10,
                      n_loss=6)  # fmt: skip

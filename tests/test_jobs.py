@@ -20,7 +20,7 @@ from probes.model import (
 )  # fmt: skip
 from steer.apply import steer
 from steer.interventions import AddVector
-from xlalign import jobs
+from xlalign import finding, jobs
 from xlalign.closed_loop import evaluate, run
 
 SMALL = demo_corpus().subset(["eng", "deu", "jpn"], 12)
@@ -137,7 +137,7 @@ def test_outputs_follow_the_umask(tmp_path):
         try:
             out = tmp_path / f"umask{mask:o}"
             store = capture_to_store(model, tokenizer, SMALL, [Site(1, "hidden")], out / "store", shard_size=8)
-            shift = jobs.find("shift", out / "shifts", model=model, tokenizer=tokenizer, corpus=SMALL, progress=False)
+            shift = finding.find("shift", out / "shifts", model=model, tokenizer=tokenizer, corpus=SMALL, progress=False)
             jobs.measure(store.path, out / "metrics.csv")
         finally:
             os.umask(old)

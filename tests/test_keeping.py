@@ -54,7 +54,7 @@ def test_sandwich_shifts_at_the_peak_and_restores_the_language_later(found):
     sandwiches = [s for s in settings(findings) if s.method == "sandwich"]
     assert len(sandwiches) == 1 and sandwiches[0].layer == peak
     (shift, gate), (back, _) = sandwiches[0].plan("deu", corpus.texts("deu"))
-    vector = findings.diffmean["deu"]
+    vector = findings["diffmean"]["deu"]
     assert isinstance(shift, AddVector) and shift.layers == (peak,) and gate.only == ("deu",)
     assert shift.alpha == pytest.approx(SANDWICH_SCALES[-1] * gap_norm(vector, peak))
     assert back.layers == (restore,) and back.alpha == pytest.approx(-SANDWICH_SCALES[-1] * gap_norm(vector, restore))

@@ -211,10 +211,10 @@ def test_steering_notebook(small, tmp_path):
     model, tokenizer = xl.load_model("random:llama")
     corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn", "hin"], max_sentences=24)
     xl.evaluate(tmp_path / "direct", model=model, tokenizer=tokenizer, corpus=corpus,
-                methods=["shift", "heads", "procrustes"], n_loss=16, n_prompts=4, progress=False)  # fmt: skip
+                methods=["shift", "claim", "procrustes"], n_loss=16, n_prompts=4, progress=False)  # fmt: skip
     direct = pd.read_csv(tmp_path / "direct" / "evaluation.csv")
     pd.testing.assert_frame_equal(shown["evaluation"], direct)
-    assert set(shown["best"].method) == {"shift", "heads", "procrustes"}
+    assert set(shown["best"].method) == {"shift", "claim", "procrustes"}
     train, test = corpus.split(test_fraction=0.2)
     middle = xl.n_layers(model) // 2
     acts = xl.capture_corpus(model, tokenizer, train, [xl.Site(middle, "resid")])

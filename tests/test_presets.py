@@ -16,7 +16,7 @@ from probes.data import demo_corpus
 from probes.model import Site
 from steer.choices import SIGMAS
 from steer.incline import fit_incline_maps
-from xlalign import jobs
+from xlalign import finding, jobs
 from xlalign.cli import main, parse_args
 from xlalign.presets import PRESETS, PresetError
 
@@ -43,7 +43,7 @@ def test_a_preset_for_another_command_or_kind_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         parse_args(["steer", "--artifact", "a", "--prompt", "p", "--preset", "mexa"])  # steer takes no preset
     with pytest.raises(PresetError, match="applies to capture, measure, not find"):
-        jobs.find("neurons", "x", preset="mexa")
+        finding.find("neurons", "x", preset="mexa")
 
 
 def test_the_mexa_preset_is_mexa_on_its_first_100_sentences(tmp_path):
@@ -63,7 +63,7 @@ def test_the_mexa_preset_is_mexa_on_its_first_100_sentences(tmp_path):
 def test_the_incline_preset_fits_on_500_pairs_and_sweeps_sigma(tmp_path):
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"])
-    written = jobs.find("map", tmp_path / "maps", model=model, tokenizer=tokenizer, corpus=corpus, preset="incline",
+    written = finding.find("map", tmp_path / "maps", model=model, tokenizer=tokenizer, corpus=corpus, preset="incline",
                         progress=False)  # fmt: skip
     fitted = LinearMap.load(written[0])
     expected = fit_incline_maps(model, tokenizer, corpus.subset(None, 500), ["deu"])["deu"]

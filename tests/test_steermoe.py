@@ -94,12 +94,12 @@ def test_the_closed_loop_steermoe_setting_is_built_from_token_level_routing():
                for lang, trace in (("eng", english), ("deu", german))}  # fmt: skip
     reference = reference_risk_diff(stacked["eng"], stacked["deu"], k)
     for row in reference.itertuples():
-        assert found.risk["deu"][english.layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff)
+        assert found["steermoe"]["risk"]["deu"][english.layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff)
     (setting,) = [s for s in settings(found) if s.method == "steermoe"]
     plan = setting.plan("deu", [])
     n = len(english.layers)
     n_pos = min(n, int((reference.risk_diff > 0).sum()))
     n_neg = min(n, int((reference.risk_diff < 0).sum()))
-    assert as_weights(edit for edit, _ in plan) == as_weights(steermoe_experts(found.risk["deu"], n_force=n_pos,
+    assert as_weights(edit for edit, _ in plan) == as_weights(steermoe_experts(found["steermoe"]["risk"]["deu"], n_force=n_pos,
                                                                                n_ban=n_neg, k=k))  # fmt: skip
     assert all(schedule.excludes("eng") and not schedule.excludes("deu") for _, schedule in plan)

@@ -19,9 +19,9 @@ from probes.choices import (
     MAX_LENGTH, NEURON_POOLINGS, PADDING_SIDE, POOLINGS,
 )
 from probes.errors import XlalignError
-from steer.choices import INCLINE_SIGMAS, METHODS
+from steer.choices import FIND_KINDS, INCLINE_SIGMAS, REGISTRY
 from xlalign.arg_types import count, csv_list, finite, floats, ints, language, languages, span
-from xlalign.choices import DEFAULT_K, FIND_METHODS, LOSS_SENTENCES, PROMPTS
+from xlalign.choices import DEFAULT_K, LOSS_SENTENCES, PROMPTS
 from xlalign.errors import Notice
 from xlalign.export.commands import COMMANDS as EXPORT_COMMANDS, add_export_commands, run_export_command
 from xlalign.presets import PresetError, names_for, preset_options
@@ -126,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--out", required=True, type=Path, help="CSV file: layer,language,metric,value")
     measure.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    find = add("find", "find language-specific neurons, shift vectors or linear maps")
-    find.add_argument("kind", choices=tuple(FIND_METHODS), help="what to find")
+    find = add("find", "fit one method and save what it finds (neurons, shift vectors, maps, an eraser)")
+    find.add_argument("kind", nargs="?", choices=tuple(FIND_KINDS),
+                      help="what to find (optional with --method; each kind's default method: "
+                      + ", ".join(f"{kind}: {name}" for kind, name in FIND_KINDS.items()) + ")")
     _model(find)
     _corpus(find)
-    find.add_argument("--method", help="; ".join(f"{kind}: {'|'.join(m)} (default {m[0]})" for kind, m in FIND_METHODS.items()))
+    find.add_argument("--method", help=f"one of {','.join(REGISTRY)} (those that save an artifact)")
     find.add_argument("--pivot", default="eng", type=language, help=PIVOT)
     find.add_argument("--k", type=int, help=f"ap: units per language (default {DEFAULT_K['ap']}); claim: heads, "
                                             f"ranked by held-out log-likelihood (default {DEFAULT_K['claim']})")
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "al. (default: mlp_act; several: one file per component in the --out directory)")
     find.add_argument("--pooling", choices=("mean", "max"), default="mean",
                       help="ap: sentence pooling of the responses (mean: Kojima et al.; max: Suau et al.)")
-    find.add_argument("--out", required=True, type=Path, help="neurons: a .safetensors file; shift/map: a directory")
+    find.add_argument("--out", required=True, type=Path, help="neurons, eraser: a .safetensors file; shift/map: a directory")
     find.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
 
     ablate = add("ablate", "zero each language's neurons in turn; next-token loss of every language (resumable)")
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help=f"{POOLING} (default: weighted, as MEXA; mean in MoE models)")
             command.add_argument("--steer-langs", type=languages, help="languages to steer (default: the 3 least aligned)")
         command.add_argument("--pivot", default="eng", type=language, help=PIVOT)
-        command.add_argument("--methods", type=csv_list, help=f"subset of {','.join(METHODS)} (default: all that apply)")
+        command.add_argument("--methods", type=csv_list, help=f"subset of {','.join(REGISTRY)} (default: those that apply, pca and logistic aside)")
         command.add_argument("--test-fraction", type=finite, default=0.2, help="share of sentences held out")
         command.add_argument("--loss-sentences", type=count(1), default=LOSS_SENTENCES,
                              help="held-out texts per language for the loss")
@@ -237,7 +239,9 @@ def _run(args) -> str:
                              importance=args.importance, ci=args.ci, n_boot=args.n_boot, overwrite=args.overwrite)  # fmt: skip
         return f"wrote {args.out}: {len(table)} rows"
     if args.command == "find":
-        written = jobs.find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,
+        from xlalign.finding import find
+
+        written = find(args.kind, args.out, method=args.method, corpus=_corpus_of(args), pivot=args.pivot,
                             k=args.k, bottom_k=args.bottom_k, components=args.components, pooling=args.pooling,
                             overwrite=args.overwrite, progress=progress, **_loading(args))  # fmt: skip
         return "\n".join(f"wrote {steering.describe_artifact(path)}" for path in written)

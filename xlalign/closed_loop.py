@@ -21,7 +21,8 @@ from probes.model import Site, has_lm_head, model_identity, n_layers, router_lay
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
 from steer.apply import steer
 from steer.evaluate import continuations, evaluate as evaluate_settings, gated_by_detection
-from steer.methods import INCLINE_SIGMAS, available_methods, fit_methods, incline_grid, settings
+from steer.choices import INCLINE_SIGMAS
+from steer.methods import available_methods, fit_methods, incline_grid, settings
 from steer.summary import before_after, best_settings, pareto
 from xlalign.choices import LOSS_SENTENCES, PROMPTS
 from xlalign.errors import JobError, notice
@@ -139,7 +140,8 @@ def run(
         steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
                                         methods=options["methods"], test_fraction=test_fraction, n_loss=n_loss,
                                         n_prompts=n_prompts, n_translations=n_translations, progress=bar,
-                                        incline_sigmas=options["incline_sigmas"], tokenization=tokenization)
+                                        incline_sigmas=options["incline_sigmas"], tokenization=tokenization,
+                                        pooling=pooling)  # the header's pooling, for the steering evaluation too
     lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
                    pivot=pivot, pooling=pooling, command=command or _command(), dtype=network.dtype,
                    sizes=(n_loss, n_prompts))
@@ -218,13 +220,14 @@ def closed_loop(
     model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
     methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
     progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2, sweep: bool = False,
-    gate_by_detection: bool = False, n_translations: int = 0,
+    gate_by_detection: bool = False, n_translations: int = 0, pooling: str = "weighted",
 ) -> tuple[list[str], str | None]:  # fmt: skip
     """Fit on the training split, evaluate on the test split, write evaluation.csv, figures (and the data of the
     LAPE figure, lape_neurons.csv) and generations.
     evaluation.csv grows by each finished (language, setting); an interrupted evaluation with the same inputs
     resumes from it. INCLINE runs at each of ``incline_sigmas`` (its released rule, ``c + sigma c W``) and
-    interpolated at 0.5. Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    interpolated at 0.5. Alignment is pooled with ``pooling`` (the report header's). Returns the report section and the
+    LAPE figure's markdown (if LAPE ran)."""
     train, test = parallel.split(test_fraction=test_fraction)
     notes = [split_note(parallel, test, test_fraction)]
     methods = available_methods(model) if methods is None else methods
@@ -245,7 +248,7 @@ def closed_loop(
         "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
         "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
         "n_loss": n_loss, "n_prompts": n_prompts, "n_translations": n_translations,
-        "tokenization": tokenization.as_dict(),
+        "tokenization": tokenization.as_dict(), "pooling": pooling,
         "detector_layer": found.detector.layer if found.detector is not None else None,
     })  # fmt: skip
     resumed = table.interrupted()
@@ -257,7 +260,7 @@ def closed_loop(
 
     evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, fidelity=fidelity,
                                    detector=found.detector, n_loss=n_loss, n_prompts=n_prompts,
-                                   n_translations=n_translations, tokenization=tokenization,
+                                   n_translations=n_translations, tokenization=tokenization, pooling=pooling,
                                    done=resumed["rows"] if resumed else None, on_unit=keep,
                                    progress=progress)  # fmt: skip
     table.finish(evaluation)
@@ -271,8 +274,8 @@ def closed_loop(
         "pareto": save_figure(pareto(evaluation), out / "pareto.png"),
     }
     neurons = None
-    if found.lape is not None:
-        counts = found.lape.count_per_layer()
+    if "lape" in found:
+        counts = found["lape"].count_per_layer()
         write_text(out / "lape_neurons.csv", counts.to_csv(index=False))
         neurons = save_figure(neurons_per_layer(counts, "LAPE neurons per layer"), out / "lape_neurons.png")
     section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)

@@ -1,6 +1,7 @@
-"""The jobs behind the command line: capture, measure, find, ablate, steer (``run`` and ``evaluate``: see
-:mod:`xlalign.closed_loop`). Each takes a model spec or a model object the user holds (with its tokenizer),
-a corpus spec or a :class:`~probes.data.ParallelCorpus`, and checks every input before it writes anything.
+"""The jobs behind the command line: capture, measure, ablate (``find``: :mod:`xlalign.finding`; ``steer``:
+:mod:`xlalign.steering`; ``run`` and ``evaluate``: :mod:`xlalign.closed_loop`). Each takes a model spec or a model
+object the user holds (with its tokenizer), a corpus spec or a :class:`~probes.data.ParallelCorpus`, and checks
+every input before it writes anything.
 """
 
 from __future__ import annotations
@@ -17,24 +18,20 @@ from tqdm.auto import tqdm
 from probes.analysis import measure as measure_activations
 from probes.analysis import measure_routing
 from probes.artifacts import NeuronSet
-from probes.capture import ActivationStore, Tokenization, capture_corpus, capture_to_store, collect_stats
+from probes.capture import ActivationStore, Tokenization, capture_to_store
 from probes.capture.distributed import ranks
 from probes.capture.progress import add_steps
 from probes.capture.remote import require_key
 from probes.data import ParallelCorpus, load_corpus, normalize_language
 from probes.data.files import write_text
-from probes.find import LAPE, APExperts, HeadProbe, fit_map, fit_shift
 from probes.model import (
-    COMPONENTS, Site, SiteError, arch_table, hosted_model, model_identity, n_layers, resolve_model, router_layers,
+    COMPONENTS, Site, SiteError, hosted_model, model_identity, n_layers, resolve_model, router_layers,
 )  # fmt: skip
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import zero_neurons
-from steer.incline import fit_incline_maps
 from steer.evaluate import next_token_loss
-from xlalign.choices import DEFAULT_K, FIND_METHODS
 from xlalign.errors import JobError
-from xlalign.loop_options import corpus_language
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 
@@ -176,105 +173,6 @@ def measure(
 def check(store: str | os.PathLike) -> dict[Path, str]:
     """Every damaged or missing shard of a store with what is wrong with it (empty: the store is good)."""
     return ActivationStore(store).check()
-
-
-@takes_preset("find")
-def find(
-    kind: str,
-    out: str | os.PathLike,
-    *,
-    method: str | None = None,
-    model="default",
-    tokenizer=None,
-    corpus: ParallelCorpus | str = "demo",
-    pivot: str = "eng",
-    k: int | None = None,
-    bottom_k: int = 0,
-    components: Sequence[str] | None = None,
-    pooling: str = "mean",
-    tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[Path]:
-    """Find language-specific ``neurons`` (one file: ``out``), ``shift`` vectors or ``map``s (one file per
-    non-pivot language in the directory ``out``). Returns the files written.
-
-    AP experts: the ``k`` units of highest and ``bottom_k`` of lowest AP per language among the units of
-    ``components`` (default ``mlp_act``), ranked together, over sentences pooled with ``pooling`` (``mean`` as
-    Kojima et al., ``max`` as Suau et al.); several components give one file per component in the directory
-    ``out`` (``ap.<component>.safetensors``)."""
-    if kind not in FIND_METHODS:
-        raise JobError(f"find: unknown kind {kind!r}; choose from {', '.join(FIND_METHODS)}")
-    method = method or FIND_METHODS[kind][0]
-    if method not in FIND_METHODS[kind]:
-        raise JobError(f"find {kind}: method {method!r}; choose from {', '.join(FIND_METHODS[kind])}")
-    if (components or bottom_k or pooling != "mean") and method != "ap":
-        raise JobError(f"find {kind} --method {method}: components, bottom_k and pooling are options of AP experts")
-    parallel = open_corpus(corpus)
-    out = Path(out)
-    pivot = corpus_language(pivot, parallel, "pivot") if kind != "neurons" else normalize_language(pivot)
-    languages = [lang for lang in parallel.languages if lang != pivot]
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)
-    linear = list(arch_table(network).linear)  # "linear": every linear projection the family has, as Kojima et al.
-    named = components or ["mlp_act"]
-    units = list(dict.fromkeys(c for name in named for c in (linear if name == "linear" else [name])))
-    if kind != "neurons":
-        targets = [out / f"{kind}.{lang}.safetensors" for lang in languages]
-    else:
-        targets = [out] if len(units) == 1 else [out / f"ap.{component}.safetensors" for component in units]
-    for path in targets:
-        refuse_overwrite(path, overwrite)
-    group = ranks()
-    if group.world > 1 and (kind, method) != ("neurons", "lape"):
-        raise JobError(f"find {kind} --method {method} is not split across processes: run it as one process "
-                       "(only `find neurons --method lape`, `capture` and `run` split their work under torchrun)")
-    layers = range(1, n_layers(network) + 1)
-    with job_bar(progress, f"find {kind} ({method}) into {out}") as bar:
-        if kind == "neurons" and method == "lape":
-            sites = [Site(layer, "mlp_gate") for layer in layers]
-            stats = collect_stats(network, tokenizer, parallel, sites, bins=0, tokenization=tokenization, progress=bar)
-            neurons = LAPE().fit(stats).neurons_  # every rank has all languages' counts
-            group.on_main(lambda: neurons.save(out, overwrite=overwrite))
-            return [out]
-        if kind == "neurons":
-            sites = [Site(layer, component) for component in units for layer in layers]
-            acts = capture_corpus(network, tokenizer, parallel, sites, pooling=pooling, tokenization=tokenization,
-                                  progress=bar)  # fmt: skip
-            experts = APExperts(k=DEFAULT_K["ap"] if k is None else k, bottom_k=bottom_k, pooling=pooling)
-            found = experts.fit(acts, units).neuron_sets_
-            return save_all([found[component] for component in units], targets, overwrite)
-        if method == "incline":  # its own (half code-switched) training pairs
-            maps = fit_incline_maps(network, tokenizer, parallel, languages, pivot=pivot, tokenization=tokenization,
-                                    progress=bar)  # fmt: skip
-            return save_all([maps[lang] for lang in languages], targets, overwrite)
-        component = "head" if method == "claim" else "resid"  # as their papers
-        sites = [Site(layer, component) for layer in layers]
-        acts = capture_corpus(network, tokenizer, parallel, sites, tokenization=tokenization, progress=bar)
-        if method == "claim":
-            found = [HeadProbe().fit(acts, lang, pivot=pivot).shift_vector(k or DEFAULT_K["claim"]) for lang in languages]
-        else:
-            fit = fit_shift if kind == "shift" else fit_map
-            found = [fit(acts, lang, pivot=pivot, method=method) for lang in languages]
-        return save_all(found, targets, overwrite)
-
-
-def save_all(artifacts: Sequence, paths: Sequence[Path], overwrite: bool) -> list[Path]:
-    """Save each artifact to its path; if one fails (a full disk), the files this call wrote are removed, so a
-    failed job leaves nothing that would block its rerun."""
-    written = []
-    try:
-        for artifact, path in zip(artifacts, paths, strict=True):
-            written.append(artifact.save(path, overwrite=overwrite))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
 
 
 def ablate(

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from probes.capture import POOLINGS
 from probes.data import CorpusError, ParallelCorpus, normalize_language
-from steer.methods import METHODS, available_methods, unavailable_methods
+from steer.methods import available_methods, canonical, names, unavailable_methods
 from xlalign.errors import JobError
 
 
@@ -70,10 +70,10 @@ def _methods(model, methods: Sequence[str] | None) -> list[str]:
         if not applicable:
             raise JobError("no steering method applies to this model and backend; see --methods")
         return applicable
-    methods = list(dict.fromkeys(methods))
-    unknown = [method for method in methods if method not in METHODS]
+    methods = list(dict.fromkeys(canonical(method) for method in methods))
+    unknown = [method for method in methods if method not in names()]
     if unknown or not methods:
-        raise JobError(f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(METHODS)}")
+        raise JobError(f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(names())}")
     impossible = unavailable_methods(model, methods)
     if impossible:
         reasons = "; ".join(f"{method}: {why}" for method, why in impossible.items())

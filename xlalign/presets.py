@@ -111,7 +111,7 @@ PRESETS: dict[str, Preset] = {
             "CLAIM (head steering, our reading of the paper): per-head probes in the middle layers, the most "
             "language-specific heads shifted by their pivot-minus-language mean",
             "the paper's released code (none was found); its head count and benchmarks",
-            {"find": {"method": "claim"}, "evaluate": {"methods": ["heads"]}, "run": {"methods": ["heads"]}},
+            {"find": {"method": "claim"}, "evaluate": {"methods": ["claim"]}, "run": {"methods": ["claim"]}},
             kind="shift",
         ),
     )

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from probes.artifacts import LinearMap, NeuronSet, ShiftVector, load_artifact
+from probes.artifacts import Eraser, LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import Tokenization
 from probes.data import normalize_language
 from steer.apply import steer as steering
@@ -79,8 +79,11 @@ def describe_artifact(path: str | os.PathLike) -> str:
     found = load_artifact(path)
     if isinstance(found, NeuronSet):
         return repr(found)
-    target = f"{found.language} -> {found.pivot}"
     where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
+    if isinstance(found, Eraser):
+        return (f"{path}: LEACE eraser of {', '.join(found.languages)} (every input is erased alike), applied at "
+                f"{where} unless --layers says otherwise")
+    target = f"{found.language} -> {found.pivot}"
     kind = "shift" if isinstance(found, ShiftVector) else "map"
     if kind == "map" and found.method == "incline":
         where = "the last prompt token of every layer (INCLINE)"
