@@ -20,8 +20,6 @@
 # %%
 # %matplotlib inline
 import os
-import tempfile
-from pathlib import Path
 
 import ipywidgets as widgets
 import pandas as pd
@@ -33,17 +31,16 @@ model_spec = os.environ.get("XLALIGN_MODEL", "default")
 n_sentences = int(os.environ.get("XLALIGN_SENTENCES", "160"))
 corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn", "hin"], max_sentences=n_sentences)
 model, tokenizer = xl.load_model(model_spec)
-out = Path(tempfile.mkdtemp(prefix="xlalign-steering-"))
 
 # %% [markdown]
-# The closed loop (`xlalign evaluate`): fit on 80% of the sentences, evaluate on the other 20%.
+# The closed loop in memory (`xl.evaluate_methods`, what `xlalign evaluate` runs and writes): fit on 80% of the
+# sentences, evaluate on the other 20%; it returns the tables.
 
 # %%
-xl.evaluate(out, model=model, tokenizer=tokenizer, corpus=corpus, methods=["shift", "claim", "procrustes"],
-            n_loss=16, n_prompts=4, progress=False)  # fmt: skip
-evaluation = pd.read_csv(out / "evaluation.csv")
-best = xl.summary.best_settings(evaluation)
-best
+loop = xl.evaluate_methods(model, tokenizer, corpus, methods=["shift", "claim", "procrustes"], n_loss=16,
+                           n_prompts=4)  # fmt: skip
+evaluation = loop.evaluation
+loop.best
 
 # %%
 xl.summary.before_after(evaluation)

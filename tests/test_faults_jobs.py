@@ -17,7 +17,8 @@ from probes.data import demo_corpus, load_corpus
 from probes.model import Site, SiteError
 from xlalign import steering
 from xlalign.cli import main
-from xlalign.closed_loop import evaluate, run, split_note
+from xlalign.closed_loop import evaluate, run
+from xlalign.loop import split_note
 from xlalign.errors import JobError, Notice
 from xlalign.outdir import NOTE
 

@@ -41,6 +41,7 @@ _MODULES = {
     "steer.convert": "to_intervention",
     "steer.evaluate": "next_token_loss continuations",
     "xlalign.closed_loop": "run evaluate",
+    "xlalign.loop": "evaluate_methods LoopResult",
     "xlalign.finding": "find",
     "steer.methods": "Method Need register fit_methods",
     "xlalign.export": "export_control_vector import_control_vector read_control_vector ControlVectorError",

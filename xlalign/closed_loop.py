@@ -19,14 +19,13 @@ from probes.data import ParallelCorpus
 from probes.data.files import write_text
 from probes.model import Site, has_lm_head, model_identity, n_layers, router_layers
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
-from steer.apply import steer
-from steer.evaluate import continuations, evaluate as evaluate_settings, gated_by_detection
+from steer.evaluate import evaluate as evaluate_settings
 from steer.choices import INCLINE_SIGMAS
-from steer.methods import available_methods, fit_methods, incline_grid, settings
-from steer.summary import before_after, best_settings, pareto
+from steer.summary import before_after, pareto
 from xlalign.choices import LOSS_SENTENCES, PROMPTS
-from xlalign.errors import JobError, notice
+from xlalign.errors import JobError
 from xlalign.jobs import job_bar, open_corpus, open_model
+from xlalign.loop import best_setting, fit_loop, generations
 from xlalign.loop_options import corpus_language, loop_options
 from xlalign.outdir import ResultDir
 from xlalign.presets import takes_preset
@@ -222,33 +221,19 @@ def closed_loop(
     progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2, sweep: bool = False,
     gate_by_detection: bool = False, n_translations: int = 0, pooling: str = "weighted",
 ) -> tuple[list[str], str | None]:  # fmt: skip
-    """Fit on the training split, evaluate on the test split, write evaluation.csv, figures (and the data of the
-    LAPE figure, lape_neurons.csv) and generations.
-    evaluation.csv grows by each finished (language, setting); an interrupted evaluation with the same inputs
-    resumes from it. INCLINE runs at each of ``incline_sigmas`` (its released rule, ``c + sigma c W``) and
-    interpolated at 0.5. Alignment is pooled with ``pooling`` (the report header's). Returns the report section and the
-    LAPE figure's markdown (if LAPE ran)."""
-    train, test = parallel.split(test_fraction=test_fraction)
-    notes = [split_note(parallel, test, test_fraction)]
-    methods = available_methods(model) if methods is None else methods
-    found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
-                        lape_languages=train.languages, detect=gate_by_detection, tokenization=tokenization,
-                        progress=progress)  # fmt: skip
-    grid = settings(found, model, tokenizer, pivot=pivot, incline_settings=incline_grid(incline_sigmas),
-                    tokenization=tokenization, sweep=sweep)  # fmt: skip
-    if found.detector is not None:
-        twins = gated_by_detection(grid, found.detector.layer)
-        notes.append(ungated_note([s for s in grid if s.layer <= found.detector.layer], found.detector.layer))
-        grid += twins
-    notes = [note for note in notes if note]
-    for note in notes:
-        notice(note)
-    fidelity = OutputLanguage()  # the reference's metric: lid.176 over all its languages
+    """:func:`xlalign.loop.evaluate_methods` writing its tables: evaluation.csv, figures (and the data of the LAPE
+    figure, lape_neurons.csv) and generations. evaluation.csv grows by each finished (language, setting); an
+    interrupted evaluation with the same inputs resumes from it. Alignment is pooled with ``pooling`` (the report
+    header's). Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
+    fitted = fit_loop(model, tokenizer, parallel, languages=languages, pivot=pivot, methods=methods,
+                      test_fraction=test_fraction, tokenization=tokenization, progress=progress,
+                      incline_sigmas=incline_sigmas, sweep=sweep, gate_by_detection=gate_by_detection)
+    found, grid, test = fitted.findings, fitted.settings, fitted.test
     table = ResumableTable(out / "evaluation.csv", {
-        "model": model_identity(model)["weights_sha256"], "train": train.fingerprint(), "test": test.fingerprint(),
-        "languages": list(languages), "pivot": pivot, "settings": [[s.method, s.setting] for s in grid],
-        "n_loss": n_loss, "n_prompts": n_prompts, "n_translations": n_translations,
-        "tokenization": tokenization.as_dict(), "pooling": pooling,
+        "model": model_identity(model)["weights_sha256"], "train": fitted.train.fingerprint(),
+        "test": test.fingerprint(), "languages": list(languages), "pivot": pivot,
+        "settings": [[s.method, s.setting] for s in grid], "n_loss": n_loss, "n_prompts": n_prompts,
+        "n_translations": n_translations, "tokenization": tokenization.as_dict(), "pooling": pooling,
         "detector_layer": found.detector.layer if found.detector is not None else None,
     })  # fmt: skip
     resumed = table.interrupted()
@@ -258,17 +243,15 @@ def closed_loop(
         finished.append(unit)
         table.save(pd.concat(finished, ignore_index=True))
 
-    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot, fidelity=fidelity,
-                                   detector=found.detector, n_loss=n_loss, n_prompts=n_prompts,
-                                   n_translations=n_translations, tokenization=tokenization, pooling=pooling,
-                                   done=resumed["rows"] if resumed else None, on_unit=keep,
+    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot,
+                                   fidelity=OutputLanguage(), detector=found.detector, n_loss=n_loss,
+                                   n_prompts=n_prompts, n_translations=n_translations, tokenization=tokenization,
+                                   pooling=pooling, done=resumed["rows"] if resumed else None, on_unit=keep,
                                    progress=progress)  # fmt: skip
     table.finish(evaluation)
-    best = best_settings(evaluation).sort_values("gain").iloc[-1]
-    chosen = next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
-    generations = _generations(model, tokenizer, test, chosen, languages, n_generations, tokenization,
-                               found.detector)  # fmt: skip
-    write_text(out / "generations.csv", generations.to_csv(index=False))
+    shown = generations(model, tokenizer, test, best_setting(evaluation, grid), languages, n_generations,
+                        tokenization, found.detector)  # fmt: skip
+    write_text(out / "generations.csv", shown.to_csv(index=False))
     figures = {
         "before_after": save_figure(before_after(evaluation), out / "before_after.png"),
         "pareto": save_figure(pareto(evaluation), out / "pareto.png"),
@@ -278,38 +261,7 @@ def closed_loop(
         counts = found["lape"].count_per_layer()
         write_text(out / "lape_neurons.csv", counts.to_csv(index=False))
         neurons = save_figure(neurons_per_layer(counts, "LAPE neurons per layer"), out / "lape_neurons.png")
-    section = steering_section(evaluation, figures, generations, n_test=len(test), pivot=pivot)
-    if notes:
-        section[2:2] = [*(f"> Note: {note}" for note in notes), ""]
+    section = steering_section(evaluation, figures, shown, n_test=len(test), pivot=pivot)
+    if fitted.notes:
+        section[2:2] = [*(f"> Note: {note}" for note in fitted.notes), ""]
     return section, neurons
-
-
-def split_note(parallel: ParallelCorpus, test: ParallelCorpus, test_fraction: float) -> str | None:
-    """A note when whole documents kept the held-out share far (more than 0.1) from ``test_fraction``."""
-    share = len(test) / len(parallel)
-    if abs(share - test_fraction) <= 0.1:
-        return None
-    return (f"the split holds out {len(test)} of {len(parallel)} sentences ({share:.0%}), not the {test_fraction:.0%} "
-            f"asked for: it keeps whole documents on one side, and this corpus has few, long ones. Use more "
-            f"sentences (--max-sentences) for a split closer to --test-fraction.")
-
-
-def ungated_note(settings, detector_layer: int) -> str | None:
-    """A note naming the settings that edit at or before the detector's layer, which get no detection-gated twin."""
-    if not settings:
-        return None
-    names = ", ".join(dict.fromkeys(f"{s.method} ({s.setting})" for s in settings))
-    return (f"--gate-by-detection: no detection-gated setting for {names}: each edits at or before layer "
-            f"{detector_layer}, where the model's language is detected, so it cannot be gated on that detection.")
-
-
-def _generations(model, tokenizer, test: ParallelCorpus, setting, languages, n: int, tokenization,
-                 detector=None) -> pd.DataFrame:  # fmt: skip
-    rows = []
-    for lang in languages:
-        prompts = test.texts(lang)[:n]
-        off = continuations(model, tokenizer, prompts, tokenization=tokenization)
-        with steer(model, setting.plan(lang, prompts), languages=detector if setting.detected else lang):
-            on = continuations(model, tokenizer, prompts, tokenization=tokenization)
-        rows += [(lang, f"{setting.method}: {setting.setting}", p, a, b) for p, a, b in zip(prompts, off, on)]
-    return pd.DataFrame(rows, columns=["language", "setting", "prompt", "off", "on"])
