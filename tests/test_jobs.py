@@ -208,3 +208,18 @@ def test_an_interrupted_evaluation_resumes_to_the_same_table(tmp_path, monkeypat
     assert len(calls) == 3, "only jpn's three settings run again"
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "part" / "evaluation.csv"), full)
     assert not (tmp_path / "part" / ".evaluation.csv.resume.json").exists()
+
+
+def test_a_job_takes_the_loading_options_as_one_value_or_field_by_field(tmp_path):
+    from probes.model import Loading
+    from xlalign.errors import JobError
+
+    options = dict(model="random:llama", corpus=SMALL, sites="hidden", progress=False)
+    by_field = jobs.capture(tmp_path / "a", dtype="bfloat16", **options)
+    as_value = jobs.capture(tmp_path / "b", loading=Loading(dtype="bfloat16"), **options)
+    assert by_field.model == as_value.model and by_field.model["dtype"] == "bfloat16"
+    assert all(torch.equal(by_field.get(site, lang), as_value.get(site, lang))
+               for site in by_field.sites for lang in by_field.languages)  # fmt: skip
+    with pytest.raises(JobError, match="pass loading= or dtype, not both"):
+        jobs.capture(tmp_path / "c", loading=Loading(), dtype="bfloat16", **options)
+    assert not (tmp_path / "c").exists()

@@ -205,8 +205,11 @@ def _tokenization(args):
 
 
 def _loading(args) -> dict:
-    return dict(model=args.model, device=args.device, device_map=args.device_map, dtype=args.dtype,
-                backend=args.backend, tokenization=_tokenization(args))  # fmt: skip
+    """The model, its loading options (one value, built once) and the tokenisation every model command takes."""
+    from probes.model import Loading
+
+    loading = Loading(device=args.device, device_map=args.device_map, dtype=args.dtype, backend=args.backend)
+    return dict(model=args.model, loading=loading, tokenization=_tokenization(args))
 
 
 def _corpus_of(args):

@@ -17,13 +17,14 @@ from probes.capture import Tokenization, capture_to_store
 from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
-from probes.model import Site, has_lm_head, model_identity, n_layers, router_layers
+from probes.model import Loading, Site, has_lm_head, model_identity, n_layers, router_layers
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
 from steer.evaluate import evaluate as evaluate_settings
 from steer.choices import INCLINE_SIGMAS
 from steer.summary import before_after, pareto
 from xlalign.choices import LOSS_SENTENCES, PROMPTS
 from xlalign.errors import JobError
+from xlalign.loading import takes_loading
 from xlalign.jobs import job_bar, open_corpus, open_model
 from xlalign.loop import best_setting, fit_loop, generations
 from xlalign.loop_options import corpus_language, loop_options
@@ -40,20 +41,19 @@ EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generati
                       "pareto.png", "lape_neurons.png", "lape_neurons.csv"}  # fmt: skip
 
 
-def _start(job: str, out, outputs: set[str], options: dict, *, corpus, pivot: str, model, tokenizer, device: str,
-           device_map, dtype: str, backend: str, overwrite: bool):  # fmt: skip
+def _start(job: str, out, outputs: set[str], options: dict, *, corpus, pivot: str, model, tokenizer,
+           loading: Loading, overwrite: bool):  # fmt: skip
     """Check every input (corpus, pivot, model, ``options``), then claim ``out`` (nothing is written before all
     are good). Returns ``(result directory, corpus, pivot, model, tokenizer, complete)``: ``complete`` when
     ``out`` already holds this job with the same inputs, finished."""
     parallel = open_corpus(corpus)
     pivot = corpus_language(pivot, parallel, "pivot")
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)
+    network, tokenizer = open_model(model, tokenizer, loading)
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
     options = loop_options(network, parallel, pivot, **options)
     settings = {**options, "pivot": pivot, "model": model_identity(network)["weights_sha256"],
-                "corpus": parallel.fingerprint(), "dtype": dtype, "backend": backend}
+                "corpus": parallel.fingerprint(), "dtype": loading.dtype, "backend": loading.backend}
     result = ResultDir(Path(out), job, settings, outputs)
     state = {"complete": False}
 
@@ -72,6 +72,7 @@ def _command() -> str:
 
 
 @takes_preset("run")
+@takes_loading
 def run(
     out: str | os.PathLike,
     *,
@@ -88,10 +89,7 @@ def run(
     n_translations: int = 0,
     incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
@@ -110,7 +108,7 @@ def run(
                tokenization=tokenization.as_dict())
     result, options, parallel, pivot, network, tokenizer, complete = _start(
         "run", out, RUN_OUTPUTS | EVALUATION_OUTPUTS, raw, corpus=corpus, pivot=pivot, model=model, tokenizer=tokenizer,
-        device=device, device_map=device_map, dtype=dtype, backend=backend, overwrite=overwrite)
+        loading=loading, overwrite=overwrite)
     out = result.out
     if complete:
         return out / "report.md"
@@ -160,6 +158,7 @@ def run(
 
 
 @takes_preset("evaluate")
+@takes_loading
 def evaluate(
     out: str | os.PathLike,
     *,
@@ -176,10 +175,7 @@ def evaluate(
     sweep: bool = False,
     gate_by_detection: bool = False,
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
@@ -195,7 +191,7 @@ def evaluate(
                gate_by_detection=gate_by_detection, tokenization=tokenization.as_dict())
     result, options, parallel, pivot, network, tokenizer, complete = _start(
         "evaluate", out, EVALUATION_OUTPUTS | {"report.md"}, raw, corpus=corpus, pivot=pivot, model=model,
-        tokenizer=tokenizer, device=device, device_map=device_map, dtype=dtype, backend=backend, overwrite=overwrite)
+        tokenizer=tokenizer, loading=loading, overwrite=overwrite)
     out = result.out
     if complete:
         return out / "report.md"

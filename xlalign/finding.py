@@ -10,18 +10,20 @@ from typing import Sequence
 from probes.capture import Tokenization
 from probes.capture.distributed import ranks
 from probes.data import ParallelCorpus, normalize_language
-from probes.model import arch_table, n_layers
+from probes.model import Loading, arch_table, n_layers
 from steer.choices import FIND_KINDS
 from steer.methods import canonical, fit_methods
 from steer.methods import method as registered
 from xlalign.choices import DEFAULT_K
 from xlalign.errors import JobError
+from xlalign.loading import takes_loading
 from xlalign.jobs import job_bar, open_corpus, open_model, refuse_overwrite
 from xlalign.loop_options import corpus_language
 from xlalign.presets import takes_preset
 
 
 @takes_preset("find")
+@takes_loading
 def find(
     kind: str | None = None,
     out: str | os.PathLike | None = None,
@@ -36,10 +38,7 @@ def find(
     components: Sequence[str] | None = None,
     pooling: str = "mean",
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[Path]:
@@ -76,8 +75,7 @@ def find(
     else:
         pivot = corpus_language(pivot, parallel, "pivot")
     languages = [lang for lang in parallel.languages if lang != pivot]
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)  # fmt: skip
+    network, tokenizer = open_model(model, tokenizer, loading)
     linear = list(arch_table(network).linear)  # "linear": every linear projection the family has, as Kojima et al.
     units = list(dict.fromkeys(c for n in (components or ["mlp_act"]) for c in (linear if n == "linear" else [n])))
     group = ranks()

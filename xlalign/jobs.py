@@ -25,13 +25,14 @@ from probes.capture.remote import require_key
 from probes.data import ParallelCorpus, load_corpus, normalize_language
 from probes.data.files import write_text
 from probes.model import (
-    COMPONENTS, Site, SiteError, hosted_model, model_identity, n_layers, resolve_model, router_layers,
+    COMPONENTS, Loading, Site, SiteError, hosted_model, model_identity, n_layers, router_layers,
 )  # fmt: skip
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import zero_neurons
 from steer.evaluate import next_token_loss
 from xlalign.errors import JobError
+from xlalign.loading import takes_loading
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
 
@@ -50,13 +51,10 @@ def open_corpus(
     return parallel if rows is None else parallel.rows(*rows)
 
 
-def open_model(
-    model, tokenizer=None, *, device: str = "cpu", device_map: str | None = None, dtype: str = "float32",
-    backend: str = "hf",
-):
-    """``(model, tokenizer)`` from a spec (loaded on ``device`` in ``dtype``) or an object (used as it is), run
-    through ``backend`` (see :func:`probes.model.resolve_model`)."""
-    return resolve_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype, backend=backend)
+def open_model(model, tokenizer=None, loading: Loading = Loading()):
+    """``(model, tokenizer)`` from a spec (loaded as ``loading`` says) or an object (used as it is), run through
+    its backend (see :func:`probes.model.resolve_model`)."""
+    return loading.resolve(model, tokenizer)
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -95,6 +93,7 @@ def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[S
 
 
 @takes_preset("capture")
+@takes_loading
 def capture(
     out: str | os.PathLike,
     *,
@@ -106,10 +105,7 @@ def capture(
     pooling: str | None = None,
     shard_size: int = 256,
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
     remote: bool | str = False,
     progress: bool = True,
 ) -> ActivationStore:
@@ -122,14 +118,13 @@ def capture(
     downloaded) or an nnsight model; ``"local"`` is nnsight's offline simulation of it.
     """
     parallel = open_corpus(corpus)
-    if remote and backend != "nnsight":
-        raise JobError(f"remote capture runs through nnsight: pass backend='nnsight' (got {backend!r})")
+    if remote and loading.backend != "nnsight":
+        raise JobError(f"remote capture runs through nnsight: pass backend='nnsight' (got {loading.backend!r})")
     require_key(remote)
     if remote is True and isinstance(model, str):
         network, tokenizer = hosted_model(model)
     else:
-        network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                         backend=backend)
+        network, tokenizer = open_model(model, tokenizer, loading)
     chosen = parse_sites(sites, network, layers) if isinstance(sites, str) else list(sites)
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
@@ -175,6 +170,7 @@ def check(store: str | os.PathLike) -> dict[Path, str]:
     return ActivationStore(store).check()
 
 
+@takes_loading
 def ablate(
     neurons: str | os.PathLike,
     out: str | os.PathLike,
@@ -183,10 +179,7 @@ def ablate(
     tokenizer=None,
     corpus: ParallelCorpus | str = "demo",
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -197,8 +190,7 @@ def ablate(
     """
     out = Path(out)
     parallel = open_corpus(corpus)
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)
+    network, tokenizer = open_model(model, tokenizer, loading)
     found = NeuronSet.load(neurons, model=network)
     zeroed = [lang for lang in found.languages if lang in parallel.languages]
     if not zeroed:

@@ -12,14 +12,17 @@ import pandas as pd
 from probes.artifacts import Eraser, LinearMap, NeuronSet, ShiftVector, load_artifact
 from probes.capture import Tokenization
 from probes.data import normalize_language
+from probes.model import Loading
 from steer.apply import steer as steering
 from steer.convert import to_intervention
 from steer.evaluate import continuations
 from steer.incline import incline
 from xlalign.errors import JobError
+from xlalign.loading import takes_loading
 from xlalign.jobs import open_model
 
 
+@takes_loading
 def steer(
     artifact: str | os.PathLike | Sequence[str | os.PathLike],
     prompts: Sequence[str],
@@ -31,10 +34,7 @@ def steer(
     layers: Sequence[int] | None = None,
     max_new_tokens: int = 30,
     tokenization: Tokenization = Tokenization(),
-    device: str = "cpu",
-    device_map: str | None = None,
-    dtype: str = "float32",
-    backend: str = "hf",
+    loading: Loading = Loading(),
 ) -> pd.DataFrame:
     """Greedy continuations of ``prompts`` without and with ``artifact`` applied (several: all at once, e.g. the
     AP experts of each linear component; ``layers``: default, the artifact's recommended layers), as a table
@@ -51,8 +51,7 @@ def steer(
     language = None if language is None else normalize_language(language)
     if strength is not None and not math.isfinite(strength):
         raise JobError(f"--strength must be a finite number, got {strength}")
-    network, tokenizer = open_model(model, tokenizer, device=device, device_map=device_map, dtype=dtype,
-                                     backend=backend)
+    network, tokenizer = open_model(model, tokenizer, loading)
     plan = []
     for path, found in ((path, load_artifact(path, model=network)) for path in paths):
         if isinstance(found, NeuronSet):

@@ -9,6 +9,7 @@ from probes.model.envoys import hosted_model, is_nnsight, nnsight_model
 from probes.model.hooks import HookSet, StopForward
 from probes.model.identity import identity_mismatches, model_identity
 from probes.model.loading import BACKENDS, DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
+from probes.model.options import Loading
 from probes.model.moe import ROUTER_CHANNELS, RULES, Routing
 from probes.model.sites import COMPONENTS, LINEAR_COMPONENTS, BackendError, Site, SiteError
 from probes.model.tiny import MOE_FAMILIES, RANDOM_FAMILIES, ModelError, demo_tokenizer, random_model
@@ -17,7 +18,7 @@ from probes.model.validation import validate_architecture
 
 __all__ = [
     "ARCHITECTURES", "ArchTable", "BACKENDS", "BRIDGE_HOOKS", "BackendError", "COMPONENTS", "DEFAULT_MODEL_NAME",
-    "HookSet", "LINEAR_COMPONENTS", "MOE_FAMILIES", "ModelError", "RANDOM_FAMILIES", "ROUTER_CHANNELS", "RULES",
+    "HookSet", "LINEAR_COMPONENTS", "Loading", "MOE_FAMILIES", "ModelError", "RANDOM_FAMILIES", "ROUTER_CHANNELS", "RULES",
     "RouterPoint", "RouterTap", "Routing", "Site", "SiteError", "StopForward", "Tap", "arch_table", "blocks",
     "cache_dir", "decoder", "demo_tokenizer", "edit_site", "final_norm", "has_lm_head", "hook_point", "hosted_model",
     "identity_mismatches", "is_bridged", "is_nnsight", "load_model", "locate", "model_identity", "model_type",
