@@ -30,6 +30,7 @@
 # %%
 # %matplotlib inline
 import os
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -39,8 +40,11 @@ import torch
 import xlalign as xl
 from probes.model import MOE_FAMILIES
 from probes.plots.style import legend_columns, paper_figure, series_styles
-from xlalign.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table
-from xlalign.tiny_moe import TinyMoE, demo_splits, train_tiny_moe
+
+# The tiny MoE and its routing helpers are research scaffolding in the checkout's scripts/, not in the package.
+sys.path.insert(0, str(next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "scripts" / "tiny_moe.py").exists())))
+from scripts.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table  # noqa: E402
+from scripts.tiny_moe import TinyMoE, demo_splits, train_tiny_moe  # noqa: E402
 
 model_spec = os.environ.get("XLALIGN_MODEL", "default")
 n_sentences = int(os.environ.get("XLALIGN_SENTENCES", "160"))

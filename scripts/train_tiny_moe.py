@@ -24,8 +24,8 @@ import torch
 
 from probes.model import router_layers
 from steer.router import middle_layers
-from xlalign.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table
-from xlalign.tiny_moe import SIZES, demo_splits, train_tiny_moe, untrained_tiny_moe
+from scripts.moe_routing import PIVOT, losses_by_language, pivot_usage, promotions, router_traces, routing_table
+from scripts.tiny_moe import SIZES, demo_splits, train_tiny_moe, untrained_tiny_moe
 
 
 def routing_tables(model, tokenizer, corpus, plan=()) -> pd.DataFrame:

@@ -248,7 +248,7 @@ def test_moe_routing_notebook(small, tmp_path, monkeypatch):
     from steer.apply import steer
     from steer.evaluate import next_token_loss
     from steer.router import RouterBias
-    from xlalign.tiny_moe import SIZES, TinyMoE, demo_splits, train_tiny_moe
+    from scripts.tiny_moe import SIZES, TinyMoE, demo_splits, train_tiny_moe
 
     saved = train_tiny_moe(steps=3).save(tmp_path / "tiny_moe")
     monkeypatch.setenv("XLALIGN_TINY_MOE", str(saved))

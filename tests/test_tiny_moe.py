@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from xlalign.tiny_moe import TRAINING_FILE, TinyMoE, train_tiny_moe
+from scripts.tiny_moe import TRAINING_FILE, TinyMoE, train_tiny_moe
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny_moe.py"
 

@@ -1,5 +1,6 @@
-"""Routing of an MoE model against a pivot language, with a router plan on the other languages, and the plan's
-side effect on held-out loss: the measurements of ``scripts/train_tiny_moe.py`` and notebook 05."""
+"""Research scaffolding, not part of the package. Routing of an MoE model against a pivot language, with a router
+plan on the other languages, and the plan's side effect on held-out loss: the measurements of
+``scripts/train_tiny_moe.py`` and notebook 05."""
 
 from __future__ import annotations
 

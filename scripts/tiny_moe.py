@@ -1,5 +1,6 @@
-"""A tiny Mixtral-style MoE trained on the bundled demo corpus: what ``scripts/train_tiny_moe.py`` measures and
-notebook 05 studies (no pretrained MoE is installable offline, and random routers only show chance).
+"""Research scaffolding, not part of the package: a tiny Mixtral-style MoE trained on the bundled demo corpus,
+what ``scripts/train_tiny_moe.py`` measures and notebook 05 studies (no pretrained MoE is installable offline,
+and random routers only show chance).
 
 ``train_tiny_moe(steps=1000)`` builds the seeded model and trains it on the training split of
 :func:`demo_splits`; ``TinyMoE.save(dir)`` / ``TinyMoE.load(dir)`` keep a trained one (weights, tokenizer and
