@@ -49,3 +49,54 @@ def activations(by_layer: dict, component: str = "resid", model: dict | None = N
 
     data = {(Site(layer, component), lang): x for layer, by_lang in by_layer.items() for lang, x in by_lang.items()}
     return Activations(data, model=model, pooling=pooling)
+
+
+# Shared helpers of the steering, capture and backend tests.
+FAMILIES = ("llama", "gemma3_text", "qwen2", "mixtral")
+BACKENDS = ("tl", "nnsight")
+
+
+@functools.lru_cache(maxsize=None)
+def through(backend: str, family: str):
+    """The tiny model of ``family`` inside ``backend``'s wrapper (made on a copy; built once per session)."""
+    from probes.model import resolve_model
+
+    model, tokenizer = tiny(family)
+    return resolve_model(model, tokenizer, backend=backend)[0]
+
+
+def every_site(model) -> list:
+    """Every site the model has (every component at every layer it exists at)."""
+    from probes.model import COMPONENTS, Site, SiteError, n_layers, site_shape
+
+    sites = []
+    for layer in range(n_layers(model) + 1):
+        for component in COMPONENTS:
+            try:
+                site = Site(layer, component)
+                site_shape(model, site)
+            except SiteError:
+                continue
+            sites.append(site)
+    return sites
+
+
+def left_padded(tokenizer, texts):
+    """``texts`` left-padded by the tokenizer itself (independent of xlalign's batching), in text order."""
+    encoded = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def prompt_batch(tokenizer, texts, side="left"):
+    """``texts`` as one xlalign batch padded on ``side``, rows back in text order."""
+    from probes.capture import Tokenization, batches
+
+    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side=side)
+    order = batch.rows.argsort()
+    return batch.input_ids[order], batch.attention_mask[order]
+
+
+def hook_count(model) -> int:
+    """Forward hooks and pre-hooks on every module of ``model`` (none may remain after steering)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+

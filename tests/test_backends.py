@@ -7,19 +7,18 @@ changed."""
 from __future__ import annotations
 
 import copy
-import functools
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
+from conftest import BACKENDS, FAMILIES, TEXTS, every_site, left_padded, through, tiny
 from probes.capture import ActivationStore, Tokenization, capture, trace
 from probes.capture.passes import forward, generate
 from probes.capture.router_trace import trace_router
 from probes.model import (
-    BRIDGE_HOOKS, COMPONENTS, BackendError, Site, SiteError, n_layers, resolve_model, router_layers, site_shape,
+    BRIDGE_HOOKS, BackendError, Site, n_layers, resolve_model, router_layers, site_shape,
     unwrap,
 )  # fmt: skip
 from probes.model.tl import UNSUPPORTED
@@ -27,19 +26,7 @@ from steer.apply import steer
 from steer.interventions import Ablate, AddVector, ApplyMap, HeadShift, SetNeurons, ZeroNeurons
 from steer.router import RouterBias
 from steer.schedule import Schedule
-
-FAMILIES = ("llama", "gemma3_text", "qwen2", "mixtral")
 TOLERANCE = 1e-5
-
-
-BACKENDS = ("tl", "nnsight")
-
-
-@functools.lru_cache(maxsize=None)
-def through(backend: str, family: str):
-    """The tiny model of ``family`` inside ``backend``'s wrapper (made on a copy; built once per session)."""
-    model, tokenizer = tiny(family)
-    return resolve_model(model, tokenizer, backend=backend)[0]
 
 
 def bridged(family: str):
@@ -48,19 +35,6 @@ def bridged(family: str):
 
 def supported(backend: str, site: Site) -> bool:
     return backend != "tl" or site.component not in UNSUPPORTED
-
-
-def every_site(model) -> list[Site]:
-    sites = []
-    for layer in range(n_layers(model) + 1):
-        for component in COMPONENTS:
-            try:
-                site = Site(layer, component)
-                site_shape(model, site)
-            except SiteError:
-                continue
-            sites.append(site)
-    return sites
 
 
 def max_difference(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
@@ -137,11 +111,6 @@ def interventions(family: str, backend: str) -> dict:
     elif backend == "nnsight":
         plans["zero_mlp_gate"] = ZeroNeurons({2: torch.arange(0, 128, 3)})
     return plans
-
-
-def left_padded(tokenizer, texts):
-    encoded = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left")
-    return encoded["input_ids"], encoded["attention_mask"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -260,6 +229,9 @@ def test_a_backend_from_resolve_model_leaves_the_users_model_and_tokenizer_untou
     model, tokenizer = copy.deepcopy(tiny("llama"))
     state = {name: value.clone() for name, value in model.state_dict().items()}
     forwards = {name: type(module).forward for name, module in model.named_modules()}
+    # transformers' own output-capturing hooks may already be there (installed by an earlier test's call): the
+    # hooks must be exactly those the model had
+    hooks = {name: (dict(module._forward_hooks), dict(module._forward_pre_hooks)) for name, module in model.named_modules()}
     attention, padding = model.config._attn_implementation, tokenizer.padding_side
     network, returned = resolve_model(model, tokenizer, backend=backend)
     trace(network, tokenizer, TEXTS[:3], [Site(2, "resid")])
@@ -272,7 +244,7 @@ def test_a_backend_from_resolve_model_leaves_the_users_model_and_tokenizer_untou
     for name, module in model.named_modules():
         assert type(module).forward is forwards[name] and "forward" not in vars(module), name
         assert "generate" not in vars(module), name
-        assert not module._forward_hooks and not module._forward_pre_hooks, name
+        assert (dict(module._forward_hooks), dict(module._forward_pre_hooks)) == hooks[name], name
     assert type(model.model.layers[0]).__module__.startswith("transformers."), "the layers are not wrapped"
 
 
@@ -281,9 +253,12 @@ def test_nnsight_runs_xlalign_hooks_only_from_its_traces_and_refuses_other_passe
     network = through("nnsight", "llama")
     inner = unwrap(network)
     ids = tokenizer(TEXTS[:1], return_tensors="pt")["input_ids"]
+    def hooks():  # transformers' own output-capturing hooks may be there from an earlier call: only ours count
+        return {name: dict(module._forward_hooks) for name, module in inner.named_modules()}
+
+    before = hooks()
     with steer(network, [AddVector({2: torch.ones(64)})]):
-        hooked = [name for name, module in inner.named_modules() if module._forward_hooks]
-        assert hooked == [], "no torch hook reads or edits: nnsight traces do"
+        assert hooks() == before, "no torch hook reads or edits: nnsight traces do"
         with pytest.raises(BackendError, match="outside xlalign, so the record"):
             inner(input_ids=ids)  # a pass that would silently skip the plan
         steered = forward(network, input_ids=ids).logits

@@ -7,7 +7,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from conftest import TEXTS, tiny
+from conftest import TEXTS, hook_count, tiny
 from probes.capture import POOLINGS, Tokenization, TokenizationError, batches, capture, pool, record, trace, watch
 from probes.model import RANDOM_FAMILIES, Site, SiteError, blocks, final_norm, n_heads
 
@@ -16,10 +16,6 @@ COMPONENTS = ("resid", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head")
 
 def all_sites(n_layers: int) -> list[Site]:
     return [Site(0, "resid")] + [Site(layer, c) for layer in range(1, n_layers + 1) for c in COMPONENTS]
-
-
-def hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def test_one_tokenization_for_capture_loss_and_statistics():

@@ -10,11 +10,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
+from conftest import BACKENDS, TEXTS, left_padded, through, tiny
 from probes.capture.passes import generate
 from probes.model import unwrap
 from steer.apply import steer
-from test_backends import BACKENDS, left_padded, through
 from xlalign.cli import main
 
 

@@ -10,7 +10,7 @@ from conftest import tiny
 from probes.capture import trace_router
 from probes.data import demo_corpus
 from steer.methods import fit_methods
-from test_steermoe import reference_risk_diff
+from reference_steermoe import reference_risk_diff
 
 
 def content_tokens(trace, tokenizer, texts) -> np.ndarray:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
-from test_backends import FAMILIES, every_site, left_padded, through
+from conftest import FAMILIES, TEXTS, every_site, left_padded, through, tiny
 from probes.capture import Tokenization, capture
 from probes.capture.remote import capture_remote
 from probes.model import BackendError, Site

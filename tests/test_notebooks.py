@@ -100,7 +100,7 @@ def test_where_languages_meet_notebook(small, tmp_path):
 def test_tokens_notebook(small, tmp_path):
     """The best layer is the argmax of sentence retrieval; the heatmap and every word alignment equal SimAlign's
     Argmax rule (numpy transcription) on hidden states read by another route (``output_hidden_states``)."""
-    from test_word_alignment import simalign_argmax
+    from reference_simalign import simalign_argmax
 
     from probes.analysis import word_of_token
     from probes.data import load_corpus

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
+from conftest import TEXTS, hook_count, prompt_batch, tiny
 from probes.analysis import (
     expert_set_overlap, expert_usage, jsd, language_experts, measure_routing, routing_divergence, set_overlap,
     universal_experts,
@@ -42,16 +42,6 @@ def routing_of(model):
         for layer, point in points(model).items():
             observe_router(hooks, point, lambda routing, layer=layer: seen.__setitem__(layer, routing))
         yield seen
-
-
-def prompt_batch(tokenizer, texts, side="left"):
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side=side)
-    order = batch.rows.argsort()
-    return batch.input_ids[order], batch.attention_mask[order]
-
-
-def hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("family", MOE_FAMILIES)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
-from probes.capture import Tokenization, batches
+from conftest import TEXTS, hook_count, prompt_batch, tiny
+from probes.capture import Tokenization
 from probes.model import Site, locate
 from steer.apply import steer
 from steer.evaluate import next_token_loss
@@ -36,12 +36,6 @@ SCHEDULES = {
     "last_two": Schedule(prefill=(-2, None), decode=(2, None)),
     "decode_only": Schedule(prefill="none", decode="all"),
 }
-
-
-def prompt_batch(tokenizer, texts, side="left"):
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side=side)
-    order = batch.rows.argsort()
-    return batch.input_ids[order], batch.attention_mask[order]
 
 
 def raw_hook(model, site: Site, fn):
@@ -191,10 +185,6 @@ def test_language_gating_touches_only_gated_examples():
     with pytest.raises(ScheduleError, match="needs the language of each example \\(this batch has 4\\)"):
         with steer(model, [(INTERVENTIONS["add"], gate)]):
             model(input_ids=ids, attention_mask=mask)
-
-
-def hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def test_no_hooks_remain_after_an_exception():

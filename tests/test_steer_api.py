@@ -8,13 +8,12 @@ import warnings
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
+from conftest import TEXTS, hook_count, prompt_batch, tiny
 from probes.artifacts import Eraser, LanguageDetector, LinearMap, NeuronSet, ShiftVector
 from steer.apply import SteerHandle, steer
 from steer.convert import to_intervention
 from steer.interventions import AddVector, ApplyMap, InterventionError, ZeroNeurons
 from steer.schedule import Schedule, ScheduleError, gated
-from test_steer import hook_count, prompt_batch
 
 generator = torch.Generator().manual_seed(7)
 WIDTH = 64

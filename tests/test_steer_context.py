@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import TEXTS, tiny
-from probes.capture import Tokenization, batches, record, trace
+from conftest import TEXTS, prompt_batch, tiny
+from probes.capture import Tokenization, record, trace
 from probes.model import Site, SiteError
 from steer.apply import steer
 from steer.interventions import Ablate, AddVector, EditContext, InterventionError
@@ -20,15 +20,9 @@ WIDTH = 64
 VECTOR = torch.randn(WIDTH, generator=torch.Generator().manual_seed(11))
 
 
-def left_padded(tokenizer, texts):
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    order = batch.rows.argsort()
-    return batch.input_ids[order], batch.attention_mask[order]
-
-
 def test_record_sees_the_edited_value_in_both_nesting_orders():
     model, tokenizer = tiny("llama")
-    ids, mask = left_padded(tokenizer, TEXTS[:3])
+    ids, mask = prompt_batch(tokenizer, TEXTS[:3])
     site = Site(2, "resid")
     plan = [AddVector({2: VECTOR}, 3.0)]
     with torch.no_grad():
@@ -45,7 +39,7 @@ def test_record_sees_the_edited_value_in_both_nesting_orders():
 
 def test_two_steers_on_one_site_compose_in_the_order_they_were_opened():
     model, tokenizer = tiny("llama")
-    ids, mask = left_padded(tokenizer, TEXTS[:2])
+    ids, mask = prompt_batch(tokenizer, TEXTS[:2])
     site = Site(1, "resid")
     double = Ablate({1: VECTOR})  # after adding VECTOR, projecting it out leaves no VECTOR component
     with torch.no_grad(), steer(model, [AddVector({1: VECTOR}, 5.0)]), steer(model, [double]):
@@ -59,7 +53,7 @@ def test_two_steers_on_one_site_compose_in_the_order_they_were_opened():
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_the_same_input_and_plan_give_the_same_logits_whatever_ran_before(use_cache):
     model, tokenizer = tiny("llama")
-    ids, mask = left_padded(tokenizer, TEXTS[:3])
+    ids, mask = prompt_batch(tokenizer, TEXTS[:3])
     decode_only = [(AddVector({2: VECTOR}, 4.0), Schedule(prefill="none", decode="all"))]
     with torch.no_grad():
         with steer(model, decode_only):
@@ -77,7 +71,7 @@ def test_the_same_input_and_plan_give_the_same_logits_whatever_ran_before(use_ca
 
 def test_a_manual_decode_loop_with_a_cache_is_steered_like_generate():
     model, tokenizer = tiny("llama")
-    ids, mask = left_padded(tokenizer, TEXTS[:2])
+    ids, mask = prompt_batch(tokenizer, TEXTS[:2])
     plan = [(AddVector({2: VECTOR}, 4.0), Schedule(prefill="last", decode=1))]
     with torch.no_grad(), steer(model, plan):
         generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
@@ -96,7 +90,7 @@ def test_a_manual_decode_loop_with_a_cache_is_steered_like_generate():
 
 def test_continuing_a_cache_filled_outside_xlalign_is_an_error():
     model, tokenizer = tiny("llama")
-    ids, mask = left_padded(tokenizer, TEXTS[:1])
+    ids, mask = prompt_batch(tokenizer, TEXTS[:1])
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)

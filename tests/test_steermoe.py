@@ -9,29 +9,12 @@ import pytest
 import torch
 
 from conftest import tiny
+from reference_steermoe import reference_risk_diff
 from probes.analysis import risk_difference
 from probes.capture import Tokenization, trace_router
 from probes.data import demo_corpus
 from steer.router import BanExperts, ForceExperts, steermoe_experts
 from steer.methods import fit_methods, settings
-
-
-def reference_risk_diff(prob1: np.ndarray, prob2: np.ndarray, k: int) -> pd.DataFrame:
-    """calc_risk_diff: prob (tokens, layers, experts); argsort, the last k are activated, the rest not."""
-    tables = []
-    for probs in (prob1, prob2):
-        a, d = np.zeros(probs.shape[1:]), np.zeros(probs.shape[1:])
-        order = np.argsort(probs, axis=-1)
-        for token in range(probs.shape[0]):
-            for layer in range(probs.shape[1]):
-                a[layer, order[token, layer, -k:]] += 1
-                d[layer, order[token, layer, :-k]] += 1
-        tables.append(a / (a + d))
-    rows = [{"layer": layer, "expert": expert, "risk_diff": tables[0][layer, expert] - tables[1][layer, expert]}
-            for layer in range(prob1.shape[1]) for expert in range(prob1.shape[2])]  # fmt: skip
-    df = pd.DataFrame(rows)
-    df["risk_diff_abs"] = df["risk_diff"].abs()
-    return df
 
 
 def reference_selection(df: pd.DataFrame, n_pos: int, n_neg: int, k: int) -> dict[tuple[int, int], int]:
