@@ -57,6 +57,7 @@ test: $(STAMP)
 # ruff, configured in pyproject.toml (CI runs it before the tests).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cli

@@ -22,8 +22,14 @@ from probes.model import Site, load_model, n_layers
 
 
 def random_llama() -> torch.nn.Module:
-    config = LlamaConfig(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                         intermediate_size=1408, vocab_size=32000)
+    config = LlamaConfig(
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1408,
+        vocab_size=32000,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 
@@ -58,8 +64,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     llama, work = random_llama(), make_batches(32000, 2)
-    results = {"random_llama": interleaved(f"random Llama-style (hidden 512, 8 layers, vocab 32k), {describe(work)}",
-                                           methods(llama, work), args.rounds, non_pad_tokens(work))}  # fmt: skip
+    results = {
+        "random_llama": interleaved(
+            f"random Llama-style (hidden 512, 8 layers, vocab 32k), {describe(work)}",
+            methods(llama, work),
+            args.rounds,
+            non_pad_tokens(work),
+        )
+    }
     if not args.skip_default:
         model, _ = load_model("default")
         work = make_batches(model.config.vocab_size, 1)

@@ -19,8 +19,28 @@ from pathlib import Path
 from benchmarks.timing import in_fresh_processes, measured_once
 
 NTREX = Path(__file__).resolve().parents[2] / "shared" / "data" / "ntrex"
-LANGUAGES = ("eng", "amh", "arb", "ces", "deu", "ell", "fas", "fin", "fra", "heb", "hin", "ind", "ita", "jpn", "kaz",
-             "kor", "nld", "por", "rus", "spa")  # fmt: skip
+LANGUAGES = (
+    "eng",
+    "amh",
+    "arb",
+    "ces",
+    "deu",
+    "ell",
+    "fas",
+    "fin",
+    "fra",
+    "heb",
+    "hin",
+    "ind",
+    "ita",
+    "jpn",
+    "kaz",
+    "kor",
+    "nld",
+    "por",
+    "rus",
+    "spa",
+)
 SIZES = (250, 1000)
 
 
@@ -37,11 +57,22 @@ def measure(n_sentences: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         with warnings.catch_warnings():  # "N texts are longer than max_length": the cut is intended
             warnings.simplefilter("ignore", UserWarning)
-            store = capture_to_store(model, tokenizer, corpus, sites, Path(folder) / "store", pooling="weighted",
-                                     tokenization=Tokenization(max_length=128))  # fmt: skip
+            store = capture_to_store(
+                model,
+                tokenizer,
+                corpus,
+                sites,
+                Path(folder) / "store",
+                pooling="weighted",
+                tokenization=Tokenization(max_length=128),
+            )
         texts = len(store) * len(store.languages)
-    return {"sentences": n_sentences, "texts": texts, "seconds": time.perf_counter() - started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "sentences": n_sentences,
+        "texts": texts,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:

@@ -22,10 +22,12 @@ from probes.model import Site, load_model, n_layers
 def bench(name: str, fp32: torch.nn.Module, bf16: torch.nn.Module, rounds: int) -> None:
     work = make_batches(fp32.config.vocab_size, 1)
     sites = [Site(layer, "resid") for layer in range(n_layers(fp32) + 1)]
-    times = interleaved(f"{name}, {describe(work)}", {
-        "fp32": lambda: capture_batches(fp32, work, sites),
-        "bf16": lambda: capture_batches(bf16, work, sites),
-    }, rounds, non_pad_tokens(work))  # fmt: skip
+    times = interleaved(
+        f"{name}, {describe(work)}",
+        {"fp32": lambda: capture_batches(fp32, work, sites), "bf16": lambda: capture_batches(bf16, work, sites)},
+        rounds,
+        non_pad_tokens(work),
+    )
     exact, rounded = capture_batches(fp32, work, sites), capture_batches(bf16, work, sites)
     relative = max(float((exact[s] - rounded[s]).norm(dim=-1).div(exact[s].norm(dim=-1)).max()) for s in sites[1:])
     print(f"largest relative difference of a pooled vector (layers 1..{len(sites) - 1}): {relative:.4f}")

@@ -48,15 +48,17 @@ def capture_methods(model, bridge, lm, work) -> dict:
     def hidden_states():
         with torch.inference_mode():
             for batch in work:
-                out = model.base_model(**batch.model_inputs(model.base_model), use_cache=False,
-                                       output_hidden_states=True)  # fmt: skip
+                out = model.base_model(
+                    **batch.model_inputs(model.base_model), use_cache=False, output_hidden_states=True
+                )
                 [masked_mean(h, batch.attention_mask) for h in out.hidden_states]
 
     def run_with_cache():
         with torch.inference_mode():
             for batch in work:
-                _, cache = bridge.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask,
-                                                 names_filter=lambda name: name in names)  # fmt: skip
+                _, cache = bridge.run_with_cache(
+                    batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda name: name in names
+                )
                 [masked_mean(cache[name], batch.attention_mask) for name in names]
 
     def nnsight_save():
@@ -83,8 +85,14 @@ def capture_methods(model, bridge, lm, work) -> dict:
 def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
     texts = demo_corpus().texts("deu")[:8]
     (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    options = dict(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.1
     plan = [AddVector({n_layers(model) // 2: vector})]
 
@@ -113,10 +121,14 @@ def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
 def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> None:
     bridge, lm = transformer_bridge(model, tokenizer), nnsight_model(model, tokenizer)
     work = make_batches(model.config.vocab_size, 1)
-    times = interleaved(f"{name} capture, {describe(work)}", capture_methods(model, bridge, lm, work), rounds,
-                        non_pad_tokens(work))  # fmt: skip
-    generation = interleaved(f"{name} generate, 8 prompts, {new_tokens} new tokens",
-                             generate_methods(model, bridge, lm, tokenizer, new_tokens), rounds)  # fmt: skip
+    times = interleaved(
+        f"{name} capture, {describe(work)}", capture_methods(model, bridge, lm, work), rounds, non_pad_tokens(work)
+    )
+    generation = interleaved(
+        f"{name} generate, 8 prompts, {new_tokens} new tokens",
+        generate_methods(model, bridge, lm, tokenizer, new_tokens),
+        rounds,
+    )
     print()
     for peer in ("floor", "hidden_states", "run_with_cache", "nnsight_save"):
         print(f"RATIO peers_hf_vs_{peer}[{name}] {paired_ratio(times, peer, 'hf'):.3f}")
@@ -125,10 +137,14 @@ def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> None:
     for backend in ("hf", "tl", "nnsight"):
         ratio = paired_ratio(generation, f"steered_{backend}", f"plain_{backend}")
         print(f"RATIO peers_steered_vs_plain[{name},{backend}] {ratio:.3f}")
-    print(f"RATIO peers_steered_vs_plain[{name},steering_vectors] "
-          f"{paired_ratio(generation, 'steering_vectors', 'plain_hf'):.3f}")  # fmt: skip
-    print(f"RATIO peers_hf_steered_vs_steering_vectors[{name}] "
-          f"{paired_ratio(generation, 'steered_hf', 'steering_vectors'):.3f}")  # fmt: skip
+    print(
+        f"RATIO peers_steered_vs_plain[{name},steering_vectors] "
+        f"{paired_ratio(generation, 'steering_vectors', 'plain_hf'):.3f}"
+    )
+    print(
+        f"RATIO peers_hf_steered_vs_steering_vectors[{name}] "
+        f"{paired_ratio(generation, 'steered_hf', 'steering_vectors'):.3f}"
+    )
 
 
 def main() -> None:

@@ -24,9 +24,15 @@ from probes.model import Site, router_layers
 
 def random_mixtral() -> torch.nn.Module:
     config = MixtralConfig(
-        hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1024,
-        num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
-    )  # fmt: skip
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1024,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=32000,
+    )
     torch.manual_seed(0)
     return MixtralForCausalLM(config).eval()
 

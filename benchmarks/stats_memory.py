@@ -29,8 +29,12 @@ def measure(n_sentences: int) -> dict:
     stats = collect_stats(model, tokenizer, corpus, sites)
     state = sum(t.numel() * t.element_size() for t in stats.state_dict().values())
     tokens = sum(stats.count(sites[0], lang) for lang in corpus.languages)
-    return {"sentences": n_sentences, "tokens": tokens, "state_bytes": state,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "sentences": n_sentences,
+        "tokens": tokens,
+        "state_bytes": state,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -39,7 +43,9 @@ def main() -> None:
     rows = in_fresh_processes("benchmarks.stats_memory", SIZES)
     print(f"{'sentences':>10}{'tokens':>10}{'state MB':>10}{'peak RSS MB':>13}")
     for row in rows:
-        print(f"{row['sentences']:>10}{row['tokens']:>10}{row['state_bytes'] / 2**20:>10.2f}{row['peak_rss_mb']:>13.0f}")
+        print(
+            f"{row['sentences']:>10}{row['tokens']:>10}{row['state_bytes'] / 2**20:>10.2f}{row['peak_rss_mb']:>13.0f}"
+        )
     print(f"\nRATIO stats_state_16x_vs_1x {rows[-1]['state_bytes'] / rows[0]['state_bytes']:.3f}")
     print(f"RATIO stats_peak_rss_16x_vs_1x {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}")
 

@@ -35,8 +35,14 @@ def plan_for(model) -> list:
 def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
     texts = demo_corpus().texts("deu")[:8]
     (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    options = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    options = dict(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     plan = plan_for(model)
 
     def plain():

@@ -72,8 +72,9 @@ def in_fresh_processes(module: str, sizes: Sequence[int]) -> list[dict]:
     the JSON dict each printed last. The module's ``main`` answers ``--one N`` with :func:`measured_once`."""
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, "-m", module, "--one", str(n)], capture_output=True, text=True,
-                             check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--one", str(n)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 

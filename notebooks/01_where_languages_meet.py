@@ -60,14 +60,24 @@ figure
 # none. The table groups the mean MEXA over layers by script and by family.
 
 # %%
-LANGUAGES = pd.DataFrame.from_records([
-    ("deu", "Latin", "Indo-European (Germanic)"), ("fra", "Latin", "Indo-European (Romance)"),
-    ("spa", "Latin", "Indo-European (Romance)"), ("tur", "Latin", "Turkic"), ("ind", "Latin", "Austronesian"),
-    ("rus", "Cyrillic", "Indo-European (Slavic)"), ("ell", "Greek", "Indo-European (Hellenic)"),
-    ("arb", "Arabic", "Afro-Asiatic (Semitic)"), ("heb", "Hebrew", "Afro-Asiatic (Semitic)"),
-    ("hin", "Devanagari", "Indo-European (Indo-Aryan)"), ("zho-CN", "Han", "Sino-Tibetan"),
-    ("jpn", "Japanese", "Japonic"), ("kor", "Hangul", "Koreanic"),
-], columns=["language", "script", "family"]).set_index("language")  # fmt: skip
+LANGUAGES = pd.DataFrame.from_records(
+    [
+        ("deu", "Latin", "Indo-European (Germanic)"),
+        ("fra", "Latin", "Indo-European (Romance)"),
+        ("spa", "Latin", "Indo-European (Romance)"),
+        ("tur", "Latin", "Turkic"),
+        ("ind", "Latin", "Austronesian"),
+        ("rus", "Cyrillic", "Indo-European (Slavic)"),
+        ("ell", "Greek", "Indo-European (Hellenic)"),
+        ("arb", "Arabic", "Afro-Asiatic (Semitic)"),
+        ("heb", "Hebrew", "Afro-Asiatic (Semitic)"),
+        ("hin", "Devanagari", "Indo-European (Indo-Aryan)"),
+        ("zho-CN", "Han", "Sino-Tibetan"),
+        ("jpn", "Japanese", "Japonic"),
+        ("kor", "Hangul", "Koreanic"),
+    ],
+    columns=["language", "script", "family"],
+).set_index("language")
 mexa_by_language = table[table.metric == "mexa"].groupby("language")["value"].mean().rename("mean MEXA")
 by_language = LANGUAGES.join(mexa_by_language).sort_values("mean MEXA", ascending=False)
 by_script = by_language.assign(latin=by_language.script.eq("Latin")).groupby("latin")["mean MEXA"].mean()

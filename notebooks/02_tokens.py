@@ -48,8 +48,9 @@ print(f"most aligned layer: {best_layer}")
 
 # %%
 pairs = list(zip(corpus.texts(source)[:4], corpus.texts(target)[:4]))
-traces = {lang: xl.trace(model, tokenizer, [pair[i] for pair in pairs], sites)
-          for i, lang in enumerate((source, target))}
+traces = {
+    lang: xl.trace(model, tokenizer, [pair[i] for pair in pairs], sites) for i, lang in enumerate((source, target))
+}
 
 
 def words_and_tokens(text: str):
@@ -86,11 +87,18 @@ for index, (english, german) in enumerate(pairs):
     for site in sites:
         english_vectors = traces[source].tokens(site)[index][keep_en]
         german_vectors = traces[target].tokens(site)[index][keep_de]
-        aligned = xl.word_alignments(english_vectors, german_vectors, [english_words[i] for i in keep_en],
-                                     [german_words[j] for j in keep_de])
-        rows.append({"pair": index, "layer": site.layer, "aligned pairs": len(aligned),
-                     "English words covered": len({i for i, _ in aligned}) / len(english_split),
-                     "alignments": " ".join(f"{english_split[i]}-{german_split[j]}" for i, j in aligned)})
+        aligned = xl.word_alignments(
+            english_vectors, german_vectors, [english_words[i] for i in keep_en], [german_words[j] for j in keep_de]
+        )
+        rows.append(
+            {
+                "pair": index,
+                "layer": site.layer,
+                "aligned pairs": len(aligned),
+                "English words covered": len({i for i, _ in aligned}) / len(english_split),
+                "alignments": " ".join(f"{english_split[i]}-{german_split[j]}" for i, j in aligned),
+            }
+        )
 alignments = pd.DataFrame(rows)
 alignments.groupby("layer")[["aligned pairs", "English words covered"]].mean().round(2)
 

@@ -53,8 +53,9 @@ ap_counts = ap.count_per_layer()
 xl.plots.neurons_per_layer(ap_counts, "AP experts per layer (k = 200)")
 
 # %%
-pd.DataFrame({"LAPE": lape_counts.groupby("language").n_neurons.sum(),
-              "AP": ap_counts.groupby("language").n_neurons.sum()})  # fmt: skip
+pd.DataFrame(
+    {"LAPE": lape_counts.groupby("language").n_neurons.sum(), "AP": ap_counts.groupby("language").n_neurons.sum()}
+)
 
 # %% [markdown]
 # The ablation matrix: rows are the language whose LAPE neurons are zeroed, columns the language whose loss is

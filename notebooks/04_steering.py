@@ -37,8 +37,7 @@ model, tokenizer = xl.load_model(model_spec)
 # sentences, evaluate on the other 20%; it returns the tables.
 
 # %%
-loop = xl.evaluate_methods(model, tokenizer, corpus, methods=["shift", "claim", "procrustes"], n_loss=16,
-                           n_prompts=4)  # fmt: skip
+loop = xl.evaluate_methods(model, tokenizer, corpus, methods=["shift", "claim", "procrustes"], n_loss=16, n_prompts=4)
 evaluation = loop.evaluation
 loop.best
 
@@ -53,8 +52,9 @@ xl.summary.before_after(evaluation)
 xl.summary.pareto(evaluation)
 
 # %%
-fidelity = evaluation[evaluation.metric == "line_fidelity"].pivot_table(index=["method", "setting"],
-                                                                        columns="language", values="on")
+fidelity = evaluation[evaluation.metric == "line_fidelity"].pivot_table(
+    index=["method", "setting"], columns="language", values="on"
+)
 fidelity.round(2)
 
 # %% [markdown]

@@ -71,8 +71,10 @@ else:  # one thread: nearly as fast for these tiny models, and it does not crawl
     tiny = TinyMoE.load(saved) if from_disk else train_tiny_moe(steps=steps)
     model, tokenizer = tiny.model, tiny.tokenizer
     last = tiny.curve[-20:]
-    source = (f"the tiny MoE ({'loaded from ' + saved if from_disk else 'trained here'}), {tiny.steps} training "
-              f"steps, loss {tiny.curve[0]:.2f} -> {sum(last) / len(last):.2f}")  # fmt: skip
+    source = (
+        f"the tiny MoE ({'loaded from ' + saved if from_disk else 'trained here'}), {tiny.steps} training "
+        f"steps, loss {tiny.curve[0]:.2f} -> {sum(last) / len(last):.2f}"
+    )
 train, test = demo_splits()
 fit, held_out = train.subset(n=n_sentences), test.subset(n=n_sentences)
 layers = xl.router_layers(model)
@@ -139,6 +141,7 @@ steering.round(3)
 # from English move towards it; those that already share English's experts can be pushed past them (English
 # itself is not steered), so their divergence may rise with `delta`: the line below the figure names them.
 
+
 # %%
 @paper_figure
 def promotion_figure():
@@ -148,10 +151,14 @@ def promotion_figure():
         left.plot(strengths, steering.loc[language, "middle jsd"], label=language, **style)
         change = steering.loc[language, "loss"] - steering.loc[language, ("loss", "none")]
         right.plot(strengths, change, label=language, **style)
-    left.set(xlabel="delta (router logit bias)", ylabel=f"JSD from English (mean over layers {middle})",
-             title="divergence, English's experts promoted")  # fmt: skip
-    right.set(xlabel="delta (router logit bias)", ylabel="change of held-out loss (nats)",
-              title="the side effect on the loss")  # fmt: skip
+    left.set(
+        xlabel="delta (router logit bias)",
+        ylabel=f"JSD from English (mean over layers {middle})",
+        title="divergence, English's experts promoted",
+    )
+    right.set(
+        xlabel="delta (router logit bias)", ylabel="change of held-out loss (nats)", title="the side effect on the loss"
+    )
     right.axhline(0, color="grey", lw=0.8)
     right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=legend_columns(len(steering)))
     return figure
@@ -160,10 +167,12 @@ def promotion_figure():
 figure = promotion_figure()
 strongest = f"delta={deltas[-1]:g}"
 lower = steering.index[steering[("middle jsd", strongest)] < steering[("middle jsd", "none")]]
-print(f"{strongest}: mean middle jsd {steering[('middle jsd', 'none')].mean():.3f} -> "
-      f"{steering[('middle jsd', strongest)].mean():.3f}, lower for {len(lower)} of {len(steering)} languages "
-      f"(higher for {', '.join(sorted(set(steering.index) - set(lower))) or 'none'}); mean loss "
-      f"{steering[('loss', 'none')].mean():.3f} -> {steering[('loss', strongest)].mean():.3f}")  # fmt: skip
+print(
+    f"{strongest}: mean middle jsd {steering[('middle jsd', 'none')].mean():.3f} -> "
+    f"{steering[('middle jsd', strongest)].mean():.3f}, lower for {len(lower)} of {len(steering)} languages "
+    f"(higher for {', '.join(sorted(set(steering.index) - set(lower))) or 'none'}); mean loss "
+    f"{steering[('loss', 'none')].mean():.3f} -> {steering[('loss', strongest)].mean():.3f}"
+)
 
 # %% [markdown]
 # ## A random MoE of every family: the check and the chance baseline
@@ -179,16 +188,21 @@ print(f"{strongest}: mean middle jsd {steering[('middle jsd', 'none')].mean():.3
 family_tables = {family: routing_table(router_traces(*xl.random_model(family), held_out)) for family in MOE_FAMILIES}
 studied = model_spec if chosen is not None else "tiny MoE (trained)"
 compared = {studied: routing, **{f"random {family}": table for family, table in family_tables.items()}}
-by_language = pd.DataFrame({label: table[table.metric == "jsd"].groupby("language").value.mean()
-                            for label, table in compared.items()})  # fmt: skip
-chance = pd.DataFrame({
-    "routed layers": {label: table.layer.nunique() for label, table in compared.items()},
-    "mean jsd": by_language.mean(),
-    "jsd range over languages": by_language.max() - by_language.min(),
-    "mean topk_jaccard": {label: table[table.metric == "topk_jaccard"].value.mean()
-                          for label, table in compared.items()},
-})  # fmt: skip
+by_language = pd.DataFrame(
+    {label: table[table.metric == "jsd"].groupby("language").value.mean() for label, table in compared.items()}
+)
+chance = pd.DataFrame(
+    {
+        "routed layers": {label: table.layer.nunique() for label, table in compared.items()},
+        "mean jsd": by_language.mean(),
+        "jsd range over languages": by_language.max() - by_language.min(),
+        "mean topk_jaccard": {
+            label: table[table.metric == "topk_jaccard"].value.mean() for label, table in compared.items()
+        },
+    }
+)
 chance.round(3)
+
 
 # %%
 @paper_figure
@@ -198,13 +212,18 @@ def chance_figure():
     styles = series_styles([studied, *(label for label in ordered if label != studied)])
     for label in ordered:
         axes.plot(ordered.index, ordered[label], label=label, lw=2.5 if label == studied else 1, **styles[label])
-    axes.set(xlabel="language (ordered by the model's divergence)", ylabel="JSD from English (mean over layers)",
-             title="routing divergence per language: the model against random routers of every family")
+    axes.set(
+        xlabel="language (ordered by the model's divergence)",
+        ylabel="JSD from English (mean over layers)",
+        title="routing divergence per language: the model against random routers of every family",
+    )
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
 figure = chance_figure()
 spread = chance["jsd range over languages"]
-print(f"range of divergence over languages: {studied} {spread[studied]:.3f}, "
-      f"random routers {spread.drop(studied).min():.3f} to {spread.drop(studied).max():.3f}")
+print(
+    f"range of divergence over languages: {studied} {spread[studied]:.3f}, "
+    f"random routers {spread.drop(studied).min():.3f} to {spread.drop(studied).max():.3f}"
+)

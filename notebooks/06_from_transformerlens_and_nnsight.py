@@ -42,18 +42,24 @@ sites = [xl.Site(layer, "resid") for layer in range(layers + 1)]
 # %%
 bridge = xl.transformer_bridge(model, tokenizer)
 lm = xl.nnsight_model(model, tokenizer)
-print(f"{type(bridge).__name__} (a TransformerBridge: {isinstance(bridge, TransformerBridge)}), "
-      f"{type(lm).__name__} (an nnsight model: {isinstance(lm, nnsight.NNsight)})")
+print(
+    f"{type(bridge).__name__} (a TransformerBridge: {isinstance(bridge, TransformerBridge)}), "
+    f"{type(lm).__name__} (an nnsight model: {isinstance(lm, nnsight.NNsight)})"
+)
 networks = {"hf": model, "tl": bridge, "nnsight": lm}
 
 # %% [markdown]
 # The same capture through each: MEXA and retrieval per layer, and the largest difference from the hf backend.
 
 # %%
-tables = {name: xl.measure(xl.capture_corpus(network, tokenizer, corpus, sites, pooling="mean"), pivot="eng")
-          for name, network in networks.items()}  # fmt: skip
-agreement = pd.DataFrame({name: [(table.value - tables["hf"].value).abs().max()] for name, table in tables.items()},
-                         index=["max |difference| from hf"])  # fmt: skip
+tables = {
+    name: xl.measure(xl.capture_corpus(network, tokenizer, corpus, sites, pooling="mean"), pivot="eng")
+    for name, network in networks.items()
+}
+agreement = pd.DataFrame(
+    {name: [(table.value - tables["hf"].value).abs().max()] for name, table in tables.items()},
+    index=["max |difference| from hf"],
+)
 agreement
 
 # %%
@@ -72,7 +78,10 @@ prompts = tokenizer(corpus.texts("jpn")[:3], return_tensors="pt", padding=True, 
 continuations = {}
 for name, network in networks.items():
     with xl.steer(network, plan), torch.no_grad():
-        generated = xl.generate(network, **prompts, max_new_tokens=12, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-    continuations[name] = tokenizer.batch_decode(generated[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = xl.generate(
+            network, **prompts, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    continuations[name] = tokenizer.batch_decode(
+        generated[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True
+    )
 pd.DataFrame(continuations)

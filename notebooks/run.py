@@ -27,8 +27,9 @@ def execute(path: Path, *, extra: str | None = None, cwd: Path | None = None) ->
     notebook = jupytext.read(path)
     if extra is not None:
         notebook.cells.append(nbformat.v4.new_code_cell(extra))
-    client = NotebookClient(notebook, kernel_name="python3", timeout=TIMEOUT,
-                            resources={"metadata": {"path": str(cwd or path.parent)}})  # fmt: skip
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=TIMEOUT, resources={"metadata": {"path": str(cwd or path.parent)}}
+    )
     client.execute()
     return notebook
 

@@ -21,7 +21,15 @@ PADDING_SIDE = "right"
 # metrics=('all',) measures, in table order (langid_acc: language 'all'), and the neuron metrics each pooling of
 # an mlp_gate store supports: NeuronXA's NASCA ("nas") and NAVCA ("nav"), and the majority-active overlap.
 POOLINGS = ("mean", "weighted", "last", "max", "active", "nas", "nav")
-ALL_METRICS = ("mexa", "retrieval_top1", "retrieval_top1_reverse", "strong_map", "matched_random_gap", "cka", "langid_acc")
+ALL_METRICS = (
+    "mexa",
+    "retrieval_top1",
+    "retrieval_top1_reverse",
+    "strong_map",
+    "matched_random_gap",
+    "cka",
+    "langid_acc",
+)
 NEURON_POOLINGS = {"nas": ("nasca",), "nav": ("navca",), "active": ("neuron_overlap", "neuron_overlap_retrieval")}
 
 # Routing (probes.analysis.routing): expert importance, top-k renormalised weights or the softmax mean.

@@ -54,8 +54,10 @@ def main() -> None:
     for lang in test.languages:
         found = detector.predict(held_out.get(Site(detector.layer, "resid"), lang))
         wrong = Counter(f for f in found if f != lang)
-        print(f"| {lang} | {len(found)} | {sum(f == lang for f in found) / len(found):.3f} | "
-              f"{', '.join(f'{k} {v}' for k, v in wrong.items()) or '-'} |")
+        print(
+            f"| {lang} | {len(found)} | {sum(f == lang for f in found) / len(found):.3f} | "
+            f"{', '.join(f'{k} {v}' for k, v in wrong.items()) or '-'} |"
+        )
 
 
 if __name__ == "__main__":

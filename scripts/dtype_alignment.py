@@ -18,8 +18,9 @@ def compare(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     keys = ["language", "layer", "metric"]
     joined = reference[keys + ["value"]].merge(other[keys + ["value"]], on=keys, suffixes=("_reference", "_other"))
     if len(joined) != len(reference) or len(joined) != len(other):
-        raise ValueError(f"the two tables hold different rows ({len(reference)} and {len(other)}, "
-                         f"{len(joined)} shared)")
+        raise ValueError(
+            f"the two tables hold different rows ({len(reference)} and {len(other)}, {len(joined)} shared)"
+        )
     joined["difference"] = joined["value_other"] - joined["value_reference"]
     return joined
 

@@ -40,13 +40,31 @@ from steer.apply import steer  # noqa: E402
 from steer.interventions import AddVector  # noqa: E402
 
 LARGE = {  # about 1.1B parameters (TinyLlama's shape) and a 0.9B-parameter MoE, both with the demo vocabulary
-    "llama_1b": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
-                                                      num_key_value_heads=4, intermediate_size=5632)),
-    "mixtral_moe": (MixtralConfig, MixtralForCausalLM, dict(hidden_size=1024, num_hidden_layers=8,
-                                                            num_attention_heads=16, num_key_value_heads=4,
-                                                            intermediate_size=2048, num_local_experts=8,
-                                                            num_experts_per_tok=2)),
-}  # fmt: skip
+    "llama_1b": (
+        LlamaConfig,
+        LlamaForCausalLM,
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            intermediate_size=5632,
+        ),
+    ),
+    "mixtral_moe": (
+        MixtralConfig,
+        MixtralForCausalLM,
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=8,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            intermediate_size=2048,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+        ),
+    ),
+}
 
 
 def build(name: str, size: str, tokenizer, device: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -54,8 +72,13 @@ def build(name: str, size: str, tokenizer, device: str, dtype: torch.dtype) -> t
         model, _ = random_model({"llama_1b": "llama", "mixtral_moe": "mixtral"}[name], dtype=dtype)
     else:
         config_type, model_type, shape = LARGE[name]
-        config = config_type(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **shape)
+        config = config_type(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **shape,
+        )
         torch.manual_seed(0)
         with torch.device(device):
             model = model_type(config).to(dtype)
@@ -76,8 +99,9 @@ def check(name: str, model, tokenizer, device: str, rounds: int, batch_size: int
     texts = [text for lang in ("eng", "deu", "jpn", "arb") for text in demo_corpus().texts(lang)][: 4 * batch_size]
     work = batches(tokenizer, texts, Tokenization(batch_size=batch_size), device=device)
     tokens = sum(int(b.attention_mask.sum()) for b in work)
-    runs = {key: synchronised(fn, device) for key, fn in capture_methods(model, work).items()
-            if key in ("floor", "capture")}  # fmt: skip
+    runs = {
+        key: synchronised(fn, device) for key, fn in capture_methods(model, work).items() if key in ("floor", "capture")
+    }
     times = interleaved(f"{name}: pooled resid of every layer, {len(texts)} texts", runs, rounds, tokens)
     print(f"RATIO capture_vs_floor[{name}] {paired_ratio(times, 'floor', 'capture'):.3f}")
     seconds = sorted(times["capture"])[len(times["capture"]) // 2]
@@ -90,8 +114,14 @@ def check(name: str, model, tokenizer, device: str, rounds: int, batch_size: int
     print(f"RATIO batched_vs_one_by_one_max_diff[{name}] {relative:.2e}")
 
     (prompts,) = batches(tokenizer, texts[:8], Tokenization(batch_size=8), padding_side="left", device=device)
-    options = dict(input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    options = dict(
+        input_ids=prompts.input_ids,
+        attention_mask=prompts.attention_mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 4.0
     plan = [AddVector({n_layers(model) // 2: vector})]
 
@@ -99,10 +129,11 @@ def check(name: str, model, tokenizer, device: str, rounds: int, batch_size: int
         with steer(model, plan):
             return model.generate(**options, **extra)
 
-    generation = interleaved(f"{name}: greedy generate, 8 prompts, {new_tokens} new tokens", {
-        "plain": synchronised(lambda: model.generate(**options), device),
-        "steered": synchronised(steered, device),
-    }, rounds)  # fmt: skip
+    generation = interleaved(
+        f"{name}: greedy generate, 8 prompts, {new_tokens} new tokens",
+        {"plain": synchronised(lambda: model.generate(**options), device), "steered": synchronised(steered, device)},
+        rounds,
+    )
     print(f"RATIO steered_generate_vs_plain[{name}] {paired_ratio(generation, 'steered', 'plain'):.3f}")
     same = torch.equal(steered(use_cache=True), steered(use_cache=False))
     print(f"CHECK cached_equals_uncached[{name}] {same}")
@@ -125,8 +156,10 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     started = time.perf_counter()
-    print(f"gpu_check: torch {torch.__version__}, device {device}"
-          f"{' (' + torch.cuda.get_device_name() + ')' if device.startswith('cuda') else ''}, {dtype}")  # fmt: skip
+    print(
+        f"gpu_check: torch {torch.__version__}, device {device}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if device.startswith('cuda') else ''}, {dtype}"
+    )
     tokenizer = demo_tokenizer()
     for name in LARGE:
         model = build(name, args.size, tokenizer, device, dtype)

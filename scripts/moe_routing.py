@@ -20,8 +20,9 @@ from steer.router import middle_layers, promote_pivot_experts
 PIVOT = "eng"
 
 
-def router_traces(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
-                  ) -> dict[str, RouterTrace]:  # fmt: skip
+def router_traces(
+    model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
+) -> dict[str, RouterTrace]:
     """Per language, the routing of its sentences; ``plan`` steers every language but ``pivot``."""
     return _per_language(model, corpus, plan, pivot, lambda texts: trace_router(model, tokenizer, texts))
 
@@ -30,8 +31,9 @@ def routing_table(traces: dict[str, RouterTrace], pivot: str = PIVOT, k: int = 2
     """``jsd``, ``jsd_norm`` and ``topk_jaccard`` from ``pivot`` per layer and language, of the expert importance
     Bandarkar et al.'s released code uses (total actual weight)."""
     importance = router_matrices(traces, "weight")
-    return pd.concat([routing_divergence(importance, pivot), expert_set_overlap(importance, pivot, k=k)],
-                     ignore_index=True)  # fmt: skip
+    return pd.concat(
+        [routing_divergence(importance, pivot), expert_set_overlap(importance, pivot, k=k)], ignore_index=True
+    )
 
 
 def pivot_usage(model, tokenizer, corpus: ParallelCorpus, pivot: str = PIVOT) -> dict[int, Tensor]:
@@ -46,8 +48,9 @@ def promotions(usage: dict[int, Tensor], deltas: Sequence[float], n_experts: int
     return {delta: [promote_pivot_experts(usage, n_experts=n_experts, delta=delta, layers=middle)] for delta in deltas}
 
 
-def losses_by_language(model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
-                       ) -> dict[str, float]:  # fmt: skip
+def losses_by_language(
+    model, tokenizer, corpus: ParallelCorpus, plan: Sequence = (), pivot: str = PIVOT
+) -> dict[str, float]:
     """Per language, the next-token loss on its sentences with ``plan`` on (``pivot`` never steered)."""
     return _per_language(model, corpus, plan, pivot, lambda texts: next_token_loss(model, tokenizer, texts))
 

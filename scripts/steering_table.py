@@ -22,10 +22,15 @@ def _interval(row) -> str:
 
 def main(path: str) -> None:
     table = pd.read_csv(path)
-    extra = [name for metric, name in (("chrf", "chrF (off → on, Δ [95% CI])"), ("detection_accuracy", "detected"))
-             if metric in set(table["metric"])]  # fmt: skip
-    print("| method | setting | language | MEXA mean over layers ≥ first edited (off → on, Δ [95% CI]) | "
-          "retrieval top-1 Δ [95% CI] | target loss | pivot loss Δ | fidelity |" + "".join(f" {e} |" for e in extra))
+    extra = [
+        name
+        for metric, name in (("chrf", "chrF (off → on, Δ [95% CI])"), ("detection_accuracy", "detected"))
+        if metric in set(table["metric"])
+    ]
+    print(
+        "| method | setting | language | MEXA mean over layers ≥ first edited (off → on, Δ [95% CI]) | "
+        "retrieval top-1 Δ [95% CI] | target loss | pivot loss Δ | fidelity |" + "".join(f" {e} |" for e in extra)
+    )
     print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
     for (method, setting, language), unit in table.groupby(["method", "setting", "language"], sort=False):
         row = {metric: part.iloc[0] for metric, part in unit.groupby("metric")}
@@ -33,14 +38,22 @@ def main(path: str) -> None:
         loss, pivot = row["loss_target"], row["loss_pivot"]
         fidelity = row.get("line_fidelity")
         cells = [
-            method, setting, language, f"{mexa.off:.3f} → {mexa.on:.3f} ({_interval(mexa)})", _interval(retrieval),
-            f"{100 * loss.delta / loss.off:+.1f}%", f"{pivot.delta:+.3f}",
+            method,
+            setting,
+            language,
+            f"{mexa.off:.3f} → {mexa.on:.3f} ({_interval(mexa)})",
+            _interval(retrieval),
+            f"{100 * loss.delta / loss.off:+.1f}%",
+            f"{pivot.delta:+.3f}",
             f"{fidelity.off:.2f} → {fidelity.on:.2f}" if fidelity is not None else "",
-        ]  # fmt: skip
+        ]
         if "chrf" in set(table["metric"]):
             chrf = row.get("chrf")
-            cells.append(f"{chrf.off:.1f} → {chrf.on:.1f} ({chrf.delta:+.1f} [{chrf.ci_low:+.1f}, {chrf.ci_high:+.1f}])"
-                         if chrf is not None else "")  # fmt: skip
+            cells.append(
+                f"{chrf.off:.1f} → {chrf.on:.1f} ({chrf.delta:+.1f} [{chrf.ci_low:+.1f}, {chrf.ci_high:+.1f}])"
+                if chrf is not None
+                else ""
+            )
         if "detection_accuracy" in set(table["metric"]):
             accuracy = row.get("detection_accuracy")
             cells.append(f"{accuracy.on:.2f}" if accuracy is not None else "")

@@ -24,9 +24,16 @@ from probes.data import ParallelCorpus, demo_corpus
 from probes.model import load_model, random_model
 
 SIZES = dict(
-    hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-    num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.02, max_position_embeddings=128,
-)  # fmt: skip
+    hidden_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    router_aux_loss_coef=0.02,
+    max_position_embeddings=128,
+)
 TRAINING_FILE = "tiny_moe.json"
 
 
@@ -56,10 +63,13 @@ def train(
     with torch.enable_grad():  # whatever grad mode the caller is in
         for step in range(steps):
             picked = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
-            (batch,) = batches(tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96))
+            (batch,) = batches(
+                tokenizer, [texts[i] for i in picked], Tokenization(batch_size=batch_size, max_length=96)
+            )
             labels = batch.input_ids.masked_fill(~batch.attention_mask.bool(), -100)
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
-                        output_router_logits=True)  # fmt: skip
+            out = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels, output_router_logits=True
+            )
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -98,8 +108,10 @@ class TinyMoE:
         directory = Path(directory)
         record_path = directory / TRAINING_FILE
         if not record_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no {TRAINING_FILE}: save a tiny MoE there with "
-                                    "`scripts/train_tiny_moe.py --save DIR`")  # fmt: skip
+            raise FileNotFoundError(
+                f"{directory} holds no {TRAINING_FILE}: save a tiny MoE there with "
+                "`scripts/train_tiny_moe.py --save DIR`"
+            )
         model, tokenizer = load_model(directory)
         return cls(model, tokenizer, **json.loads(record_path.read_text()))
 

@@ -67,11 +67,14 @@ def summary(jsd: pd.DataFrame, per_layer: pd.DataFrame, per_language: pd.DataFra
         f"- Promoting English's top-2 experts in layers {middle} with delta={delta} lowers the middle-layer "
         f"divergence averaged over the non-English languages from {per_language.loc['mean', 'middle jsd']:.3f} to "
         f"{per_language.loc['mean', strongest]:.3f}, per layer "
-        + ", ".join(f"{layer}: {per_layer.loc[layer, 'trained jsd']:.3f} -> "
-                    f"{per_layer.loc[layer, f'jsd, promote delta={delta}']:.3f}" for layer in middle)
+        + ", ".join(
+            f"{layer}: {per_layer.loc[layer, 'trained jsd']:.3f} -> "
+            f"{per_layer.loc[layer, f'jsd, promote delta={delta}']:.3f}"
+            for layer in middle
+        )
         + f"; it lowers it for {len(lower)} of {len(rows)} languages and raises it for "
         f"{', '.join(higher) or 'none'}. Mean held-out loss changes by {loss_change:+.3f} nats.",
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,28 +127,39 @@ def write_tables(folder: Path, untrained, baseline, steered, plain_loss) -> None
     routing += [table.assign(model="trained", setting=setting) for setting, (table, _) in settings.items()]
     columns = ["model", "setting", "layer", "language", "metric", "value"]
     pd.concat(routing, ignore_index=True)[columns].to_csv(folder / "routing.csv", index=False)
-    loss = [dict(setting=setting, language=lang, loss=value)
-            for setting, (_, losses) in settings.items() for lang, value in losses.items()]  # fmt: skip
+    loss = [
+        dict(setting=setting, language=lang, loss=value)
+        for setting, (_, losses) in settings.items()
+        for lang, value in losses.items()
+    ]
     pd.DataFrame(loss, columns=["setting", "language", "loss"]).to_csv(folder / "loss.csv", index=False)
 
 
 def render(args, argv, untrained, baseline, steered, plain_loss, usage, middle, curve, trained_at, total) -> str:
     command = "PYTHONPATH=. python scripts/train_tiny_moe.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     jsd = grid(baseline, "jsd")
-    per_layer = pd.DataFrame({
-        "untrained jsd": layer_means(untrained, "jsd"),
-        "trained jsd": layer_means(baseline, "jsd"),
-        "trained jsd_norm": layer_means(baseline, "jsd_norm"),
-        "trained topk_jaccard": layer_means(baseline, "topk_jaccard"),
-        **{f"jsd, promote delta={d:g}": layer_means(table, "jsd") for d, (table, _) in steered.items()},
-    })  # fmt: skip
+    per_layer = pd.DataFrame(
+        {
+            "untrained jsd": layer_means(untrained, "jsd"),
+            "trained jsd": layer_means(baseline, "jsd"),
+            "trained jsd_norm": layer_means(baseline, "jsd_norm"),
+            "trained topk_jaccard": layer_means(baseline, "topk_jaccard"),
+            **{f"jsd, promote delta={d:g}": layer_means(table, "jsd") for d, (table, _) in steered.items()},
+        }
+    )
     in_middle = lambda table, metric: grid(table, metric).loc[middle].mean(axis=0)  # noqa: E731
-    per_language = pd.DataFrame({
-        "middle jsd": in_middle(baseline, "jsd"),
-        **{f"middle jsd, delta={d:g}": in_middle(table, "jsd") for d, (table, _) in steered.items()},
-        "loss": pd.Series(plain_loss),
-        **{f"loss, delta={d:g}": pd.Series(losses) for d, (_, losses) in steered.items()},
-    }).drop(index=PIVOT, errors="ignore").rename_axis("language")  # fmt: skip
+    per_language = (
+        pd.DataFrame(
+            {
+                "middle jsd": in_middle(baseline, "jsd"),
+                **{f"middle jsd, delta={d:g}": in_middle(table, "jsd") for d, (table, _) in steered.items()},
+                "loss": pd.Series(plain_loss),
+                **{f"loss, delta={d:g}": pd.Series(losses) for d, (_, losses) in steered.items()},
+            }
+        )
+        .drop(index=PIVOT, errors="ignore")
+        .rename_axis("language")
+    )
     per_language.loc["mean"] = per_language.mean(axis=0)
     top = {layer: usage[layer].topk(2).indices.tolist() for layer in middle}
     lines = [

@@ -10,7 +10,15 @@ from typing import Sequence
 
 from probes.artifacts import Artifact, Eraser, LinearMap, NeuronSet, ShiftVector
 from steer.interventions import (
-    AddVector, ApplyMap, Erase, HeadShift, Intervention, InterventionError, SetNeurons, ZeroNeurons, finite,
+    AddVector,
+    ApplyMap,
+    Erase,
+    HeadShift,
+    Intervention,
+    InterventionError,
+    SetNeurons,
+    ZeroNeurons,
+    finite,
 )
 
 
@@ -43,9 +51,14 @@ def apply_map(
 ) -> ApplyMap:
     """Apply a fitted INCLINE or Procrustes map at ``layers``."""
     chosen = default_layers(fitted, layers)
-    return ApplyMap({layer: fitted.matrices[layer] for layer in chosen}, sigma, rule, fitted.component,
-                    {layer: fitted.mean_source[layer] for layer in chosen if layer in fitted.mean_source},
-                    {layer: fitted.mean_pivot[layer] for layer in chosen if layer in fitted.mean_pivot})  # fmt: skip
+    return ApplyMap(
+        {layer: fitted.matrices[layer] for layer in chosen},
+        sigma,
+        rule,
+        fitted.component,
+        {layer: fitted.mean_source[layer] for layer in chosen if layer in fitted.mean_source},
+        {layer: fitted.mean_pivot[layer] for layer in chosen if layer in fitted.mean_pivot},
+    )
 
 
 def set_neurons(neurons: NeuronSet, language: str, value: str = "on_p50") -> SetNeurons:
@@ -53,8 +66,10 @@ def set_neurons(neurons: NeuronSet, language: str, value: str = "on_p50") -> Set
     units = neurons.units(language)
     values = neurons.values[language].get(value)
     if values is None:
-        raise InterventionError(f"the NeuronSet holds no {value!r} values for {language!r}; it has "
-                                f"{', '.join(neurons.values[language]) or 'none'}")  # fmt: skip
+        raise InterventionError(
+            f"the NeuronSet holds no {value!r} values for {language!r}; it has "
+            f"{', '.join(neurons.values[language]) or 'none'}"
+        )
     rows = neurons.neurons[language]
     return SetNeurons(units, {layer: values[rows[:, 0] == layer].float() for layer in units}, neurons.component)
 
@@ -67,8 +82,11 @@ def zero_neurons(neurons: NeuronSet, language: str) -> ZeroNeurons:
 def erase(eraser: Eraser, strength: float = 1.0, layers: Sequence[int] | None = None) -> Erase:
     """Erase the language at ``layers`` with a fitted LEACE eraser."""
     chosen = default_layers(eraser, layers)
-    return Erase(*({layer: part[layer] for layer in chosen} for part in (eraser.proj_left, eraser.proj_right,
-                                                                       eraser.bias)), strength, eraser.component)
+    return Erase(
+        *({layer: part[layer] for layer in chosen} for part in (eraser.proj_left, eraser.proj_right, eraser.bias)),
+        strength,
+        eraser.component,
+    )
 
 
 def to_intervention(

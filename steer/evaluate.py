@@ -56,7 +56,9 @@ class Setting:
 def gated_by_detection(settings: Sequence[Setting], detector_layer: int) -> list[Setting]:
     """Copies of the ``settings`` whose first edited layer comes after ``detector_layer``, gated on the language
     the detector finds in each example (``setting`` gains ``,gate=detected``)."""
-    return [replace(s, setting=f"{s.setting},gate=detected", detected=True) for s in settings if s.layer > detector_layer]
+    return [
+        replace(s, setting=f"{s.setting},gate=detected", detected=True) for s in settings if s.layer > detector_layer
+    ]
 
 
 def _need_lm_head(model: nn.Module, what: str) -> None:
@@ -71,8 +73,8 @@ LOGITS_PER_CALL = 2**26
 
 
 def next_token_loss(
-    model: nn.Module, tokenizer, texts: Sequence[str], *, tokenization: Tokenization = Tokenization(),
-) -> float:  # fmt: skip
+    model: nn.Module, tokenizer, texts: Sequence[str], *, tokenization: Tokenization = Tokenization()
+) -> float:
     """Mean next-token cross-entropy over every non-pad prediction of ``texts`` (token-weighted).
 
     Run it inside ``steer(...)`` to measure a steered model. Padding never enters: batched == one-by-one.
@@ -99,9 +101,15 @@ def next_token_loss(
 
 
 def pooled_and_loss(
-    model: nn.Module, tokenizer, texts: Sequence[str], sites: Sequence[Site], *, pooling: str = "mean",
-    n_loss: int | None = None, tokenization: Tokenization = Tokenization(),
-) -> tuple[dict[Site, Float[Tensor, "n *shape"]], float]:  # fmt: skip
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    sites: Sequence[Site],
+    *,
+    pooling: str = "mean",
+    n_loss: int | None = None,
+    tokenization: Tokenization = Tokenization(),
+) -> tuple[dict[Site, Float[Tensor, "n *shape"]], float]:
     """``capture`` of ``texts`` and the :func:`next_token_loss` of the first ``n_loss`` (all when None) in one
     pass over those: their sites are pooled during the loss's own forward passes. Example ``e`` of every pass
     is ``texts[e]``, so plans built for ``texts`` (INCLINE's patch) line up."""
@@ -110,15 +118,22 @@ def pooled_and_loss(
         loss = next_token_loss(model, tokenizer, scored, tokenization=tokenization)
         if len(texts) > len(scored):
             rest = batches(tokenizer, texts[len(scored) :], tokenization, device=next(model.parameters()).device)
-            run_batches(model, [replace(batch, rows=batch.rows + len(scored)) for batch in rest],
-                        stop_after=max(site.layer for site in sites))  # fmt: skip
+            run_batches(
+                model,
+                [replace(batch, rows=batch.rows + len(scored)) for batch in rest],
+                stop_after=max(site.layer for site in sites),
+            )
     return pooled, loss
 
 
 def continuations(
-    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 12,
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 12,
     tokenization: Tokenization = Tokenization(),
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), decoded without the prompt."""
     _need_lm_head(model, "generation")
     device = next(model.parameters()).device
@@ -127,9 +142,13 @@ def continuations(
     for batch in batches(tokenizer, prompts, tokenization, padding_side="left", device=device):
         with torch.inference_mode(), batch_context(batch, call):
             generated = generate(
-                model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            )  # fmt: skip
+                model,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            )
         texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
         for row, text in zip(batch.rows.tolist(), texts):
             out[row] = text
@@ -198,19 +217,24 @@ def evaluate(
 
     def measured(lang: str) -> _Measured:
         texts = test.texts(lang)
-        pooled, loss = pooled_and_loss(model, tokenizer, texts, sites, pooling=pooling, n_loss=n_loss,
-                                       tokenization=tokenization)  # fmt: skip
+        pooled, loss = pooled_and_loss(
+            model, tokenizer, texts, sites, pooling=pooling, n_loss=n_loss, tokenization=tokenization
+        )
         if fidelity is None or not fidelity.knows(lang):
             return _Measured(pooled, loss, {})
         outputs = continuations(model, tokenizer, texts[:n_prompts], tokenization=tokenization)
         return _Measured(pooled, loss, fidelity.pass_rates(outputs, lang))
 
     if todo:
-        reference, pivot_off = pooled_and_loss(model, tokenizer, test.texts(pivot), sites, pooling=pooling,
-                                               n_loss=n_loss, tokenization=tokenization)  # fmt: skip
+        reference, pivot_off = pooled_and_loss(
+            model, tokenizer, test.texts(pivot), sites, pooling=pooling, n_loss=n_loss, tokenization=tokenization
+        )
     pending = {lang for lang, _ in todo}
-    tasks = {lang: translation_task(test, lang, pivot, n_translations, shots=shots)
-             for lang in pending if n_translations and lang != pivot}  # fmt: skip
+    tasks = {
+        lang: translation_task(test, lang, pivot, n_translations, shots=shots)
+        for lang in pending
+        if n_translations and lang != pivot
+    }
     translated: dict[str, list[str]] = {}
     accuracies: dict[str, float] = {}
     units = []
@@ -230,7 +254,9 @@ def evaluate(
                     continue
                 bar.set_description(f"evaluate {lang}: {setting.method}")
                 if setting.detected and detector is None:
-                    raise EvaluationError(f"setting {setting.method} {setting.setting} is gated by detection: pass a detector")
+                    raise EvaluationError(
+                        f"setting {setting.method} {setting.setting} is gated by detection: pass a detector"
+                    )
                 gate = (lambda language: detector) if setting.detected else (lambda language: language)
                 with steer(model, setting.plan(lang, test.texts(lang)), languages=gate(lang)) as handle:
                     on = measured(lang)
@@ -242,18 +268,42 @@ def evaluate(
                 if touched:
                     pivot_all = test.texts(pivot)
                     with steer(model, setting.plan(lang, pivot_all), languages=gate(pivot)):
-                        reference_on, pivot_on = pooled_and_loss(model, tokenizer, pivot_all, sites, pooling=pooling,
-                                                                 n_loss=n_loss, tokenization=tokenization)
+                        reference_on, pivot_on = pooled_and_loss(
+                            model,
+                            tokenizer,
+                            pivot_all,
+                            sites,
+                            pooling=pooling,
+                            n_loss=n_loss,
+                            tokenization=tokenization,
+                        )
                 references = (reference, reference_on)
                 rows = _alignment_rows(head, setting.layer, references, off.pooled, on.pooled, metrics, n_boot)
                 rows.append((*head, setting.layer, "loss_target", off.loss, on.loss, on.loss - off.loss, None, None))
                 rows.append((*head, setting.layer, "loss_pivot", pivot_off, pivot_on, pivot_on - pivot_off, None, None))
-                rows += [(*head, setting.layer, name, off.fidelity[name], on.fidelity[name],
-                          on.fidelity[name] - off.fidelity[name], None, None) for name in off.fidelity]  # fmt: skip
+                rows += [
+                    (
+                        *head,
+                        setting.layer,
+                        name,
+                        off.fidelity[name],
+                        on.fidelity[name],
+                        on.fidelity[name] - off.fidelity[name],
+                        None,
+                        None,
+                    )
+                    for name in off.fidelity
+                ]
                 if lang in tasks:
                     try:
-                        on_translated = translate(model, tokenizer, tasks[lang], partial(setting.plan, lang),
-                                                  languages=gate(lang), tokenization=tokenization)
+                        on_translated = translate(
+                            model,
+                            tokenizer,
+                            tasks[lang],
+                            partial(setting.plan, lang),
+                            languages=gate(lang),
+                            tokenization=tokenization,
+                        )
                     except SourceSteeringError as error:
                         notice(f"{setting.method} ({setting.setting}), {lang}: {error}")
                     else:
@@ -261,8 +311,9 @@ def evaluate(
                         rows.append((*head, setting.layer, "chrf", *change))
                 if setting.detected:
                     if lang not in accuracies:
-                        accuracies[lang] = detection_accuracy(model, tokenizer, detector, test.texts(lang), lang,
-                                                              tokenization)  # fmt: skip
+                        accuracies[lang] = detection_accuracy(
+                            model, tokenizer, detector, test.texts(lang), lang, tokenization
+                        )
                     accuracy = accuracies[lang]
                     rows.append((*head, setting.layer, "detection_accuracy", accuracy, accuracy, 0.0, None, None))
                 units.append(pd.DataFrame(rows, columns=COLUMNS))
@@ -273,9 +324,13 @@ def evaluate(
 
 
 def detection_accuracy(
-    model: nn.Module, tokenizer, detector: LanguageDetector, texts: Sequence[str], language: str,
+    model: nn.Module,
+    tokenizer,
+    detector: LanguageDetector,
+    texts: Sequence[str],
+    language: str,
     tokenization: Tokenization = Tokenization(),
-) -> float:  # fmt: skip
+) -> float:
     """The share of ``texts`` (all in ``language``) the detector identifies as ``language``."""
     pooled = capture(model, tokenizer, texts, [detector.site], pooling=detector.pooling, tokenization=tokenization)
     return sum(found == language for found in detector.predict(pooled[detector.site])) / len(texts)

@@ -40,9 +40,17 @@ INCLINE_MODES = ("code", "interpolate")
 
 
 def incline(
-    model, tokenizer, prompts: Sequence[str], fitted: LinearMap, sigma: float, *, sign: float = 1.0,
-    mode: str = "code", layers: Sequence[int] | None = None, tokenization: Tokenization = Tokenization(),
-) -> tuple[Patch, Schedule]:  # fmt: skip
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    fitted: LinearMap,
+    sigma: float,
+    *,
+    sign: float = 1.0,
+    mode: str = "code",
+    layers: Sequence[int] | None = None,
+    tokenization: Tokenization = Tokenization(),
+) -> tuple[Patch, Schedule]:
     """The plan item that applies ``fitted`` to ``prompts`` as INCLINE does (every layer of the map unless
     ``layers``); example ``e`` of a steered batch is ``prompts[e]``. ``mode="code"`` is the released rule
     ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (docs/methods.md's
@@ -59,7 +67,9 @@ def incline(
         per_prompt = []
         for tokens in clean.tokens(site):
             last = tokens[-1]
-            moved = map_formula(last, fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer))
+            moved = map_formula(
+                last, fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer)
+            )
             target = tokens.clone()
             target[-1] = last + sign * sigma * moved if mode == "code" else (1 - sigma) * last + sigma * moved
             per_prompt.append(target)
@@ -68,9 +78,16 @@ def incline(
 
 
 def fit_incline_maps(
-    model: nn.Module, tokenizer, train: ParallelCorpus, languages: Sequence[str], *, pivot: str = "eng",
-    style: str | None = None, tokenization: Tokenization = Tokenization(), progress: Progress = False,
-) -> dict[str, LinearMap]:  # fmt: skip
+    model: nn.Module,
+    tokenizer,
+    train: ParallelCorpus,
+    languages: Sequence[str],
+    *,
+    pivot: str = "eng",
+    style: str | None = None,
+    tokenization: Tokenization = Tokenization(),
+    progress: Progress = False,
+) -> dict[str, LinearMap]:
     """INCLINE maps fitted as its released code fits them: per layer, least squares from the token-mean
     ``mlp_out`` of the training pairs, every second one code-switched (``style``: ``bloom`` for BLOOM, as
     ``intervention.py``, else ``llama``, as ``intervention_llama.py``; see
@@ -85,6 +102,7 @@ def fit_incline_maps(
         source, _ = code_switched_pairs(train.texts(lang), train.texts(pivot), style)
         own = capture(model, tokenizer, source, sites, tokenization=tokenization, progress=progress)
         pairs = {(site, lang): own[site] for site in sites} | {(site, pivot): pivot_side[site] for site in sites}
-        maps[lang] = fit_map(Activations(pairs, model=identity, pooling="mean"), lang, pivot=pivot,
-                             component="mlp_out", method="incline")  # fmt: skip
+        maps[lang] = fit_map(
+            Activations(pairs, model=identity, pooling="mean"), lang, pivot=pivot, component="mlp_out", method="incline"
+        )
     return maps

@@ -111,7 +111,9 @@ def finite(value: Any, name: str, owner: str, hint: str = "") -> Any:
 
 def expect(site: Site, what: str, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
     if tuple(got) != tuple(expected):
-        raise InterventionError(f"{site}: {what} has shape {tuple(got)}, but the site's tensor is {tuple(expected)} per token")
+        raise InterventionError(
+            f"{site}: {what} has shape {tuple(got)}, but the site's tensor is {tuple(expected)} per token"
+        )
 
 
 def flat_only(site: Site, name: str) -> None:

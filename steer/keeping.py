@@ -73,9 +73,16 @@ def keeping_layers(profile: Mapping[int, float], sweep: bool) -> list[int]:
 
 def diffmean_settings(vectors: Mapping[str, ShiftVector], profile: Mapping[int, float], *, sweep: bool = False):
     """DiffMean (CLaS-Bench) at :func:`keeping_layers`, at one strength (``sweep``: three)."""
-    return [Setting("diffmean", f"layer={layer},alpha={scale:g}x gap", layer, lambda lang, texts, layer=layer,
-                    scale=scale: [(diffmean_plan(vectors, lang, layer, scale), gated([lang]))])
-            for layer in keeping_layers(profile, sweep) for scale in (SWEEP_SCALES if sweep else DIFFMEAN_SCALES)]  # fmt: skip
+    return [
+        Setting(
+            "diffmean",
+            f"layer={layer},alpha={scale:g}x gap",
+            layer,
+            lambda lang, texts, layer=layer, scale=scale: [(diffmean_plan(vectors, lang, layer, scale), gated([lang]))],
+        )
+        for layer in keeping_layers(profile, sweep)
+        for scale in (SWEEP_SCALES if sweep else DIFFMEAN_SCALES)
+    ]
 
 
 def erase_settings(eraser: Eraser, profile: Mapping[int, float], *, pivot: str = "eng", sweep: bool = False):
@@ -90,29 +97,54 @@ def erase_settings(eraser: Eraser, profile: Mapping[int, float], *, pivot: str =
     out = []
     for span in spans:
         name = f"LEACE,layers={span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
-        out.append(Setting("erase", name, span[0], lambda lang, texts, span=span: [
-            (erase(eraser, 1.0, span), gated([lang, pivot]))]))
+        out.append(
+            Setting(
+                "erase",
+                name,
+                span[0],
+                lambda lang, texts, span=span: [(erase(eraser, 1.0, span), gated([lang, pivot]))],
+            )
+        )
     return out
 
 
 def sandwich_settings(
-    vectors: Mapping[str, ShiftVector], eraser: Eraser, profile: Mapping[int, float], *, pivot: str = "eng",
+    vectors: Mapping[str, ShiftVector],
+    eraser: Eraser,
+    profile: Mapping[int, float],
+    *,
+    pivot: str = "eng",
     sweep: bool = False,
-) -> list[Setting]:  # fmt: skip
+) -> list[Setting]:
     """DiffMean towards the pivot at the peak, the language's own direction re-injected at the restore layer (one
     strength; ``sweep``: two, and LEACE in the middle)."""
     peak, restore = profile_layers(profile)
     out = []
     for scale in SANDWICH_SCALES if sweep else SANDWICH_SCALES[-1:]:
-        out.append(Setting("sandwich", f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
-                           peak, lambda lang, texts, scale=scale: [
-                               (diffmean_plan(vectors, lang, peak, scale), gated([lang])),
-                               (restore_plan(vectors, lang, restore, scale), gated([lang]))]))
+        out.append(
+            Setting(
+                "sandwich",
+                f"diffmean {peak} alpha={scale:g}x,restore {restore} alpha={scale:g}x",
+                peak,
+                lambda lang, texts, scale=scale: [
+                    (diffmean_plan(vectors, lang, peak, scale), gated([lang])),
+                    (restore_plan(vectors, lang, restore, scale), gated([lang])),
+                ],
+            )
+        )
     back = SANDWICH_SCALES[-1]
     if sweep:
-        out.append(Setting("sandwich", f"LEACE {peak},restore {restore} alpha={back:g}x", peak, lambda lang, texts: [
-            (erase(eraser, 1.0, [peak]), gated([lang, pivot])),
-            (restore_plan(vectors, lang, restore, back), gated([lang]))]))
+        out.append(
+            Setting(
+                "sandwich",
+                f"LEACE {peak},restore {restore} alpha={back:g}x",
+                peak,
+                lambda lang, texts: [
+                    (erase(eraser, 1.0, [peak]), gated([lang, pivot])),
+                    (restore_plan(vectors, lang, restore, back), gated([lang])),
+                ],
+            )
+        )
     return out
 
 
@@ -120,5 +152,7 @@ def alignment_profile(pivot_rows: Mapping[int, object], language_rows: Sequence[
     """``{layer: mean over languages of MEXA(pivot, language)}`` from per-layer pooled rows."""
     from probes.analysis import mexa
 
-    return {layer: sum(mexa(pivot_rows[layer], rows[layer]) for rows in language_rows) / len(language_rows)
-            for layer in sorted(pivot_rows)}  # fmt: skip
+    return {
+        layer: sum(mexa(pivot_rows[layer], rows[layer]) for rows in language_rows) / len(language_rows)
+        for layer in sorted(pivot_rows)
+    }

@@ -44,14 +44,18 @@ class Patch:
         object.__setattr__(self, "_lengths", lengths)
 
     @classmethod
-    def from_recording(cls, recording: Recording, component: str = "resid", layers: Sequence[int] | None = None) -> Patch:
+    def from_recording(
+        cls, recording: Recording, component: str = "resid", layers: Sequence[int] | None = None
+    ) -> Patch:
         """Patch the recorded ``component`` sites (all recorded layers, or ``layers``)."""
         recorded = [site.layer for site in recording.sites if site.component == component]
         chosen = recorded if layers is None else list(layers)
         missing = sorted(set(chosen) - set(recorded))
         if missing or not chosen:
-            raise InterventionError(f"the recording has no {component} sites at layers {missing or chosen}; "
-                                    f"it has {', '.join(map(str, recording.sites))}")  # fmt: skip
+            raise InterventionError(
+                f"the recording has no {component} sites at layers {missing or chosen}; "
+                f"it has {', '.join(map(str, recording.sites))}"
+            )
         return cls({layer: recording.tokens(Site(layer, component)) for layer in chosen}, component)
 
     @property

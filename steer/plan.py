@@ -20,8 +20,10 @@ from steer.schedule import Schedule
 Step = Union[Intervention, Artifact]
 PlanItem = Union[Step, tuple[Step, Schedule]]
 Plan = Union[PlanItem, Iterable[PlanItem]]
-ACCEPTED = ("an intervention (e.g. AddVector), an artifact (ShiftVector, LinearMap, Eraser, NeuronSet), an "
-            "(intervention or artifact, Schedule) pair, or a list of these")
+ACCEPTED = (
+    "an intervention (e.g. AddVector), an artifact (ShiftVector, LinearMap, Eraser, NeuronSet), an "
+    "(intervention or artifact, Schedule) pair, or a list of these"
+)
 
 
 def plan_items(plan: Plan) -> list[tuple[Intervention, Schedule]]:
@@ -43,8 +45,9 @@ def is_single(plan: object) -> bool:
 def _item(item: object, where: str) -> tuple[Intervention, Schedule]:
     step, schedule = item if isinstance(item, tuple) and len(item) == 2 else (item, Schedule())
     if not isinstance(schedule, Schedule):
-        raise InterventionError(f"{where}: got a pair whose second element is {_given(schedule)}, not a "
-                                f"Schedule; expected {ACCEPTED}")
+        raise InterventionError(
+            f"{where}: got a pair whose second element is {_given(schedule)}, not a Schedule; expected {ACCEPTED}"
+        )
     if isinstance(step, Artifact):
         step = _convert(step, where)
     if not isinstance(step, Intervention):
@@ -55,8 +58,10 @@ def _item(item: object, where: str) -> tuple[Intervention, Schedule]:
 def _convert(artifact: Artifact, where: str) -> Intervention:
     """``to_intervention(artifact)`` with strength 1 at its recommended layers, or an error saying what to do."""
     if isinstance(artifact, LanguageDetector):
-        raise InterventionError(f"{where} is a LanguageDetector, which does not edit the model; to gate the plan on "
-                                "the language it detects, pass it as steer(model, plan, languages=detector)")
+        raise InterventionError(
+            f"{where} is a LanguageDetector, which does not edit the model; to gate the plan on "
+            "the language it detects, pass it as steer(model, plan, languages=detector)"
+        )
     language = None
     if isinstance(artifact, NeuronSet):
         if not artifact.languages:

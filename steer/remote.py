@@ -56,8 +56,10 @@ def _edits(lm, plan: Sequence[AddVector]) -> list[tuple[str, Tensor]]:
     edits = []
     for index, item in enumerate(plan):
         if type(item) is not AddVector:
-            raise InterventionError(f"plan item {index}: remote generation applies AddVector on every token only, "
-                                    f"got {item!r:.80}; run other interventions locally")  # fmt: skip
+            raise InterventionError(
+                f"plan item {index}: remote generation applies AddVector on every token only, "
+                f"got {item!r:.80}; run other interventions locally"
+            )
         for layer in item.layers:
             site = Site(layer, item.component)
             item.check(site, site_shape(inner, site))

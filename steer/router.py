@@ -164,13 +164,21 @@ def steermoe_experts(
     (at most ``k`` per layer: later ones are skipped, as the reference's per-layer limit does) and the first
     ``n_ban`` negative ones banned. Returns the ForceExperts and BanExperts (each only if it has experts)."""
     finite({layer: torch.as_tensor(values) for layer, values in risk.items()}, "risk", "steermoe_experts")
-    rows = sorted(((-abs(float(value)), layer, expert, float(value)) for layer, values in risk.items()
-                   for expert, value in enumerate(values.tolist())), key=lambda row: row[:3])  # fmt: skip
+    rows = sorted(
+        (
+            (-abs(float(value)), layer, expert, float(value))
+            for layer, values in risk.items()
+            for expert, value in enumerate(values.tolist())
+        ),
+        key=lambda row: row[:3],
+    )
     positive = [(layer, expert) for _, layer, expert, value in rows if value > 0][:n_force]
     negative = [(layer, expert) for _, layer, expert, value in rows if value < 0][:n_ban]
     if len(positive) != n_force or len(negative) != n_ban:
-        raise InterventionError(f"SteerMoE: asked for {n_force} positive and {n_ban} negative experts; the risk "
-                                f"differences have {len(positive)} and {len(negative)}")  # fmt: skip
+        raise InterventionError(
+            f"SteerMoE: asked for {n_force} positive and {n_ban} negative experts; the risk "
+            f"differences have {len(positive)} and {len(negative)}"
+        )
     forced: dict[int, list[int]] = {}
     for layer, expert in positive:
         if len(forced.setdefault(layer, [])) < k:

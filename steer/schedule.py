@@ -22,8 +22,10 @@ from probes.capture import ForwardContext
 from probes.errors import XlalignError
 
 Span = tuple[int | None, int | None]
-RENAMED = ("Schedule(languages=...) is renamed Schedule(only=...) (the languages an intervention touches, not "
-           "steer(languages=...), the language of each example); languages= will be removed in the next release")
+RENAMED = (
+    "Schedule(languages=...) is renamed Schedule(only=...) (the languages an intervention touches, not "
+    "steer(languages=...), the language of each example); languages= will be removed in the next release"
+)
 
 
 class ScheduleError(XlalignError):
@@ -73,8 +75,7 @@ class Schedule:
         if languages is not None:
             if only is not None:
                 raise ScheduleError(
-                    f"Schedule(only={only!r}, languages={languages!r}): languages= is the old name of only=; "
-                    "pass only="
+                    f"Schedule(only={only!r}, languages={languages!r}): languages= is the old name of only=; pass only="
                 )
             warnings.warn(RENAMED, FutureWarning, stacklevel=2)
             only = languages
@@ -91,14 +92,18 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if isinstance(self.prefill, str) and self.prefill not in ("all", "last", "none"):
-            raise ScheduleError(f"prefill={self.prefill!r}: use 'all', 'last', 'none', a (start, stop) span or a token mask")
+            raise ScheduleError(
+                f"prefill={self.prefill!r}: use 'all', 'last', 'none', a (start, stop) span or a token mask"
+            )
         if isinstance(self.prefill, (tuple, list)):
             _check_span(tuple(self.prefill), "prefill")
             object.__setattr__(self, "prefill", tuple(self.prefill))
         elif isinstance(self.prefill, Tensor) and self.prefill.dtype != torch.bool:
             raise ScheduleError(f"a prefill token mask must be boolean, got {self.prefill.dtype}")
         if isinstance(self.decode, str) and self.decode not in ("all", "none"):
-            raise ScheduleError(f"decode={self.decode!r}: use 'all', 'none', a number of steps or a (start, stop) range")
+            raise ScheduleError(
+                f"decode={self.decode!r}: use 'all', 'none', a number of steps or a (start, stop) range"
+            )
         if isinstance(self.decode, bool) or (isinstance(self.decode, int) and self.decode < 0):
             raise ScheduleError(f"decode={self.decode!r}: a number of steps is an int >= 0")
         if isinstance(self.decode, (tuple, list)):

@@ -12,8 +12,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import StrMethodFormatter
 
 from probes.plots.style import (
-    TEXT_WIDTH, layer_axis, legend_columns, metric_label, metric_name, metric_unit, paper_figure, series_styles,
-)  # fmt: skip
+    TEXT_WIDTH,
+    layer_axis,
+    legend_columns,
+    metric_label,
+    metric_name,
+    metric_unit,
+    paper_figure,
+    series_styles,
+)
 
 
 @paper_figure
@@ -46,10 +53,14 @@ def before_after(evaluation: pd.DataFrame, metric: str = "mexa") -> Figure:
         ax.grid(True)
     for row in grid:
         row[0].set_ylabel(metric_label(metric))
-    handles = [*axes[0].get_legend_handles_labels()[0], Line2D([], [], color="grey", linestyle="--", label="off"),
-               Line2D([], [], color="grey", label="on")]  # fmt: skip
-    grid[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                       ncols=legend_columns(len(handles)))  # fmt: skip
+    handles = [
+        *axes[0].get_legend_handles_labels()[0],
+        Line2D([], [], color="grey", linestyle="--", label="off"),
+        Line2D([], [], color="grey", label="on"),
+    ]
+    grid[0][-1].legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=legend_columns(len(handles))
+    )
     return figure
 
 
@@ -69,8 +80,9 @@ def short_labels(summary: pd.DataFrame) -> pd.Series:
         return " ".join([method, ", ".join(varying)]).strip()
 
     settings = summary.groupby("method")["setting"].agg(list)
-    return pd.Series([label(m, s, settings[m]) for m, s in zip(summary["method"], summary["setting"])],
-                     index=summary.index)  # fmt: skip
+    return pd.Series(
+        [label(m, s, settings[m]) for m, s in zip(summary["method"], summary["setting"])], index=summary.index
+    )
 
 
 KEY_WIDTH = 38  # characters per line of the Pareto plot's key (two columns at the figure's width)
@@ -90,8 +102,15 @@ def _number_points(ax, points: pd.DataFrame, near: float = 7.0) -> list[str]:
     to_axes = ax.transData + ax.transAxes.inverted()
     for row, numbers in groups.items():
         left = to_axes.transform(xy[row])[0] > 0.85
-        ax.annotate(",".join(map(str, numbers)), tuple(xy[row]), xytext=(-3 if left else 3, 3),
-                    textcoords="offset points", ha="right" if left else "left", va="bottom", fontsize=6)  # fmt: skip
+        ax.annotate(
+            ",".join(map(str, numbers)),
+            tuple(xy[row]),
+            xytext=(-3 if left else 3, 3),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="bottom",
+            fontsize=6,
+        )
     return [f"{number}  {label}" for number, label in enumerate(points["label"], start=1)]
 
 
@@ -118,13 +137,25 @@ def pareto(evaluation: pd.DataFrame, gain: str = "mexa_mean_after", cost: str = 
     key = _number_points(ax, pd.concat([front, best]).drop_duplicates(["method", "setting"]))
     ax.axhline(0, color="black", linewidth=0.5)
     ax.axvline(0, color="black", linewidth=0.5)
-    ax.set(xlabel=f"{metric_name(cost)}: relative change (%)",
-           ylabel=f"{metric_name(gain)}:\nchange ({metric_unit(gain)})", title="alignment gain vs side effect")
+    ax.set(
+        xlabel=f"{metric_name(cost)}: relative change (%)",
+        ylabel=f"{metric_name(gain)}:\nchange ({metric_unit(gain)})",
+        title="alignment gain vs side effect",
+    )
     ax.grid(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     key = [textwrap.fill(entry, KEY_WIDTH, subsequent_indent="     ") for entry in key]
-    figure.legend([Line2D([], [], linestyle="none") for _ in key], key, loc="outside lower center", ncols=2,
-                  handlelength=0, handletextpad=0, fontsize=6, title="numbered points", title_fontsize=6)  # fmt: skip
+    figure.legend(
+        [Line2D([], [], linestyle="none") for _ in key],
+        key,
+        loc="outside lower center",
+        ncols=2,
+        handlelength=0,
+        handletextpad=0,
+        fontsize=6,
+        title="numbered points",
+        title_fontsize=6,
+    )
     rows = max(sum(entry.count("\n") + 1 for entry in key[: -(-len(key) // 2)]), 1)
     figure.set_figheight(3.0 + 0.1 * rows)
     return figure
@@ -159,8 +190,12 @@ def meets_goal(evaluation: pd.DataFrame, goal: dict = GOAL) -> pd.DataFrame:
     fidelity = rows.xs("line_fidelity", level="metric")["on"] if "line_fidelity" in set(evaluation["metric"]) else None
     table = pd.DataFrame({"gain": gain["delta"], "ci_low": gain["ci_low"], "loss": loss["delta"] / loss["off"]})
     table["fidelity"] = fidelity if fidelity is not None else float("nan")
-    table["meets"] = ((table["gain"] >= goal["gain"]) & (table["ci_low"] > 0) & (table["fidelity"] >= goal["fidelity"])
-                      & (table["loss"] <= goal["loss"]))  # fmt: skip
+    table["meets"] = (
+        (table["gain"] >= goal["gain"])
+        & (table["ci_low"] > 0)
+        & (table["fidelity"] >= goal["fidelity"])
+        & (table["loss"] <= goal["loss"])
+    )
     return table.reset_index()
 
 
@@ -168,6 +203,9 @@ def front_table(evaluation: pd.DataFrame, goal: dict = GOAL) -> pd.DataFrame:
     """The settings on the Pareto front of MEXA gain vs relative loss cost (means over languages), with their
     mean line-level fidelity and the number of languages meeting ``goal`` (:func:`meets_goal`)."""
     front = pareto_front(setting_summary(evaluation))
-    goals = meets_goal(evaluation, goal).groupby(["method", "setting"]).agg(
-        fidelity=("fidelity", "mean"), meeting=("meets", "sum"), languages=("meets", "size"))
+    goals = (
+        meets_goal(evaluation, goal)
+        .groupby(["method", "setting"])
+        .agg(fidelity=("fidelity", "mean"), meeting=("meets", "sum"), languages=("meets", "size"))
+    )
     return front.join(goals, on=["method", "setting"]).reset_index(drop=True)

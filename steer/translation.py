@@ -126,10 +126,14 @@ def on_source(plan: Sequence[PlanItem], mask: Tensor) -> list[PlanItem]:
 
 
 def translate(
-    model: nn.Module, tokenizer, task: TranslationTask,
-    plan: Callable[[Sequence[str]], Sequence[PlanItem]] | None = None, *, languages: Languages = None,
+    model: nn.Module,
+    tokenizer,
+    task: TranslationTask,
+    plan: Callable[[Sequence[str]], Sequence[PlanItem]] | None = None,
+    *,
+    languages: Languages = None,
     tokenization: Tokenization = Tokenization(),
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Greedy translations of ``task`` (first line of each continuation, stripped); ``plan(prompts)`` (example
     ``e`` of a batch is ``prompts[e]``) steers the source tokens, gated by ``languages``."""
     if not has_lm_head(model):
@@ -144,10 +148,15 @@ def translate(
         with steer(model, on_source(items, _batch_mask(batch, masks)), languages=languages):
             with torch.inference_mode(), batch_context(batch, call):
                 generated = generate(
-                    model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
-                    max_new_tokens=max(budgets), stop_strings=["\n"], tokenizer=tokenizer,
+                    model,
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    do_sample=False,
+                    max_new_tokens=max(budgets),
+                    stop_strings=["\n"],
+                    tokenizer=tokenizer,
                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                )  # fmt: skip
+                )
         new = generated[:, batch.input_ids.shape[1] :]
         texts = tokenizer.batch_decode([ids[:budget] for ids, budget in zip(new, budgets)], skip_special_tokens=True)
         for row, text in zip(batch.rows.tolist(), texts):
@@ -170,8 +179,10 @@ def chrf_change(
     _check_pairs(before, references)
     _check_pairs(after, references)
     metric = _chrf()
-    stats = [torch.tensor(metric._extract_corpus_statistics(list(h), [list(references)]), dtype=torch.float64)
-             for h in (before, after)]  # fmt: skip
+    stats = [
+        torch.tensor(metric._extract_corpus_statistics(list(h), [list(references)]), dtype=torch.float64)
+        for h in (before, after)
+    ]
 
     def score(summed: Tensor) -> float:
         return metric._compute_score_from_stats(summed.tolist()).score

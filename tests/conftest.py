@@ -99,4 +99,3 @@ def prompt_batch(tokenizer, texts, side="left"):
 def hook_count(model) -> int:
     """Forward hooks and pre-hooks on every module of ``model`` (none may remain after steering)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-

@@ -21,14 +21,16 @@ def random_map(model) -> LinearMap:
 
 def reference_generation(
     model, tokenizer, prompt: str, fitted: LinearMap, sigma: float, sign: float, new_tokens=NEW_TOKENS, mode="code"
-):  # fmt: skip
+):
     """One prompt, no padding: clean MLP outputs of the last token, targets, then greedy generation with the
     last prompt token overwritten at every layer while the input is the whole prompt."""
     mlps = [layer.mlp for layer in model.model.layers]
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     clean = {}
-    hooks = [mlp.register_forward_hook(lambda m, a, out, i=i: clean.__setitem__(i, out[0, -1].clone()))
-             for i, mlp in enumerate(mlps)]  # fmt: skip
+    hooks = [
+        mlp.register_forward_hook(lambda m, a, out, i=i: clean.__setitem__(i, out[0, -1].clone()))
+        for i, mlp in enumerate(mlps)
+    ]
     with torch.no_grad():
         model(ids)
     for hook in hooks:

@@ -25,19 +25,25 @@ def _index(index: pd.Index) -> dict:
     if isinstance(index, pd.RangeIndex):
         return {TAG: "range", "range": (index.start, index.stop, index.step), "name": index.name}
     if isinstance(index, pd.MultiIndex):
-        return {TAG: "multi", "levels": [_index(index.get_level_values(i)) for i in range(index.nlevels)],
-                "names": [to_plain(name) for name in index.names]}  # fmt: skip
+        return {
+            TAG: "multi",
+            "levels": [_index(index.get_level_values(i)) for i in range(index.nlevels)],
+            "names": [to_plain(name) for name in index.names],
+        }
     return {TAG: "index", "values": _column(index), "name": to_plain(index.name)}
 
 
 def to_plain(value):
     """``value`` as tensors, tagged dicts, lists, tuples and Python scalars."""
     if isinstance(value, pd.DataFrame):
-        return {TAG: "frame", "columns": _index(value.columns), "index": _index(value.index),
-                "data": [_column(value.iloc[:, i]) for i in range(value.shape[1])]}  # fmt: skip
+        return {
+            TAG: "frame",
+            "columns": _index(value.columns),
+            "index": _index(value.index),
+            "data": [_column(value.iloc[:, i]) for i in range(value.shape[1])],
+        }
     if isinstance(value, pd.Series):
-        return {TAG: "series", "index": _index(value.index), "data": _column(value),
-                "name": to_plain(value.name)}  # fmt: skip
+        return {TAG: "series", "index": _index(value.index), "data": _column(value), "name": to_plain(value.name)}
     if isinstance(value, np.ndarray):
         return {TAG: "array", "data": _column(value)} if value.dtype.kind in "biuf" else [to_plain(v) for v in value]
     if isinstance(value, np.generic):

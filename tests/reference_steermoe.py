@@ -18,8 +18,11 @@ def reference_risk_diff(prob1: np.ndarray, prob2: np.ndarray, k: int) -> pd.Data
                 a[layer, order[token, layer, -k:]] += 1
                 d[layer, order[token, layer, :-k]] += 1
         tables.append(a / (a + d))
-    rows = [{"layer": layer, "expert": expert, "risk_diff": tables[0][layer, expert] - tables[1][layer, expert]}
-            for layer in range(prob1.shape[1]) for expert in range(prob1.shape[2])]  # fmt: skip
+    rows = [
+        {"layer": layer, "expert": expert, "risk_diff": tables[0][layer, expert] - tables[1][layer, expert]}
+        for layer in range(prob1.shape[1])
+        for expert in range(prob1.shape[2])
+    ]
     df = pd.DataFrame(rows)
     df["risk_diff_abs"] = df["risk_diff"].abs()
     return df

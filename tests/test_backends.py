@@ -17,15 +17,13 @@ from conftest import BACKENDS, FAMILIES, TEXTS, every_site, left_padded, through
 from probes.capture import ActivationStore, Tokenization, capture, trace
 from probes.capture.passes import forward, generate
 from probes.capture.router_trace import trace_router
-from probes.model import (
-    BRIDGE_HOOKS, BackendError, Site, n_layers, resolve_model, router_layers, site_shape,
-    unwrap,
-)  # fmt: skip
+from probes.model import BRIDGE_HOOKS, BackendError, Site, n_layers, resolve_model, router_layers, site_shape, unwrap
 from probes.model.tl import UNSUPPORTED
 from steer.apply import steer
 from steer.interventions import Ablate, AddVector, ApplyMap, HeadShift, SetNeurons, ZeroNeurons
 from steer.router import RouterBias
 from steer.schedule import Schedule
+
 TOLERANCE = 1e-5
 
 
@@ -99,10 +97,12 @@ def interventions(family: str, backend: str) -> dict:
     plans = {
         "add": AddVector({2: torch.randn(width, generator=generator)}, alpha=4.0),
         "ablate": Ablate({3: torch.randn(2, width, generator=generator)}),
-        "map_mlp_out": ApplyMap({2: torch.randn(width, width, generator=generator) / 8}, sigma=0.5, rule="code",
-                                component="mlp_out"),  # fmt: skip
-        "heads": HeadShift({2: torch.tensor([0, heads - 1])}, {2: torch.randn(2, head_dim, generator=generator)},
-                           alpha=3.0),  # fmt: skip
+        "map_mlp_out": ApplyMap(
+            {2: torch.randn(width, width, generator=generator) / 8}, sigma=0.5, rule="code", component="mlp_out"
+        ),
+        "heads": HeadShift(
+            {2: torch.tensor([0, heads - 1])}, {2: torch.randn(2, head_dim, generator=generator)}, alpha=3.0
+        ),
     }
     if family != "mixtral":
         plans["set_mlp_act"] = SetNeurons({1: torch.tensor([3, 7, 50])}, {1: torch.tensor([2.0, -1.0, 3.0])})
@@ -207,15 +207,18 @@ def test_transformer_lens_router_hooks_see_the_routing_xlalign_steers(family):
     assert (routed.ids[layer] == 0).any(dim=-1).float().mean() > 0.5, "the bias sends most tokens to expert 0"
 
 
-@pytest.mark.parametrize(("family", "site", "intervention"), [
-    ("llama", Site(2, "mlp_gate"), ZeroNeurons({2: torch.tensor([1, 2])})),
-    ("gpt2", Site(2, "qkv_proj"), None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "site", "intervention"),
+    [("llama", Site(2, "mlp_gate"), ZeroNeurons({2: torch.tensor([1, 2])})), ("gpt2", Site(2, "qkv_proj"), None)],
+)
 def test_what_the_bridge_cannot_hook_is_a_clear_error(family, site, intervention):
     model, tokenizer = tiny(family)
     bridge = bridged(family)
-    with pytest.raises(BackendError, match=rf"{site}: the TransformerLens backend cannot read or edit "
-                                           rf"'{site.component}'.*backend='hf'"):  # fmt: skip
+    with pytest.raises(
+        BackendError,
+        match=rf"{site}: the TransformerLens backend cannot read or edit "
+        rf"'{site.component}'.*backend='hf'",
+    ):
         trace(bridge, tokenizer, TEXTS[:2], [site])
     if intervention is not None:
         with pytest.raises(BackendError, match=str(site)):
@@ -231,7 +234,9 @@ def test_a_backend_from_resolve_model_leaves_the_users_model_and_tokenizer_untou
     forwards = {name: type(module).forward for name, module in model.named_modules()}
     # transformers' own output-capturing hooks may already be there (installed by an earlier test's call): the
     # hooks must be exactly those the model had
-    hooks = {name: (dict(module._forward_hooks), dict(module._forward_pre_hooks)) for name, module in model.named_modules()}
+    hooks = {
+        name: (dict(module._forward_hooks), dict(module._forward_pre_hooks)) for name, module in model.named_modules()
+    }
     attention, padding = model.config._attn_implementation, tokenizer.padding_side
     network, returned = resolve_model(model, tokenizer, backend=backend)
     trace(network, tokenizer, TEXTS[:3], [Site(2, "resid")])
@@ -253,6 +258,7 @@ def test_nnsight_runs_xlalign_hooks_only_from_its_traces_and_refuses_other_passe
     network = through("nnsight", "llama")
     inner = unwrap(network)
     ids = tokenizer(TEXTS[:1], return_tensors="pt")["input_ids"]
+
     def hooks():  # transformers' own output-capturing hooks may be there from an earlier call: only ours count
         return {name: dict(module._forward_hooks) for name, module in inner.named_modules()}
 
@@ -278,8 +284,19 @@ def test_importing_xlalign_imports_no_backend_package():
 def test_cli_capture_through_a_backend_writes_the_hf_store(tmp_path, backend):
     from xlalign.cli import main
 
-    small = ["--model", "random:gemma3", "--corpus", "demo", "--langs", "eng,jpn", "--max-sentences", "6",
-             "--sites", "resid,attn_out,mlp_out,hidden", "--no-progress"]  # fmt: skip
+    small = [
+        "--model",
+        "random:gemma3",
+        "--corpus",
+        "demo",
+        "--langs",
+        "eng,jpn",
+        "--max-sentences",
+        "6",
+        "--sites",
+        "resid,attn_out,mlp_out,hidden",
+        "--no-progress",
+    ]
     assert main(["capture", *small, "--out", str(tmp_path / "hf")]) == 0
     assert main(["capture", *small, "--backend", backend, "--out", str(tmp_path / backend)]) == 0
     ours, theirs = ActivationStore(tmp_path / "hf"), ActivationStore(tmp_path / backend)

@@ -28,8 +28,15 @@ def test_one_tokenization_for_capture_loss_and_statistics():
     long_texts = [text for text in TEXTS if len(tokenizer(text)["input_ids"]) > 5]
     rows = []
     with pytest.warns(UserWarning, match="longer than max_length=5"):
-        capture(model, tokenizer, long_texts, [Site(1, "mlp_gate")], pooling=None, tokenization=config,
-                on_tokens=lambda site, values, r: rows.append(r))
+        capture(
+            model,
+            tokenizer,
+            long_texts,
+            [Site(1, "mlp_gate")],
+            pooling=None,
+            tokenization=config,
+            on_tokens=lambda site, values, r: rows.append(r),
+        )
     assert torch.bincount(torch.cat(rows)).tolist() == [4] * len(long_texts), "5 tokens, BOS not counted"
     corpus = ParallelCorpus([str(i) for i in range(len(long_texts))], {"eng": long_texts})
     with pytest.warns(UserWarning):
@@ -51,10 +58,22 @@ def test_batched_equals_one_by_one_for_every_pooling(family, padding_side):
     model, tokenizer = tiny(family)
     sites = all_sites(len(blocks(model)))
     for pooling in POOLINGS:
-        batched = capture(model, tokenizer, TEXTS, sites, pooling=pooling,
-                          tokenization=Tokenization(batch_size=len(TEXTS), padding_side=padding_side))
-        single = capture(model, tokenizer, TEXTS, sites, pooling=pooling,
-                         tokenization=Tokenization(batch_size=1, padding_side=padding_side))
+        batched = capture(
+            model,
+            tokenizer,
+            TEXTS,
+            sites,
+            pooling=pooling,
+            tokenization=Tokenization(batch_size=len(TEXTS), padding_side=padding_side),
+        )
+        single = capture(
+            model,
+            tokenizer,
+            TEXTS,
+            sites,
+            pooling=pooling,
+            tokenization=Tokenization(batch_size=1, padding_side=padding_side),
+        )
         for site in sites:
             assert batched[site].shape[0] == len(TEXTS)
             diff = (batched[site] - single[site]).abs().max().item()
@@ -75,8 +94,10 @@ def test_pool_reference_values():
 def hidden_states_one_by_one(model, tokenizer, texts) -> list[tuple]:
     """Each text run alone (no padding at all): the model's own hidden states, the last one after the final norm."""
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([tokenizer(text)["input_ids"]]), output_hidden_states=True).hidden_states
-                for text in texts]  # fmt: skip
+        return [
+            model(input_ids=torch.tensor([tokenizer(text)["input_ids"]]), output_hidden_states=True).hidden_states
+            for text in texts
+        ]
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -103,8 +124,15 @@ def test_record_inside_generate_keeps_prompt_and_every_decode_step(use_cache):
     (batch,) = batches(tokenizer, texts, Tokenization(batch_size=3), padding_side="left")
     site = Site(3, "resid")
     with torch.no_grad(), record(model, [site]) as rec:
-        generated = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=4,
-                                   min_new_tokens=4, do_sample=False, use_cache=use_cache, pad_token_id=0)
+        generated = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=0,
+        )
     width = batch.input_ids.shape[1]
     for row in range(3):
         prompt = batch.input_ids[row][batch.attention_mask[row].bool()]
@@ -156,8 +184,9 @@ def test_mlp_act_gate_and_heads_equal_recomputation(family):
         value_proj = {"bloom": "self_attention.query_key_value", "gpt2": "attn.c_attn"}.get(family, "self_attn.v_proj")
         inputs, values = {}, {}
         handles = [
-            mlp.register_forward_pre_hook(lambda m, a, kw: inputs.__setitem__("mlp", a[0] if a else kw["hidden_states"]),
-                                          with_kwargs=True),
+            mlp.register_forward_pre_hook(
+                lambda m, a, kw: inputs.__setitem__("mlp", a[0] if a else kw["hidden_states"]), with_kwargs=True
+            ),
             block.get_submodule(value_proj).register_forward_hook(lambda m, a, o: values.__setitem__("v", o)),
         ]
         seen = {}
@@ -259,8 +288,15 @@ def test_token_callback_sees_exactly_the_non_pad_tokens_and_the_bos_only_when_as
     assert all(row[0] == tokenizer.bos_token_id for row in ids)
     for count_bos in (True, False):
         got = []
-        pooled = capture(model, tokenizer, TEXTS, [site], tokenization=Tokenization(batch_size=3, padding_side="left"),
-                         on_tokens=lambda s, values, rows: got.append((values, rows)), count_bos=count_bos)  # fmt: skip
+        pooled = capture(
+            model,
+            tokenizer,
+            TEXTS,
+            [site],
+            tokenization=Tokenization(batch_size=3, padding_side="left"),
+            on_tokens=lambda s, values, rows: got.append((values, rows)),
+            count_bos=count_bos,
+        )
         values = torch.cat([v for v, _ in got])
         rows = torch.cat([r for _, r in got])
         assert torch.bincount(rows, minlength=len(TEXTS)).tolist() == [len(row) - (not count_bos) for row in ids]

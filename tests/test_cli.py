@@ -23,9 +23,28 @@ from steer.methods import fit_methods, names
 from steer.methods import method as registered
 from xlalign.cli import build_parser, main
 
-SMALL = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12", "--no-progress"]
-MOE = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu,rus", "--max-sentences", "16",
-       "--no-progress"]  # fmt: skip
+SMALL = [
+    "--model",
+    "random:llama",
+    "--corpus",
+    "demo",
+    "--langs",
+    "eng,deu,jpn",
+    "--max-sentences",
+    "12",
+    "--no-progress",
+]
+MOE = [
+    "--model",
+    "random:qwen2_moe",
+    "--corpus",
+    "demo",
+    "--langs",
+    "eng,deu,rus",
+    "--max-sentences",
+    "16",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +75,39 @@ def test_capture_and_measure_by_default_report_mexa_as_its_released_code_compute
 
 def test_capture_then_measure_agrees_with_the_metric_functions(tmp_path):
     store_dir = tmp_path / "store"
-    argv = ["capture", *SMALL, "--sites", "resid,mlp_act", "--layers", "0,2,4", "--pooling", "mean", "--out", str(store_dir)]
+    argv = [
+        "capture",
+        *SMALL,
+        "--sites",
+        "resid,mlp_act",
+        "--layers",
+        "0,2,4",
+        "--pooling",
+        "mean",
+        "--out",
+        str(store_dir),
+    ]
     assert main(argv) == 0
     store = ActivationStore(store_dir)
-    assert store.sites == sorted([Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(2, "mlp_act"), Site(4, "mlp_act")])
+    assert store.sites == sorted(
+        [Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(2, "mlp_act"), Site(4, "mlp_act")]
+    )
     csv = tmp_path / "metrics.csv"
-    assert main(["measure", str(store_dir), "--component", "resid", "--metrics", "retrieval_top1,mexa", "--out", str(csv)]) == 0
+    assert (
+        main(["measure", str(store_dir), "--component", "resid", "--metrics", "retrieval_top1,mexa", "--out", str(csv)])
+        == 0
+    )
     table = pd.read_csv(csv)
     assert list(table.columns) == ["layer", "language", "metric", "value"]
     assert len(table) == 3 * 2 * 2
     row = table[(table.layer == 2) & (table.language == "jpn") & (table.metric == "mexa")]
-    assert row.value.item() == pytest.approx(mexa(store.get(Site(2, "resid"), "eng"), store.get(Site(2, "resid"), "jpn")))
+    assert row.value.item() == pytest.approx(
+        mexa(store.get(Site(2, "resid"), "eng"), store.get(Site(2, "resid"), "jpn"))
+    )
     row = table[(table.layer == 4) & (table.language == "deu") & (table.metric == "retrieval_top1")]
     assert row.value.item() == pytest.approx(
-        retrieval_top1(store.get(Site(4, "resid"), "eng"), store.get(Site(4, "resid"), "deu")))
+        retrieval_top1(store.get(Site(4, "resid"), "eng"), store.get(Site(4, "resid"), "deu"))
+    )
 
 
 def test_measure_never_overwrites_silently(tmp_path, capsys):
@@ -103,14 +141,17 @@ def test_run_writes_report_with_figures_and_numbers(llama_run):
     for figure in ("langid_per_layer", "lape_neurons", "before_after", "pareto"):
         assert f"({figure}.png)" in report and (out / f"{figure}.png").is_file()
     train, _ = demo_corpus().subset(["eng", "deu", "jpn"], 12).split(test_fraction=0.2)
-    lape = fit_methods(model, tokenizer, train, languages=["deu", "jpn"], methods=["lape"],
-                       lape_languages=train.languages)["lape"]  # fmt: skip
+    lape = fit_methods(
+        model, tokenizer, train, languages=["deu", "jpn"], methods=["lape"], lape_languages=train.languages
+    )["lape"]
     drawn = pd.read_csv(out / "lape_neurons.csv")  # the LAPE figure's data: the counts of the run's neurons
     assert drawn.to_dict("records") == lape.count_per_layer().to_dict("records") and drawn.n_neurons.sum() > 0
     assert "Most aligned layers" in report and "Most language-specific layers" in report
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS
-    assert set(evaluation.method) == {n for n in names() if registered(n).default} - {"router", "steermoe"} and set(evaluation.language) == {"deu", "jpn"}
+    assert set(evaluation.method) == {n for n in names() if registered(n).default} - {"router", "steermoe"} and set(
+        evaluation.language
+    ) == {"deu", "jpn"}
     pivot_loss = evaluation[evaluation.metric == "loss_pivot"].set_index("setting").delta
     erased = pivot_loss.index.str.contains("leace", case=False)
     assert (pivot_loss[~erased] == 0).all(), "every plan but LEACE's is gated to its language"
@@ -131,7 +172,10 @@ def test_run_refuses_a_directory_with_the_users_files(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["capture", "--model", "random:llama", "--corpus", "/nonexistent/corpus.tsv", "--out", "x"], "/nonexistent/corpus.tsv"),
+        (
+            ["capture", "--model", "random:llama", "--corpus", "/nonexistent/corpus.tsv", "--out", "x"],
+            "/nonexistent/corpus.tsv",
+        ),
         (["capture", *SMALL, "--sites", "mlp", "--out", "x"], "unknown component 'mlp'"),
         (["capture", "--model", "random:nope", "--out", "x"], "no tiny random model for family 'nope'"),
         (["run", *SMALL[:4], "--langs", "deu,jpn", "--out", "x"], "pivot language 'eng'"),
@@ -158,8 +202,13 @@ def greedy(model, tokenizer, prompt: str, n: int, edits: dict) -> str:
     try:
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -171,8 +220,10 @@ def expected_edits(model, path, strength: float) -> dict:
     if path.name.startswith("shift"):
         shift = ShiftVector.load(path)
         if shift.component == "head":  # add the head vectors to the output projection's per-head input
-            return {(locate(model, Site(layer, "head"))[0], "input"):
-                    (lambda x, v=v: x + strength * v.reshape(-1)) for layer, v in shift.vectors.items()}  # fmt: skip
+            return {
+                (locate(model, Site(layer, "head"))[0], "input"): (lambda x, v=v: x + strength * v.reshape(-1))
+                for layer, v in shift.vectors.items()
+            }
         (layer,) = shift.recommended_layers
         return {blocks(model)[layer - 1]: lambda x: x + strength * shift.vectors[layer]}
     fitted = LinearMap.load(path)
@@ -198,7 +249,9 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
     found = NeuronSet.load(neurons)
     assert found.method == "LAPE" and len(found) > 0
     assert main(["find", "neurons", "--method", "lape", *SMALL, "--out", str(neurons)]) == 2  # never overwrites
-    assert main(["find", "neurons", "--method", "ap", "--k", "5", *SMALL, "--out", str(tmp_path / "ap.safetensors")]) == 0
+    assert (
+        main(["find", "neurons", "--method", "ap", "--k", "5", *SMALL, "--out", str(tmp_path / "ap.safetensors")]) == 0
+    )
     assert NeuronSet.load(tmp_path / "ap.safetensors").neurons["eng"].shape == (5, 2)
 
     matrix = tmp_path / "matrix.csv"
@@ -209,7 +262,8 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
     held = demo_corpus().subset(["eng", "deu", "jpn"], 12).rows(0, 6)
     for lang in held.languages:
         assert table[table.evaluated == lang].loss_before.tolist() == pytest.approx(
-            [next_token_loss(model, tokenizer, held.texts(lang))] * len(set(table.zeroed)))
+            [next_token_loss(model, tokenizer, held.texts(lang))] * len(set(table.zeroed))
+        )
     capsys.readouterr()
 
     prompt = "Guten Morgen"
@@ -220,8 +274,24 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
         assert sorted(p.name for p in out.iterdir()) == [f"{kind}.deu.safetensors", f"{kind}.jpn.safetensors"]
         capsys.readouterr()
         artifact = out / f"{kind}.jpn.safetensors"
-        assert main(["steer", "--artifact", str(artifact), "--model", "random:llama", "--prompt", prompt,
-                     "--strength", "4", "--max-new-tokens", "3"]) == 0
+        assert (
+            main(
+                [
+                    "steer",
+                    "--artifact",
+                    str(artifact),
+                    "--model",
+                    "random:llama",
+                    "--prompt",
+                    prompt,
+                    "--strength",
+                    "4",
+                    "--max-new-tokens",
+                    "3",
+                ]
+            )
+            == 0
+        )
         lines = capsys.readouterr().out.splitlines()
         off, on = (line.split(":", 1)[1].strip() for line in lines if line.lstrip().startswith(("off:", "on:")))
         assert off == plain.strip()
@@ -233,9 +303,14 @@ def test_find_ablate_and_steer_round_trip(tmp_path, capsys):
             tokens, _ = reference_generation(model, tokenizer, prompt, fitted, 4.0, 1.0, new_tokens=3)
             assert on == tokenizer.decode(tokens, skip_special_tokens=True).strip()
         else:
-            assert on == greedy(model, tokenizer, prompt, 3, expected_edits(model, artifact, 4.0)).strip(), (kind, method)
-    assert main(["steer", "--artifact", str(neurons), "--model", "random:qwen2", "--language", "eng",
-                 "--prompt", "x"]) == 2
+            assert on == greedy(model, tokenizer, prompt, 3, expected_edits(model, artifact, 4.0)).strip(), (
+                kind,
+                method,
+            )
+    assert (
+        main(["steer", "--artifact", str(neurons), "--model", "random:qwen2", "--language", "eng", "--prompt", "x"])
+        == 2
+    )
     assert "made on model 'random:llama'" in capsys.readouterr().err
 
 
@@ -245,7 +320,9 @@ def test_kojima_experts_over_every_linear_projection_and_forcing_them_all(tmp_pa
     pivot's units to on_p50 on those modules' outputs."""
     model, tokenizer = tiny("llama")
     out = tmp_path / "kojima"
-    assert main(["find", "neurons", "--preset", "kojima", "--k", "6", "--bottom-k", "6", *SMALL, "--out", str(out)]) == 0
+    assert (
+        main(["find", "neurons", "--preset", "kojima", "--k", "6", "--bottom-k", "6", *SMALL, "--out", str(out)]) == 0
+    )
     components = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"ap.{c}.safetensors" for c in components)
     corpus = demo_corpus().subset(["eng", "deu", "jpn"], 12)
@@ -281,12 +358,27 @@ def test_kojima_experts_over_every_linear_projection_and_forcing_them_all(tmp_pa
 
 def test_evaluate_writes_the_table_and_report_with_the_right_numbers(tmp_path):
     out = tmp_path / "eval"
-    argv = ["evaluate", *SMALL[:4], "--langs", "eng,deu", "--max-sentences", "20", "--methods", "shift,procrustes",
-            "--translations", "1", "--no-progress", "--out", str(out)]
+    argv = [
+        "evaluate",
+        *SMALL[:4],
+        "--langs",
+        "eng,deu",
+        "--max-sentences",
+        "20",
+        "--methods",
+        "shift,procrustes",
+        "--translations",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert list(evaluation.columns) == COLUMNS and set(evaluation.method) == {"shift", "procrustes"}
-    assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "line_fidelity"} <= set(evaluation.metric)
+    assert {"mexa", "retrieval_top1", "mexa_mean_after", "loss_target", "loss_pivot", "line_fidelity"} <= set(
+        evaluation.metric
+    )
     report = (out / "report.md").read_text()
     assert "(pareto.png)" in report and "3-shot translation chrF change" in report
     model, tokenizer = tiny("llama")
@@ -426,8 +518,11 @@ def test_sigint_during_capture_keeps_finished_shards_and_resumes_to_the_same_sto
 
     argv = ["capture", *SMALL, "--sites", "resid.1,resid.3"]
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED_CAPTURE, str(ready), *argv, "--out", str(tmp_path / "s")],
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_CAPTURE, str(ready), *argv, "--out", str(tmp_path / "s")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -22,8 +22,9 @@ print("loaded:" + ",".join(name for name in {heavy!r} if name in sys.modules))
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["capture", "--help"], ["evaluate", "--help"]])
 def test_help_and_version_load_no_heavy_package(argv):
-    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], capture_output=True, text=True,
-                         check=True).stdout.splitlines()[-1]
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[-1]
     assert out == "loaded:", f"xlalign {' '.join(argv)} imported {out}"
 
 

@@ -190,8 +190,7 @@ def test_fingerprint_is_stable_and_sensitive():
 
 def test_fingerprint_is_the_same_in_another_process(ntrex):
     code = (
-        "from probes.data import read_ntrex; import sys; "
-        "print(read_ntrex(sys.argv[1]).fingerprint(['deu', 'zho-CN']))"
+        "from probes.data import read_ntrex; import sys; print(read_ntrex(sys.argv[1]).fingerprint(['deu', 'zho-CN']))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "123"}
     result = subprocess.run([sys.executable, "-c", code, str(NTREX_ROOT)], env=env, capture_output=True, text=True)

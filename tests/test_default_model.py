@@ -35,8 +35,10 @@ def test_retrieval_vs_english_peaks_in_the_middle_layers(gemma):
     depth = n_layers(model)
     sites = [Site(layer, "resid") for layer in range(depth + 1)]
     acts = capture_corpus(model, tokenizer, corpus, sites, pooling="mean")
-    scores = {lang: [retrieval_top1(acts.get(site, "eng"), acts.get(site, lang)) for site in sites]
-              for lang in ("deu", "zho-CN")}  # fmt: skip
+    scores = {
+        lang: [retrieval_top1(acts.get(site, "eng"), acts.get(site, lang)) for site in sites]
+        for lang in ("deu", "zho-CN")
+    }
     best = {lang: max(range(depth + 1), key=values.__getitem__) for lang, values in scores.items()}
     print({lang: (best[lang], round(scores[lang][best[lang]], 3)) for lang in scores})
     assert scores["deu"][best["deu"]] >= 0.85
@@ -50,8 +52,9 @@ def test_mexa_on_ntrex_equals_the_released_mexa_pipeline(gemma):
     model, tokenizer = gemma
     corpus = read_ntrex(ntrex_path()).subset(["eng", "deu", "zho-CN"], 40)
     sites = [Site(layer, "hidden") for layer in range(n_layers(model) + 1)]
-    table = measure(capture_corpus(model, tokenizer, corpus, sites, pooling="weighted"), metrics=["mexa"],
-                    component="hidden").set_index(["language", "layer"])["value"]  # fmt: skip
+    table = measure(
+        capture_corpus(model, tokenizer, corpus, sites, pooling="weighted"), metrics=["mexa"], component="hidden"
+    ).set_index(["language", "layer"])["value"]
     for lang, per_layer in reference_mexa(model, tokenizer, corpus).items():
         ours = [table[lang, layer] for layer in range(len(per_layer))]
         assert ours == pytest.approx(per_layer, abs=1 / 40 + 1e-9), lang  # a float-noise flip moves one sentence

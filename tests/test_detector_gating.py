@@ -38,8 +38,9 @@ def pooled(corpus, n: int | None = None) -> dict[str, torch.Tensor]:
 def detector(split):
     train, _ = split
     vectors = pooled(train, n=6)  # few sentences: a detector that sometimes errs
-    acts = Activations({(DETECT, lang): x for lang, x in vectors.items()}, model=model_identity(tiny("llama")[0]),
-                       pooling="mean")  # fmt: skip
+    acts = Activations(
+        {(DETECT, lang): x for lang, x in vectors.items()}, model=model_identity(tiny("llama")[0]), pooling="mean"
+    )
     return vectors, fit_detector(acts, DETECT.layer)
 
 
@@ -58,16 +59,18 @@ def test_detector_equals_its_sklearn_pipeline_and_round_trips(split, detector, t
 def plan(model) -> list:
     """A different vector for German and for Russian at layer 3 (English: none)."""
     size = model.config.hidden_size
-    vectors = {lang: torch.randn(size, generator=torch.Generator().manual_seed(i)) * 4 for i, lang in
-               enumerate(["deu", "rus"])}  # fmt: skip
+    vectors = {
+        lang: torch.randn(size, generator=torch.Generator().manual_seed(i)) * 4 for i, lang in enumerate(["deu", "rus"])
+    }
     return [(AddVector({3: vectors[lang]}), gated([lang])) for lang in vectors]
 
 
 def generate(model, tokenizer, prompts, languages, use_cache: bool) -> torch.Tensor:
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     with steer(model, plan(model), languages=languages), torch.inference_mode():
-        return model.generate(**batch, max_new_tokens=5, do_sample=False, use_cache=use_cache,
-                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        return model.generate(
+            **batch, max_new_tokens=5, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id
+        )
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -98,7 +101,9 @@ def test_cached_equals_uncached_under_detection(split, detector):
     _, test = split
     prompts = [test.texts(lang)[5] for lang in LANGUAGES]
     _, found = detector
-    assert torch.equal(generate(model, tokenizer, prompts, found, True), generate(model, tokenizer, prompts, found, False))
+    assert torch.equal(
+        generate(model, tokenizer, prompts, found, True), generate(model, tokenizer, prompts, found, False)
+    )
 
 
 def test_a_plan_editing_at_or_before_the_detector_layer_is_refused(detector):

@@ -21,10 +21,19 @@ def context() -> ForwardContext:
     valid = torch.ones(BATCH, TOKENS, dtype=torch.bool)
     valid[1, :2] = False
     position = (valid.cumsum(dim=1) - 1).clamp(min=0)
-    return ForwardContext(valid=valid, position=position, prompt_length=valid.sum(dim=1),
-                          decode_step=torch.zeros(BATCH, TOKENS, dtype=torch.long), prompt_mask=valid,
-                          columns=torch.arange(TOKENS), example=torch.arange(BATCH), counted=valid,
-                          input_ids=torch.ones(BATCH, TOKENS, dtype=torch.long), call=0, first_new=0)  # fmt: skip
+    return ForwardContext(
+        valid=valid,
+        position=position,
+        prompt_length=valid.sum(dim=1),
+        decode_step=torch.zeros(BATCH, TOKENS, dtype=torch.long),
+        prompt_mask=valid,
+        columns=torch.arange(TOKENS),
+        example=torch.arange(BATCH),
+        counted=valid,
+        input_ids=torch.ones(BATCH, TOKENS, dtype=torch.long),
+        call=0,
+        first_new=0,
+    )
 
 
 INTERVENTIONS = {
@@ -33,8 +42,11 @@ INTERVENTIONS = {
     "map": (ApplyMap({3: torch.randn(WIDTH, WIDTH)}, sigma=0.5), (WIDTH,), "resid"),
     "set": (SetNeurons({3: torch.tensor([1, 4])}, {3: torch.tensor([2.0, -1.0])}), (WIDTH,), "mlp_act"),
     "zero": (ZeroNeurons({3: torch.tensor([1, 4])}), (WIDTH,), "mlp_gate"),
-    "heads": (HeadShift({3: torch.tensor([0, 2])}, {3: torch.randn(2, WIDTH // HEADS)}), (HEADS, WIDTH // HEADS),
-              "head"),  # fmt: skip
+    "heads": (
+        HeadShift({3: torch.tensor([0, 2])}, {3: torch.randn(2, WIDTH // HEADS)}),
+        (HEADS, WIDTH // HEADS),
+        "head",
+    ),
     "router_bias": (RouterBias({3: torch.tensor([1, 5])}, delta=2.0), (EXPERTS,), "router"),
     "force": (ForceExperts({3: torch.tensor([2])}), (EXPERTS,), "router"),
     "ban": (BanExperts({3: torch.tensor([2])}), (EXPERTS,), "router"),

@@ -303,8 +303,17 @@ def test_an_artifact_of_another_format_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "old.safetensors"
-    header = {"kind": "ShiftVector", "version": "0.1.0", "component": "resid", "pivot": "eng", "language": "deu",
-              "method": "mean", "params": {}, "model": {}, "layers": [1]}  # what xlalign 0.1 wrote: no format
+    header = {
+        "kind": "ShiftVector",
+        "version": "0.1.0",
+        "component": "resid",
+        "pivot": "eng",
+        "language": "deu",
+        "method": "mean",
+        "params": {},
+        "model": {},
+        "layers": [1],
+    }  # what xlalign 0.1 wrote: no format
     save_file({"resid.1": torch.ones(4)}, path, metadata={"xlalign": json.dumps(header)})
     with pytest.raises(ArtifactError, match="written by xlalign 0.1.0 in artifact format 1; .* reads format 3"):
         ShiftVector.load(path)

@@ -108,8 +108,9 @@ def test_neuron_statistics_gathered_across_two_ranks_equal_the_single_process_st
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     for command, name in (([sys.executable], "one.pt"), (launcher, "two.pt")):
-        done = subprocess.run([*command, str(script), str(tmp_path / name)], env=environment, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [*command, str(script), str(tmp_path / name)], env=environment, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "two.pt"))
     assert one["languages"] == two["languages"] == ["eng", "deu", "jpn", "arb", "hin"]

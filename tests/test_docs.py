@@ -105,8 +105,13 @@ def test_every_relative_link_of_the_docs_resolves():
 
 def repository_files(*suffixes: str) -> list[Path]:
     """The repository's files (tracked, and new ones git does not ignore) ending in ``suffixes``."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     return [ROOT / name for name in listed if name.endswith(suffixes) and (ROOT / name).is_file()]
 
 

@@ -47,9 +47,12 @@ def fitted(split):
 
 def probe_accuracy(train: dict, test: dict) -> float:
     """Held-out accuracy of a standardised logistic-regression language probe."""
+
     def stack(data):
         return torch.cat([data[lang] for lang in LANGUAGES]).numpy(), np.repeat(
-            np.arange(len(LANGUAGES)), [len(data[lang]) for lang in LANGUAGES])
+            np.arange(len(LANGUAGES)), [len(data[lang]) for lang in LANGUAGES]
+        )
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(*stack(train))
     return probe.score(*stack(test))
 

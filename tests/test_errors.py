@@ -83,8 +83,14 @@ def failing_job(error: BaseException):
     return job
 
 
-NEW_ERRORS = ["probes.find.errors.FinderError", "steer.errors.EvaluationError", "probes.analysis.routing.RoutingError",
-              "probes.plots.style.FigureError", "probes.capture.pooling.PoolingError", "xlalign.errors.JobError"]
+NEW_ERRORS = [
+    "probes.find.errors.FinderError",
+    "steer.errors.EvaluationError",
+    "probes.analysis.routing.RoutingError",
+    "probes.plots.style.FigureError",
+    "probes.capture.pooling.PoolingError",
+    "xlalign.errors.JobError",
+]
 
 
 @pytest.mark.parametrize("error", NEW_ERRORS)

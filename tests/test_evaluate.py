@@ -24,14 +24,23 @@ def corpus():
 
 def shift_setting(alpha: float) -> Setting:
     vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    return Setting("shift", f"alpha={alpha}", 2,
-                   lambda lang, texts: [(AddVector({2: vector}, alpha), Schedule(only=(lang,)))])
+    return Setting(
+        "shift", f"alpha={alpha}", 2, lambda lang, texts: [(AddVector({2: vector}, alpha), Schedule(only=(lang,)))]
+    )
 
 
 def test_evaluation_matches_direct_computation_and_keeps_pivot_untouched(corpus):
     model, tokenizer = tiny("llama")
-    table = evaluate(model, tokenizer, corpus, [shift_setting(0.0), shift_setting(3.0)], languages=["deu", "rus"],
-                     fidelity=OutputLanguage(min_tokens=1), n_boot=200, n_prompts=4)
+    table = evaluate(
+        model,
+        tokenizer,
+        corpus,
+        [shift_setting(0.0), shift_setting(3.0)],
+        languages=["deu", "rus"],
+        fidelity=OutputLanguage(min_tokens=1),
+        n_boot=200,
+        n_prompts=4,
+    )
     assert list(table.columns) == COLUMNS
     zero = table[table.setting == "alpha=0.0"]
     assert (zero.delta.abs() < 1e-12).all(), "a zero vector changes nothing"
@@ -90,15 +99,23 @@ def test_next_token_loss_is_padding_proof(corpus):
     model, tokenizer = tiny("gemma3_text")
     texts = corpus.texts("deu")[:6]
     assert next_token_loss(model, tokenizer, texts, tokenization=Tokenization(batch_size=6)) == pytest.approx(
-        next_token_loss(model, tokenizer, texts, tokenization=Tokenization(batch_size=1)), rel=1e-6)
+        next_token_loss(model, tokenizer, texts, tokenization=Tokenization(batch_size=1)), rel=1e-6
+    )
 
 
 def test_one_pass_fitting_equals_each_finder_run_alone(corpus):
     from steer.methods import fit_methods
 
     model, tokenizer = tiny("qwen2")
-    found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["shift", "lape", "ap"],
-                        lape_languages=["eng", "deu", "rus"], ap_k=7)
+    found = fit_methods(
+        model,
+        tokenizer,
+        corpus,
+        languages=["deu"],
+        methods=["shift", "lape", "ap"],
+        lape_languages=["eng", "deu", "rus"],
+        ap_k=7,
+    )
     gates = [Site(layer, "mlp_gate") for layer in range(1, 5)]
     lape = LAPE().fit(collect_stats(model, tokenizer, corpus, gates, languages=["eng", "deu", "rus"], bins=0)).neurons_
     assert found["lape"].languages == lape.languages
@@ -138,16 +155,19 @@ def test_gating_by_detection_equals_true_gating_where_the_detector_is_right(corp
     model, tokenizer = tiny("llama")
     site = Site(1, "resid")
     pooled = {lang: capture(model, tokenizer, corpus.texts(lang), [site])[site] for lang in corpus.languages}
-    detector = fit_detector(Activations({(site, lang): x for lang, x in pooled.items()}, model=model_identity(model),
-                                        pooling="mean"), 1)  # fmt: skip
+    detector = fit_detector(
+        Activations({(site, lang): x for lang, x in pooled.items()}, model=model_identity(model), pooling="mean"), 1
+    )
     assert all(detector.predict(x) == [lang] * len(x) for lang, x in pooled.items())
     setting = shift_setting(3.0)
     (detected,) = gated_by_detection([setting], detector.layer)
     assert detected.setting == "alpha=3.0,gate=detected" and gated_by_detection([setting], 2) == []
-    table = evaluate(model, tokenizer, corpus, [setting, detected], languages=["rus"], detector=detector, n_boot=10,
-                     n_loss=8)  # fmt: skip
-    true, found = (table[table.setting == name].set_index(["metric", "layer"]) for name in (setting.setting,
-                                                                                             detected.setting))
+    table = evaluate(
+        model, tokenizer, corpus, [setting, detected], languages=["rus"], detector=detector, n_boot=10, n_loss=8
+    )
+    true, found = (
+        table[table.setting == name].set_index(["metric", "layer"]) for name in (setting.setting, detected.setting)
+    )
     shared = true.index.intersection(found.index)
     assert len(shared) == len(true) and (true.loc[shared, "on"] == found.loc[shared, "on"]).all()
     assert found.loc[("detection_accuracy", 2), "on"] == 1.0

@@ -14,14 +14,31 @@ from probes.artifacts import Eraser, LanguageDetector, LinearMap, NeuronSet, Shi
 from probes.capture import record
 from probes.model import Site, model_identity, n_layers
 from steer import (
-    Ablate, AddVector, ApplyMap, BanExperts, Erase, ForceExperts, HeadShift, Patch, RouterBias, Schedule, SetNeurons,
-    ZeroNeurons, steer,
+    Ablate,
+    AddVector,
+    ApplyMap,
+    BanExperts,
+    Erase,
+    ForceExperts,
+    HeadShift,
+    Patch,
+    RouterBias,
+    Schedule,
+    SetNeurons,
+    ZeroNeurons,
+    steer,
 )
 from steer.schedule import gated
 from tests.conftest import tiny
 from xlalign.export import (
-    ControlVectorError, add_export_commands, build_control_vector, export_control_vector, import_control_vector,
-    read_control_vector, run_export_command, write_control_vector,
+    ControlVectorError,
+    add_export_commands,
+    build_control_vector,
+    export_control_vector,
+    import_control_vector,
+    read_control_vector,
+    run_export_command,
+    write_control_vector,
 )
 
 D = 64  # the tiny llama's width
@@ -119,9 +136,10 @@ def test_a_repeng_file_imports_at_the_output_of_the_block_it_names(tmp_path):
     assert read_control_vector(path).model_hint == "llama"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("direction.0", "direction.0"), ("layer.3", "not direction.N"), ("direction.x", "not direction.N"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [("direction.0", "direction.0"), ("layer.3", "not direction.N"), ("direction.x", "not direction.N")],
+)
 def test_files_llama_cpp_refuses_are_refused(tmp_path, name, expected):
     writer = gguf.GGUFWriter(tmp_path / "bad.gguf", "controlvector")
     writer.add_tensor(name, vector(0).numpy())
@@ -155,8 +173,9 @@ def _identity():
 
 
 def _eraser(component="resid"):
-    return Eraser({2: torch.zeros(D, 1)}, {2: torch.zeros(1, D)}, {2: torch.zeros(D)}, component, ("deu", "eng"), {},
-                  _identity())
+    return Eraser(
+        {2: torch.zeros(D, 1)}, {2: torch.zeros(1, D)}, {2: torch.zeros(D)}, component, ("deu", "eng"), {}, _identity()
+    )
 
 
 EYE = {2: torch.eye(D)}
@@ -164,13 +183,30 @@ ZERO = {2: torch.zeros(D)}
 # name -> (the item, built when the test runs; what the error must say)
 REFUSALS = {
     "incline map": (lambda: LinearMap(EYE, "mlp_out", "incline", "deu", "eng", {}, _identity()), "INCLINE map"),
-    "procrustes map": (lambda: LinearMap(EYE, "resid", "procrustes", "deu", "eng", {}, _identity(), ZERO, ZERO),
-                       "transforms each"),
+    "procrustes map": (
+        lambda: LinearMap(EYE, "resid", "procrustes", "deu", "eng", {}, _identity(), ZERO, ZERO),
+        "transforms each",
+    ),
     "eraser": (_eraser, "LEACE eraser"),
-    "neurons": (lambda: NeuronSet("mlp_gate", {"deu": torch.tensor([[2, 5]])}, model=_identity(), method="LAPE"),
-                "NeuronSet"),
-    "detector": (lambda: LanguageDetector(3, "resid", "mean", ("deu", "eng"), torch.zeros(D), torch.ones(D),
-                                          torch.zeros(2, D), torch.zeros(2), {}, _identity()), "language detector"),
+    "neurons": (
+        lambda: NeuronSet("mlp_gate", {"deu": torch.tensor([[2, 5]])}, model=_identity(), method="LAPE"),
+        "NeuronSet",
+    ),
+    "detector": (
+        lambda: LanguageDetector(
+            3,
+            "resid",
+            "mean",
+            ("deu", "eng"),
+            torch.zeros(D),
+            torch.ones(D),
+            torch.zeros(2, D),
+            torch.zeros(2),
+            {},
+            _identity(),
+        ),
+        "language detector",
+    ),
     "head shift": (lambda: _shift("head", width=(4, 16)), "edits attention heads"),
     "embeddings": (lambda: AddVector({0: vector(0)}), "layer 0 is the embeddings"),
     "block 0": (lambda: AddVector({1: vector(0)}), "layer 1 is block 0's output"),
@@ -213,7 +249,9 @@ def test_every_non_exportable_item_is_refused_and_nothing_is_written(tmp_path, n
 def test_the_last_hidden_state_is_after_the_final_norm_and_refused():
     model, _ = tiny("llama")
     last = n_layers(model)
-    assert build_control_vector([AddVector({last - 1: vector(0)}, component="hidden")], model=model).layers == [last - 1]
+    assert build_control_vector([AddVector({last - 1: vector(0)}, component="hidden")], model=model).layers == [
+        last - 1
+    ]
     with pytest.raises(ControlVectorError, match="after the final norm"):
         build_control_vector([AddVector({last: vector(0)}, component="hidden")], model=model)
 
@@ -229,8 +267,16 @@ def test_layers_past_the_model_and_mixed_widths_are_refused():
 
 
 def test_artifacts_of_different_models_are_refused():
-    other = ShiftVector({3: torch.ones(D)}, "resid", "eng", "deu", "mean", {},
-                        {**model_identity(tiny("llama")[0]), "model_type": "qwen2"}, (3,))
+    other = ShiftVector(
+        {3: torch.ones(D)},
+        "resid",
+        "eng",
+        "deu",
+        "mean",
+        {},
+        {**model_identity(tiny("llama")[0]), "model_type": "qwen2"},
+        (3,),
+    )
     with pytest.raises(ControlVectorError, match="different models"):
         build_control_vector([_shift(), other])
 
@@ -265,8 +311,9 @@ def test_the_export_and_import_commands(tmp_path):
     shift = _shift(layers=(2, 3, 4), recommended=(3,))
     artifact = shift.save(tmp_path / "shift.safetensors")
     out = tmp_path / "cv.gguf"
-    args = parser().parse_args(["export", "control-vector", str(artifact), "--out", str(out), "--strength", "2",
-                                "--layers", "2,4"])
+    args = parser().parse_args(
+        ["export", "control-vector", str(artifact), "--out", str(out), "--strength", "2", "--layers", "2,4"]
+    )
     assert "direction.1 -> resid.2" in run_export_command(args)
     assert torch.equal(read_control_vector(out).directions[3], 2.0 * shift.vectors[4])
     with pytest.raises(ControlVectorError, match="exists"):
@@ -274,8 +321,23 @@ def test_the_export_and_import_commands(tmp_path):
     shown = run_export_command(parser().parse_args(["import", "control-vector", str(out)]))
     assert "direction.3 -> resid.4" in shown and "model hint llama" in shown
     saved = tmp_path / "imported.safetensors"
-    run_export_command(parser().parse_args(["import", "control-vector", str(out), "--out", str(saved), "--model",
-                                            "random:llama", "--language", "deu", "--pivot", "eng"]))
+    run_export_command(
+        parser().parse_args(
+            [
+                "import",
+                "control-vector",
+                str(out),
+                "--out",
+                str(saved),
+                "--model",
+                "random:llama",
+                "--language",
+                "deu",
+                "--pivot",
+                "eng",
+            ]
+        )
+    )
     model, _ = tiny("llama")
     back = load_artifact(saved, model=model)
     assert back.layers == [2, 4] and torch.equal(back.vectors[4], 2.0 * shift.vectors[4])

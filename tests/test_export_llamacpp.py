@@ -34,7 +34,11 @@ from xlalign.export.llamacpp import apply_control_vector, clear_control_vector, 
 
 LOGIT_TOLERANCE = 2.5e-2
 NEW_TOKENS = 10
-PROMPTS = ["Guten Morgen! Heute gehen wir", "Die Katze schläft auf dem Sofa, und", "Ich habe gestern ein Buch gelesen, das"]
+PROMPTS = [
+    "Guten Morgen! Heute gehen wir",
+    "Die Katze schläft auf dem Sofa, und",
+    "Ich habe gestern ein Buch gelesen, das",
+]
 MIDDLE, RESTORE = 9, 14
 
 
@@ -52,8 +56,16 @@ def directions(hf):
     stats = collect_stats(model, tokenizer, corpus, [Site(layer, "resid") for layer in layers], bins=0)
     diffmean = fit_diffmean(stats, "deu", pivot="eng", layers=layers, recommended=[MIDDLE])
     gaps = {layer: float(diffmean.params["gap_norms"][str(layer)]) for layer in layers}
-    shift = ShiftVector({layer: diffmean.vectors[layer] * gaps[layer] for layer in layers}, "resid", "eng", "deu",
-                        "mean", {}, diffmean.model, (MIDDLE,))
+    shift = ShiftVector(
+        {layer: diffmean.vectors[layer] * gaps[layer] for layer in layers},
+        "resid",
+        "eng",
+        "deu",
+        "mean",
+        {},
+        diffmean.model,
+        (MIDDLE,),
+    )
     return SimpleNamespace(diffmean={"deu": diffmean}, shift=shift)
 
 
@@ -62,7 +74,10 @@ def plans(found, last: int) -> dict:
     return {
         "plain": [],
         "shift at a middle layer": [to_intervention(found.shift, strength=1.0, layers=[MIDDLE])],
-        "sandwich": [diffmean_plan(found.diffmean, "deu", MIDDLE, 0.5), restore_plan(found.diffmean, "deu", RESTORE, 0.5)],
+        "sandwich": [
+            diffmean_plan(found.diffmean, "deu", MIDDLE, 0.5),
+            restore_plan(found.diffmean, "deu", RESTORE, 0.5),
+        ],
         "vector at the last layer": [to_intervention(found.shift, strength=0.05, layers=[last])],
     }
 
@@ -78,8 +93,15 @@ def f32_gguf(tmp_path_factory):
 
 def open_llama(path):
     """llama.cpp on ``path`` with an F32 KV cache (its default F16 cache would add its own rounding)."""
-    return llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, n_batch=128, verbose=False, type_k=llama_cpp.GGML_TYPE_F32,
-                           type_v=llama_cpp.GGML_TYPE_F32)
+    return llama_cpp.Llama(
+        str(path),
+        n_ctx=128,
+        n_threads=2,
+        n_batch=128,
+        verbose=False,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +133,16 @@ def hf_run(hf, plan, ids: list[int]) -> tuple[np.ndarray, list[int]]:
     model, tokenizer = hf
     batch = torch.tensor([ids])
     with torch.inference_mode(), steer(model, plan):
-        out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True)
-    return out.logits[0][0].double().numpy(), out.sequences[0, len(ids):].tolist()
+        out = model.generate(
+            batch,
+            attention_mask=torch.ones_like(batch),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return out.logits[0][0].double().numpy(), out.sequences[0, len(ids) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +177,9 @@ def test_llama_cpp_steers_as_the_hf_backend(hf, directions, reference, f32_llama
         error = float(np.abs(logits - expected_logits).max())
         print(f"{setting}: {prompt!r} max |logit difference| {error:.2e}; tokens {tokenizer.decode(tokens)!r}")
         assert error < LOGIT_TOLERANCE, f"{setting}: {prompt!r} logits differ by {error}"
-        assert tokens == expected_tokens, f"{setting}: {prompt!r}: {tokenizer.decode(tokens)!r} vs " \
-                                          f"{tokenizer.decode(expected_tokens)!r}"
+        assert tokens == expected_tokens, (
+            f"{setting}: {prompt!r}: {tokenizer.decode(tokens)!r} vs {tokenizer.decode(expected_tokens)!r}"
+        )
     if plan:  # the steering did something, so agreeing means something
         assert any(reference(setting, prompt)[1] != reference("plain", prompt)[1] for prompt in PROMPTS)
 
@@ -217,8 +247,10 @@ def test_german_prompts_switch_language_in_the_original_q4_k_m_gguf(hf, directio
             hf_tokens, q4_tokens = reference(setting, prompt)[1], llama_run(llm, tokenizer(prompt)["input_ids"])[1]
             texts = [tokenizer.decode(tokens) for tokens in (hf_tokens, q4_tokens)]
             languages = [classify("py3langid", " ".join(text.split()), ["de", "en"])[0] for text in texts]
-            print(f"{'steered' if steering else 'plain'} {prompt!r}: hf {texts[0]!r} ({languages[0]}), "
-                  f"Q4_K_M {texts[1]!r} ({languages[1]})")
+            print(
+                f"{'steered' if steering else 'plain'} {prompt!r}: hf {texts[0]!r} ({languages[0]}), "
+                f"Q4_K_M {texts[1]!r} ({languages[1]})"
+            )
             expected = "en" if steering else "de"
             assert languages == [expected, expected], (prompt, texts)
             same += sum(a == b for a, b in zip(hf_tokens, q4_tokens))

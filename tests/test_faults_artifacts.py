@@ -15,7 +15,15 @@ from safetensors.torch import save_file
 from conftest import tiny
 from probes.analysis import Activations
 from probes.artifacts import (
-    KINDS, ArtifactError, Eraser, LanguageDetector, LinearMap, NeuronSet, ShiftVector, artifact_digest, load_artifact,
+    KINDS,
+    ArtifactError,
+    Eraser,
+    LanguageDetector,
+    LinearMap,
+    NeuronSet,
+    ShiftVector,
+    artifact_digest,
+    load_artifact,
 )
 from probes.capture import capture
 from probes.data import demo_corpus

@@ -202,6 +202,8 @@ def test_float16_on_cpu_overflows_the_default_model_and_capture_says_where(tmp_p
     argv += ["--max-sentences", "4", "--no-progress", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress bar
-    assert err.startswith("xlalign capture: error: hidden.8 (layer 8) of eng holds non-finite values (inf/NaN) in "
-                          "float16: the model overflows in this dtype; use --dtype bfloat16 or float32"), err
+    assert err.startswith(
+        "xlalign capture: error: hidden.8 (layer 8) of eng holds non-finite values (inf/NaN) in "
+        "float16: the model overflows in this dtype; use --dtype bfloat16 or float32"
+    ), err
     assert not out.exists()

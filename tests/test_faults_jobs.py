@@ -23,8 +23,17 @@ from xlalign.errors import JobError, Notice
 from xlalign.outdir import NOTE
 
 SMALL = demo_corpus().subset(["eng", "deu", "jpn"], 12)
-CLI = ["--model", "random:llama", "--corpus", "demo", "--langs", "eng,deu,jpn", "--max-sentences", "12",
-       "--no-progress"]  # fmt: skip
+CLI = [
+    "--model",
+    "random:llama",
+    "--corpus",
+    "demo",
+    "--langs",
+    "eng,deu,jpn",
+    "--max-sentences",
+    "12",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,9 @@ def lape_file(tmp_path_factory):
 
 def evaluated(out, **options):
     model, tokenizer = tiny("llama")
-    settings = dict(model=model, tokenizer=tokenizer, corpus=SMALL, methods=["shift"], n_loss=4, n_prompts=2,
-                    progress=False)  # fmt: skip
+    settings = dict(
+        model=model, tokenizer=tokenizer, corpus=SMALL, methods=["shift"], n_loss=4, n_prompts=2, progress=False
+    )
     return evaluate(out, **{**settings, **options})
 
 
@@ -54,8 +64,19 @@ def evaluated(out, **options):
 
 @pytest.mark.parametrize("language", ["fra", "jpn"])
 def test_steer_refuses_a_language_the_shift_vector_was_not_fitted_for(shift_dir, language, capsys):
-    argv = ["steer", "--model", "random:llama", "--artifact", str(shift_dir / "shift.deu.safetensors"),
-            "--prompt", "Guten Morgen", "--language", language, "--max-new-tokens", "2"]  # fmt: skip
+    argv = [
+        "steer",
+        "--model",
+        "random:llama",
+        "--artifact",
+        str(shift_dir / "shift.deu.safetensors"),
+        "--prompt",
+        "Guten Morgen",
+        "--language",
+        language,
+        "--max-new-tokens",
+        "2",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "fitted for 'deu'" in err and f"names '{language}'" in err and err.count("\n") == 1
@@ -66,22 +87,44 @@ def test_steer_accepts_the_shift_vectors_own_language_in_any_spelling(shift_dir)
     path = shift_dir / "shift.deu.safetensors"
     plain = steering.steer(path, ["Guten Morgen"], model=model, tokenizer=tokenizer, max_new_tokens=3)
     for spelling in ("de", "DEU", "deu_Latn"):
-        named = steering.steer(path, ["Guten Morgen"], model=model, tokenizer=tokenizer, language=spelling,
-                               max_new_tokens=3)  # fmt: skip
+        named = steering.steer(
+            path, ["Guten Morgen"], model=model, tokenizer=tokenizer, language=spelling, max_new_tokens=3
+        )
         pd.testing.assert_frame_equal(named, plain)
 
 
 def test_steer_refuses_a_strength_for_a_neuron_set(lape_file, capsys):
-    argv = ["steer", "--model", "random:llama", "--artifact", str(lape_file), "--language", "deu",
-            "--prompt", "Hallo", "--strength", "2", "--max-new-tokens", "2"]  # fmt: skip
+    argv = [
+        "steer",
+        "--model",
+        "random:llama",
+        "--artifact",
+        str(lape_file),
+        "--language",
+        "deu",
+        "--prompt",
+        "Hallo",
+        "--strength",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]
     assert main(argv) == 2
     assert "--layers and --strength apply to shift vectors" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("strength", ["nan", "inf", "-inf"])
 def test_steer_refuses_a_non_finite_strength_before_loading_anything(shift_dir, strength, capsys):
-    argv = ["steer", "--model", "random:llama", "--artifact", str(shift_dir / "shift.deu.safetensors"),
-            "--prompt", "Hallo", f"--strength={strength}"]  # fmt: skip
+    argv = [
+        "steer",
+        "--model",
+        "random:llama",
+        "--artifact",
+        str(shift_dir / "shift.deu.safetensors"),
+        "--prompt",
+        "Hallo",
+        f"--strength={strength}",
+    ]
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "--strength: expected a finite number" in capsys.readouterr().err
@@ -89,13 +132,26 @@ def test_steer_refuses_a_non_finite_strength_before_loading_anything(shift_dir, 
 
 def test_gate_by_detection_says_which_settings_get_no_gated_twin(tmp_path, capsys):
     out = tmp_path / "gated"
-    argv = ["evaluate", *CLI, "--methods", "diffmean,shift", "--gate-by-detection", "--loss-sentences", "4",
-            "--prompts", "2", "--out", str(out)]  # fmt: skip
+    argv = [
+        "evaluate",
+        *CLI,
+        "--methods",
+        "diffmean,shift",
+        "--gate-by-detection",
+        "--loss-sentences",
+        "4",
+        "--prompts",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     table = pd.read_csv(out / "evaluation.csv")
-    ungated = sorted(set(table.loc[~table.setting.str.contains("gate=detected"), "method"])
-                     - set(table.loc[table.setting.str.contains("gate=detected"), "method"]))  # fmt: skip
+    ungated = sorted(
+        set(table.loc[~table.setting.str.contains("gate=detected"), "method"])
+        - set(table.loc[table.setting.str.contains("gate=detected"), "method"])
+    )
     assert ungated == ["diffmean"], "DiffMean edits layer 1, where detection happens: it cannot be gated"
     assert "note: --gate-by-detection: no detection-gated setting for diffmean" in err
     assert "no detection-gated setting for diffmean" in (out / "report.md").read_text()
@@ -199,8 +255,16 @@ def test_bad_loop_options_fail_before_any_work_and_write_nothing(tmp_path, optio
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.parametrize("argv", [["--translations", "-1"], ["--prompts", "0"], ["--test-fraction", "nan"],
-                                  ["--pivot", "xx"], ["--incline-sigmas", "0.5,inf"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--translations", "-1"],
+        ["--prompts", "0"],
+        ["--test-fraction", "nan"],
+        ["--pivot", "xx"],
+        ["--incline-sigmas", "0.5,inf"],
+    ],
+)
 def test_bad_loop_options_on_the_command_line_exit_2_and_write_nothing(tmp_path, argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", *CLI, *argv, "--out", str(tmp_path / "e")])
@@ -231,8 +295,19 @@ def test_find_never_leaves_part_of_its_files_after_a_full_disk(tmp_path, monkeyp
         return real(self, path, **kwargs)
 
     monkeypatch.setattr(Artifact, "save", full_on_second)
-    argv = ["find", "neurons", "--method", "ap", "--components", "mlp_act,down_proj", "--k", "3", *CLI,
-            "--out", str(tmp_path / "ap")]  # fmt: skip
+    argv = [
+        "find",
+        "neurons",
+        "--method",
+        "ap",
+        "--components",
+        "mlp_act,down_proj",
+        "--k",
+        "3",
+        *CLI,
+        "--out",
+        str(tmp_path / "ap"),
+    ]
     assert main(argv) == 2
     assert len(calls) == 2 and not list((tmp_path / "ap").glob("*"))
     monkeypatch.undo()
@@ -246,8 +321,18 @@ def test_every_language_option_takes_every_usual_spelling(tmp_path, shift_dir):
     assert main(["find", "shift", *CLI, "--pivot", "EN", "--out", str(tmp_path / "s")]) == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in shift_dir.iterdir())
     model, tokenizer = tiny("llama")
-    report = run(tmp_path / "r", model=model, tokenizer=tokenizer, corpus=SMALL, pivot="en", steer_langs=["de"],
-                 methods=["shift"], n_loss=4, n_prompts=2, progress=False)  # fmt: skip
+    report = run(
+        tmp_path / "r",
+        model=model,
+        tokenizer=tokenizer,
+        corpus=SMALL,
+        pivot="en",
+        steer_langs=["de"],
+        methods=["shift"],
+        n_loss=4,
+        n_prompts=2,
+        progress=False,
+    )
     table = pd.read_csv(report.parent / "evaluation.csv")
     assert set(table.language) == {"deu"}
 
@@ -275,7 +360,6 @@ def test_an_abandoned_model_conversion_is_removed_and_a_running_one_kept(tmp_pat
         (scratch / "model" / "model.safetensors").write_bytes(b"x" * 100)
     _remove_abandoned_conversions(tmp_path)
     assert not abandoned.exists() and running.exists()
-
 
 
 def test_router_sites_on_a_dense_model_say_it_is_dense(tmp_path, capsys):
@@ -312,8 +396,17 @@ def test_measure_takes_the_only_component_a_store_holds(tmp_path):
         assert main(named) == 0
         measured, named = (pd.read_csv(tmp_path / f"{sites}{suffix}.csv") for suffix in ("", ".named"))
         pd.testing.assert_frame_equal(measured, named)
-    moe = ["--model", "random:qwen2_moe", "--corpus", "demo", "--langs", "eng,deu", "--max-sentences", "8",
-           "--no-progress"]
+    moe = [
+        "--model",
+        "random:qwen2_moe",
+        "--corpus",
+        "demo",
+        "--langs",
+        "eng,deu",
+        "--max-sentences",
+        "8",
+        "--no-progress",
+    ]
     assert main(["capture", *moe, "--sites", "router", "--out", str(tmp_path / "router")]) == 0
     assert main(["measure", str(tmp_path / "router"), "--out", str(tmp_path / "router.csv")]) == 0
     assert {"jsd", "jsd_norm"} <= set(pd.read_csv(tmp_path / "router.csv").metric)
@@ -339,6 +432,15 @@ def test_a_plan_that_edits_chosen_tokens_is_not_measured_on_translation_silently
     span = Setting("span", "first tokens", 1, lambda lang, texts: [(vector, Schedule(prefill=(0, 2), only=(lang,)))])
     every = Setting("shift", "all", 1, lambda lang, texts: [(vector, Schedule(only=(lang,)))])
     with pytest.warns(Notice, match=r"span \(first tokens\), deu: AddVector edits prefill=\(0, 2\)"):
-        table = evaluate(model, tokenizer, demo_corpus().subset(["eng", "deu"], 12), [span, every],
-                         languages=["eng", "deu"], n_boot=20, n_loss=2, n_translations=2, shots=2)  # fmt: skip
+        table = evaluate(
+            model,
+            tokenizer,
+            demo_corpus().subset(["eng", "deu"], 12),
+            [span, every],
+            languages=["eng", "deu"],
+            n_boot=20,
+            n_loss=2,
+            n_translations=2,
+            shots=2,
+        )
     assert set(table[table.metric == "chrf"].method) == {"shift"}, "the span's translation would be another edit"

@@ -19,8 +19,16 @@ from probes.analysis.output_language import OutputLanguage, is_english_word, iso
 from probes.data import load_corpus
 
 OURS = {
-    "deu": "de", "fra": "fr", "rus": "ru", "zho-CN": "zh", "arb": "ar", "hin": "hi", "jpn": "ja", "kor": "ko",
-    "ell": "el", "spa": "es",
+    "deu": "de",
+    "fra": "fr",
+    "rus": "ru",
+    "zho-CN": "zh",
+    "arb": "ar",
+    "hin": "hi",
+    "jpn": "ja",
+    "kor": "ko",
+    "ell": "el",
+    "spa": "es",
 }
 NEIGHBOURS = ["ita", "nld", "fas", "por", "eng"]
 
@@ -125,7 +133,9 @@ def test_scores_equal_the_reference_on_generated_completions(ntrex, reference, m
                 at = data.draw(st.integers(0, len(text)))
                 text = text[:at] + "—" + text[at:]
             if data.draw(st.booleans()):
-                text += " " + data.draw(st.sampled_from(["house", "the", "Google", "because", "allah", "tokyo", "http"]))
+                text += " " + data.draw(
+                    st.sampled_from(["house", "the", "Google", "because", "allah", "tokyo", "http"])
+                )
             lines.append(text)
         completion = "\n".join(lines)
         if data.draw(st.booleans()):
@@ -140,7 +150,10 @@ def test_real_lines_score_as_the_reference(ntrex, reference, metric):
     for lang in OURS:
         for source in [lang, *NEIGHBOURS]:
             texts = ntrex.texts(source)[200:240]
-            assert metric.scores(texts, lang) == pytest.approx(reference.compute_metrics(texts, OURS[lang])), (lang, source)
+            assert metric.scores(texts, lang) == pytest.approx(reference.compute_metrics(texts, OURS[lang])), (
+                lang,
+                source,
+            )
 
 
 def test_a_neighbouring_language_fails_as_in_the_benchmark(ntrex, reference, metric):

@@ -53,7 +53,7 @@ def test_the_measured_pair_is_the_erased_pair(found):
     test, findings = found
     model, tokenizer = tiny("llama")
     (setting,) = [s for s in settings(findings) if s.method == "erase"]
-    (item, schedule), = setting.plan("deu", test.texts("deu"))
+    ((item, schedule),) = setting.plan("deu", test.texts("deu"))
     assert schedule.only == ("deu", "eng"), "LEACE erases the pivot too"
     table = evaluate(model, tokenizer, test, [setting], languages=["deu"], metrics=list(METRICS), n_boot=10, n_loss=4)
     layer = setting.layer + 1

@@ -19,6 +19,7 @@ LANGUAGES = ["eng", "deu", "hin"]
 def paper_score(pivot_tokens: list[torch.Tensor], other_tokens: list[torch.Tensor], state) -> float:
     """The paper's formulas, written out: N = sum_t w_t state(n_t), w_t = t / sum_k k; C = cosine matrix;
     score = (1/n) sum_i 1(c_ii > c_ij and c_ii > c_ji for all j != i)."""
+
     def sentence(tokens: torch.Tensor) -> torch.Tensor:
         t = torch.arange(1, len(tokens) + 1, dtype=torch.float64)
         return (t / t.sum()) @ state(tokens.double())

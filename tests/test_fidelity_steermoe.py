@@ -27,10 +27,14 @@ def test_risk_differences_leave_bos_out():
     traces = {lang: trace_router(model, tokenizer, corpus.texts(lang)) for lang in ("eng", "deu")}
     k = found["steermoe"]["experts_per_token"]
     layers = traces["eng"].layers
-    reference = reference_risk_diff(*(content_tokens(traces[lang], tokenizer, corpus.texts(lang))
-                                      for lang in ("eng", "deu")), k)
-    with_bos = reference_risk_diff(*(np.stack([traces[lang].probs[layer].numpy() for layer in layers], axis=1)
-                                     for lang in ("eng", "deu")), k)
+    reference = reference_risk_diff(
+        *(content_tokens(traces[lang], tokenizer, corpus.texts(lang)) for lang in ("eng", "deu")), k
+    )
+    with_bos = reference_risk_diff(
+        *(np.stack([traces[lang].probs[layer].numpy() for layer in layers], axis=1) for lang in ("eng", "deu")), k
+    )
     assert not np.allclose(reference.risk_diff, with_bos.risk_diff), "BOS changes the counts"
     for row in reference.itertuples():
-        assert found["steermoe"]["risk"]["deu"][layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff, abs=1e-12)
+        assert found["steermoe"]["risk"]["deu"][layers[row.layer]][row.expert].item() == pytest.approx(
+            row.risk_diff, abs=1e-12
+        )

@@ -75,10 +75,16 @@ def check_axes(name: str, figure: Figure) -> None:
 
 def series(ax) -> list[tuple[str, str, str]]:
     """(label, colour, marker or linestyle) of every labelled line and scatter of ``ax``."""
-    found = [(line.get_label(), to_hex(line.get_color()), f"{line.get_marker()}{line.get_linestyle()}")
-             for line in ax.get_lines() if not line.get_label().startswith("_")]  # fmt: skip
-    found += [(points.get_label(), to_hex(points.get_facecolor()[0]), points.get_paths()[0].vertices.round(3).tobytes())
-              for points in ax.collections if not points.get_label().startswith("_")]  # fmt: skip
+    found = [
+        (line.get_label(), to_hex(line.get_color()), f"{line.get_marker()}{line.get_linestyle()}")
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    ]
+    found += [
+        (points.get_label(), to_hex(points.get_facecolor()[0]), points.get_paths()[0].vertices.round(3).tobytes())
+        for points in ax.collections
+        if not points.get_label().startswith("_")
+    ]
     return found
 
 
@@ -123,13 +129,17 @@ def test_every_series_has_a_palette_colour_and_a_style_no_other_series_of_its_pa
 
 def test_more_series_than_colours_stay_apart_by_marker_or_hatch():
     languages = [f"l{i:02d}" for i in range(14)]
-    table = pd.DataFrame([(layer, lang, "mexa", 0.1 * layer) for layer in range(7) for lang in languages],
-                         columns=["layer", "language", "metric", "value"])  # fmt: skip
+    table = pd.DataFrame(
+        [(layer, lang, "mexa", 0.1 * layer) for layer in range(7) for lang in languages],
+        columns=["layer", "language", "metric", "value"],
+    )
     figure = alignment_per_layer(table)
     lines = series(figure.axes[0])
     assert len(lines) == 14 and len({(colour, style) for _, colour, style in lines}) == 14
-    counts = pd.DataFrame([(layer, lang, 3) for layer in range(1, 7) for lang in languages[:10]],
-                          columns=["layer", "language", "n_neurons"])  # fmt: skip
+    counts = pd.DataFrame(
+        [(layer, lang, 3) for layer in range(1, 7) for lang in languages[:10]],
+        columns=["layer", "language", "n_neurons"],
+    )
     figure = neurons_per_layer(counts)
     bars = {(to_hex(bar.patches[0].get_facecolor()), bar.patches[0].get_hatch()) for bar in figure.axes[0].containers}
     assert len(bars) == 10 and {colour for colour, _ in bars} == COLOURS
@@ -157,8 +167,11 @@ def test_the_pareto_plot_labels_the_front_and_each_methods_best_setting(drawn):
     summary = setting_summary(pd.read_csv(RESULTS / "steering_ntrex" / "evaluation.csv"))
     summary = summary.assign(cost=100 * summary["cost"], label=short_labels(summary))
     points = list(summary.itertuples())
-    front = [p for p in points if not any(q.cost <= p.cost and q.gain >= p.gain and (q.cost, q.gain) != (p.cost, p.gain)
-                                          for q in points)]  # fmt: skip
+    front = [
+        p
+        for p in points
+        if not any(q.cost <= p.cost and q.gain >= p.gain and (q.cost, q.gain) != (p.cost, p.gain) for q in points)
+    ]
     best = [p for p in points if p.gain == summary[summary["method"] == p.method]["gain"].max()]
     notes = {int(number): note.xy for note in ax.texts for number in note.get_text().split(",")}
     texts = [text.get_text() for text in ax.figure.legends[0].get_texts()]
@@ -175,8 +188,10 @@ def test_the_pareto_plot_labels_the_front_and_each_methods_best_setting(drawn):
 def test_pareto_points_on_one_spot_share_one_note_and_the_key_names_each():
     rows = []
     for method, gain, cost in (("a", 0.1, 0.5), ("b", 0.1, 0.5), ("c", 0.1, 0.5), ("d", 0.3, 2.0)):
-        rows += [(method, "only", "deu", 5, "mexa_mean_after", 0.2, 0.2 + gain, gain),
-                 (method, "only", "deu", 5, "loss_target", 4.0, 4.0 * (1 + cost), 4.0 * cost)]
+        rows += [
+            (method, "only", "deu", 5, "mexa_mean_after", 0.2, 0.2 + gain, gain),
+            (method, "only", "deu", 5, "loss_target", 4.0, 4.0 * (1 + cost), 4.0 * cost),
+        ]
     evaluation = pd.DataFrame(rows, columns=["method", "setting", "language", "layer", "metric", "off", "on", "delta"])
     (ax,) = panels(pareto(evaluation))
     assert sorted(note.get_text() for note in ax.texts) == ["1,2,3", "4"]
@@ -184,13 +199,16 @@ def test_pareto_points_on_one_spot_share_one_note_and_the_key_names_each():
     assert [text.get_text() for text in key.get_texts()] == ["1  a", "2  b", "3  c", "4  d"]
 
 
-@pytest.mark.parametrize("script, csv, column", [
-    ("steering_before_after", "steering_ntrex/evaluation.csv", "on"),
-    ("steering_pareto", "steering_ntrex/evaluation.csv", "delta"),
-    ("bf16_alignment", "bf16_alignment.csv", "difference"),
-    ("lape_ablation", "lape_ablation_paper8.csv", "loss_after"),
-    ("moe_routing", "moe_routing/loss.csv", "loss"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "script, csv, column",
+    [
+        ("steering_before_after", "steering_ntrex/evaluation.csv", "on"),
+        ("steering_pareto", "steering_ntrex/evaluation.csv", "delta"),
+        ("bf16_alignment", "bf16_alignment.csv", "difference"),
+        ("lape_ablation", "lape_ablation_paper8.csv", "loss_after"),
+        ("moe_routing", "moe_routing/loss.csv", "loss"),
+    ],
+)
 def test_a_csv_without_a_column_is_refused_naming_the_file_and_the_column(tmp_path, monkeypatch, script, csv, column):
     shutil.copytree(RESULTS, tmp_path, ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.md"), dirs_exist_ok=True)
     pd.read_csv(tmp_path / csv).drop(columns=column).to_csv(tmp_path / csv, index=False)

@@ -16,8 +16,22 @@ def test_the_gpu_check_runs_on_the_cpu_and_its_checks_hold(capsys):
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--device", "cpu", "--dtype", "float32", "--size", "small", "--rounds", "1", "--batch-size", "4",
-                 "--new-tokens", "4"])  # fmt: skip
+    module.main(
+        [
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--size",
+            "small",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "4",
+            "--new-tokens",
+            "4",
+        ]
+    )
     assert torch.is_grad_enabled(), "the check leaves its caller's grad mode as it was"
     lines = dict(re.findall(r"^((?:RATIO|CHECK) \S+) (\S+)$", capsys.readouterr().out, flags=re.M))
     for model in ("llama_1b", "mixtral_moe"):

@@ -35,8 +35,13 @@ def test_incline_edits_every_layer_from_the_clean_pass_and_generates_as_the_rele
     ids, mask = batch.input_ids[order], batch.attention_mask[order]
     sites = [Site(layer, "mlp_out") for layer in fitted.matrices]
     with torch.no_grad(), steer(model, plan), record(model, sites) as seen:
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     for row, prompt in enumerate(PROMPTS):
         expected, targets = reference_generation(model, tokenizer, prompt, fitted, sigma, sign, mode=mode)
         assert torch.equal(out[row, ids.shape[1] :], expected), f"row {row}"
@@ -53,9 +58,13 @@ def test_incline_does_not_compound_like_a_map_at_every_layer():
     norms = {}
     plans = {
         "incline": [incline(model, tokenizer, PROMPTS[:1], fitted, sigma)],
-        "every layer": [(ApplyMap(fitted.matrices, sigma, "code", "mlp_out"), incline(model, tokenizer, PROMPTS[:1],
-                                                                                      fitted, sigma)[1])],
-    }  # fmt: skip
+        "every layer": [
+            (
+                ApplyMap(fitted.matrices, sigma, "code", "mlp_out"),
+                incline(model, tokenizer, PROMPTS[:1], fitted, sigma)[1],
+            )
+        ],
+    }
     for name, plan in plans.items():
         with torch.no_grad(), steer(model, plan), record(model, [last]) as seen:
             model(**tokenizer(PROMPTS[:1], return_tensors="pt"))
@@ -82,8 +91,10 @@ def test_incline_pairs_and_fit_equal_the_released_training_loop():
         rows = []
         for text in texts:
             outputs = {}
-            hooks = [layer.mlp.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[0].mean(0)))
-                     for i, layer in enumerate(model.model.layers)]  # fmt: skip
+            hooks = [
+                layer.mlp.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[0].mean(0)))
+                for i, layer in enumerate(model.model.layers)
+            ]
             with torch.no_grad():
                 model(**tokenizer(text, return_tensors="pt"))
             for hook in hooks:
@@ -103,10 +114,15 @@ def test_the_closed_loop_applies_incline_from_a_clean_pass_of_the_texts_it_measu
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"], 12)
     fitted = random_map(model)
-    grid = settings(Findings(n_layers(model), {"incline": {"deu": fitted}}), model, tokenizer,
-                    incline_settings=[("code", 0.5), ("interpolate", 0.5)])  # fmt: skip
-    table = evaluate(model, tokenizer, corpus, grid, languages=["deu"], metrics=["matched_random_gap"], n_boot=10,
-                     n_loss=6)  # fmt: skip
+    grid = settings(
+        Findings(n_layers(model), {"incline": {"deu": fitted}}),
+        model,
+        tokenizer,
+        incline_settings=[("code", 0.5), ("interpolate", 0.5)],
+    )
+    table = evaluate(
+        model, tokenizer, corpus, grid, languages=["deu"], metrics=["matched_random_gap"], n_boot=10, n_loss=6
+    )
     site = Site(4, "hidden")  # the last layer: after the final norm, as MEXA reads it
     english = capture(model, tokenizer, corpus.texts("eng"), [site], pooling="weighted")[site]
     german = corpus.texts("deu")

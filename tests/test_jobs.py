@@ -16,8 +16,16 @@ from conftest import TEXTS, tiny
 from probes.capture import capture, capture_corpus, capture_to_store, trace
 from probes.data import demo_corpus
 from probes.model import (
-    ARCHITECTURES, ArchTable, ModelError, Site, SiteError, Tap, model_identity, register_architecture, resolve_model,
-)  # fmt: skip
+    ARCHITECTURES,
+    ArchTable,
+    ModelError,
+    Site,
+    SiteError,
+    Tap,
+    model_identity,
+    register_architecture,
+    resolve_model,
+)
 from steer.apply import steer
 from steer.interventions import AddVector
 from xlalign import finding, jobs
@@ -54,8 +62,9 @@ def test_run_and_evaluate_take_a_model_object_and_leave_it_untouched(tmp_path):
 
     row = table[(table.layer == 2) & (table.language == "deu") & (table.metric == "mexa")]
     assert row.value.item() == pytest.approx(mexa(acts.get(Site(2, "resid"), "eng"), acts.get(Site(2, "resid"), "deu")))
-    assert evaluate(tmp_path / "eval", model=model, tokenizer=tokenizer, corpus=SMALL, methods=["shift"],
-                    progress=False).is_file()  # fmt: skip
+    assert evaluate(
+        tmp_path / "eval", model=model, tokenizer=tokenizer, corpus=SMALL, methods=["shift"], progress=False
+    ).is_file()
     assert_untouched(model, before)
     with pytest.raises(ModelError, match="without its tokenizer"):
         run(tmp_path / "nothing", model=model, corpus=SMALL)
@@ -68,8 +77,9 @@ def test_a_bare_decoder_is_read_like_its_causal_lm(tmp_path):
     sites = [Site(0, "resid"), Site(2, "resid"), Site(3, "head")]
     ours, theirs = capture(bare, tokenizer, TEXTS, sites), capture(model, tokenizer, TEXTS, sites)
     assert all(torch.equal(ours[site], theirs[site]) for site in sites)
-    store = jobs.capture(tmp_path / "store", model=bare, tokenizer=tokenizer, corpus=SMALL, sites="resid",
-                         progress=False)  # fmt: skip
+    store = jobs.capture(
+        tmp_path / "store", model=bare, tokenizer=tokenizer, corpus=SMALL, sites="resid", progress=False
+    )
     assert store.layers("resid") == [0, 1, 2, 3, 4] and store.model["model_type"] == "llama"
     with pytest.raises(ValueError, match="no LM head"):
         evaluate(tmp_path / "eval", model=bare, tokenizer=tokenizer, corpus=SMALL)
@@ -80,20 +90,25 @@ def test_a_peft_model_is_read_and_steered_like_its_merged_weights():
     import peft
 
     base, tokenizer = tiny("llama")
-    wrapped = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, target_modules=["q_proj", "down_proj"],
-                                                                        init_lora_weights=False))  # fmt: skip
+    wrapped = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    )
     wrapped.eval()
     merged = copy.deepcopy(wrapped).merge_and_unload()
     sites = [Site(2, "resid"), Site(2, "mlp_act"), Site(3, "head")]
-    assert not torch.allclose(trace(wrapped, tokenizer, TEXTS[:3], sites).tokens(sites[0])[1],
-                              trace(base, tokenizer, TEXTS[:3], sites).tokens(sites[0])[1]), "the adapter matters"
+    assert not torch.allclose(
+        trace(wrapped, tokenizer, TEXTS[:3], sites).tokens(sites[0])[1],
+        trace(base, tokenizer, TEXTS[:3], sites).tokens(sites[0])[1],
+    ), "the adapter matters"
     ours, reference = trace(wrapped, tokenizer, TEXTS[:3], sites), trace(merged, tokenizer, TEXTS[:3], sites)
     for site in sites:
         for a, b in zip(ours.tokens(site), reference.tokens(site)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     ids = torch.tensor([tokenizer(TEXTS[1])["input_ids"]])
     plan = [AddVector({2: torch.randn(64, generator=torch.Generator().manual_seed(0))}, 5.0)]
-    options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    options = dict(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0
+    )
     with torch.no_grad():
         with steer(wrapped, plan):
             steered = wrapped.generate(**options)
@@ -110,12 +125,28 @@ def test_an_unknown_family_is_registered_with_a_table_and_validated():
     with pytest.raises(SiteError, match="no site table for architecture 'my_decoder'.*register_architecture"):
         resolve_model(custom, tokenizer)
     good = ARCHITECTURES["llama"]
-    wrong = ArchTable(blocks="layers", final_norm="embed_tokens", attn_out=good.attn_out, mlp_out=good.mlp_out,
-                      mlp_act=good.mlp_act, mlp_gate=good.mlp_gate, head=good.head)  # fmt: skip
+    wrong = ArchTable(
+        blocks="layers",
+        final_norm="embed_tokens",
+        attn_out=good.attn_out,
+        mlp_out=good.mlp_out,
+        mlp_act=good.mlp_act,
+        mlp_gate=good.mlp_gate,
+        head=good.head,
+    )
     try:
-        register_architecture("my_decoder", ArchTable(blocks="layers", final_norm="norm", attn_out=Tap("self_attn", "output"),
-                                                      mlp_out=Tap("mlp", "output"), mlp_act=good.mlp_act,
-                                                      mlp_gate=good.mlp_gate, head=good.head))  # fmt: skip
+        register_architecture(
+            "my_decoder",
+            ArchTable(
+                blocks="layers",
+                final_norm="norm",
+                attn_out=Tap("self_attn", "output"),
+                mlp_out=Tap("mlp", "output"),
+                mlp_act=good.mlp_act,
+                mlp_gate=good.mlp_gate,
+                head=good.head,
+            ),
+        )
         with pytest.raises(SiteError, match="already has a table"):
             register_architecture("my_decoder", wrong)
         assert resolve_model(custom, tokenizer)[0] is custom  # validated against its own hidden states
@@ -137,7 +168,9 @@ def test_outputs_follow_the_umask(tmp_path):
         try:
             out = tmp_path / f"umask{mask:o}"
             store = capture_to_store(model, tokenizer, SMALL, [Site(1, "hidden")], out / "store", shard_size=8)
-            shift = finding.find("shift", out / "shifts", model=model, tokenizer=tokenizer, corpus=SMALL, progress=False)
+            shift = finding.find(
+                "shift", out / "shifts", model=model, tokenizer=tokenizer, corpus=SMALL, progress=False
+            )
             jobs.measure(store.path, out / "metrics.csv")
         finally:
             os.umask(old)
@@ -218,8 +251,11 @@ def test_a_job_takes_the_loading_options_as_one_value_or_field_by_field(tmp_path
     by_field = jobs.capture(tmp_path / "a", dtype="bfloat16", **options)
     as_value = jobs.capture(tmp_path / "b", loading=Loading(dtype="bfloat16"), **options)
     assert by_field.model == as_value.model and by_field.model["dtype"] == "bfloat16"
-    assert all(torch.equal(by_field.get(site, lang), as_value.get(site, lang))
-               for site in by_field.sites for lang in by_field.languages)  # fmt: skip
+    assert all(
+        torch.equal(by_field.get(site, lang), as_value.get(site, lang))
+        for site in by_field.sites
+        for lang in by_field.languages
+    )
     with pytest.raises(JobError, match="pass loading= or dtype, not both"):
         jobs.capture(tmp_path / "c", loading=Loading(), dtype="bfloat16", **options)
     assert not (tmp_path / "c").exists()

@@ -22,8 +22,9 @@ from steer.methods import fit_methods, settings
 def found():
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu", "rus"], 16)
-    return corpus, fit_methods(model, tokenizer, corpus, languages=["deu", "rus"],
-                               methods=["diffmean", "erase", "sandwich"])  # fmt: skip
+    return corpus, fit_methods(
+        model, tokenizer, corpus, languages=["deu", "rus"], methods=["diffmean", "erase", "sandwich"]
+    )
 
 
 @given(st.lists(st.floats(0, 1), min_size=3, max_size=30))

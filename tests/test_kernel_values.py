@@ -14,12 +14,23 @@ from kernel_values import load, save
 def test_every_kind_of_value_comes_back_equal(tmp_path):
     table = pd.read_csv(io.StringIO("method,setting,layer,value\nshift,a,1,0.12345678901234567\nheads,,2,\n"))
     flags = pd.DataFrame({"x": [1, 2], "y": [True, False]}, index=pd.Index(["deu", "fra"], name="language"))
-    pivot = pd.DataFrame(np.random.default_rng(0).random((3, 2)), index=pd.Index([1, 2, 3], name="layer"),
-                         columns=pd.Index(["deu", "hin"], name="language"))  # fmt: skip
-    value = {"table": table, "flags": flags, "pivot": pivot, "multi": flags.set_index("y", append=True),
-             "series": pd.Series([0.1, 0.2], index=[True, False], name="mexa"), "array": np.arange(5) / 7,
-             "tensor": torch.randn(2, 3, dtype=torch.bfloat16), "list": [1, "x", (2, 3.5)], "scalar": np.int64(3),
-             True: None}  # fmt: skip
+    pivot = pd.DataFrame(
+        np.random.default_rng(0).random((3, 2)),
+        index=pd.Index([1, 2, 3], name="layer"),
+        columns=pd.Index(["deu", "hin"], name="language"),
+    )
+    value = {
+        "table": table,
+        "flags": flags,
+        "pivot": pivot,
+        "multi": flags.set_index("y", append=True),
+        "series": pd.Series([0.1, 0.2], index=[True, False], name="mexa"),
+        "array": np.arange(5) / 7,
+        "tensor": torch.randn(2, 3, dtype=torch.bfloat16),
+        "list": [1, "x", (2, 3.5)],
+        "scalar": np.int64(3),
+        True: None,
+    }
     save(value, tmp_path / "values.pt")
     back = load(tmp_path / "values.pt")
     for name in ("table", "flags", "pivot", "multi"):

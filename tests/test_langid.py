@@ -37,8 +37,9 @@ def test_language_id_is_near_perfect_when_separable_and_near_chance_when_not():
 
 def test_language_id_flattens_head_sites_and_respects_the_language_subset():
     g = torch.Generator().manual_seed(1)
-    data = activations({3: {lang: torch.randn(20, 2, 4, generator=g) + 3.0 * i for i, lang in enumerate(LANGUAGES)}},
-                       component="head")
+    data = activations(
+        {3: {lang: torch.randn(20, 2, 4, generator=g) + 3.0 * i for i, lang in enumerate(LANGUAGES)}}, component="head"
+    )
     scores = LanguageIDProbe(cv=4).fit(data, "head", languages=["eng", "jpn"]).scores_
     assert set(scores.language) == {"all", "eng", "jpn"}
     assert scores[scores.metric == "langid_acc"].value.item() == 1.0
@@ -53,5 +54,7 @@ def test_language_id_reports_bad_input():
         LanguageIDProbe().fit(synthetic(), languages=["eng", "fra"])
     with pytest.raises(ActivationsError, match="holds no 'mlp_out' sites"):
         LanguageIDProbe().fit(synthetic(), "mlp_out")
-    with pytest.raises(ActivationsError, match="resid.1: language 'deu' has shape \\(8, 2\\), another language \\(3, 2\\)"):
+    with pytest.raises(
+        ActivationsError, match="resid.1: language 'deu' has shape \\(8, 2\\), another language \\(3, 2\\)"
+    ):
         activations({1: {"eng": torch.randn(3, 2), "deu": torch.randn(8, 2)}})

@@ -25,8 +25,14 @@ MAY_IMPORT = {
     "probes.choices": set(),  # the names options choose from: a leaf every layer may import
     "probes.errors": set(),  # the root of every xlalign error: a leaf every layer may import
     "probes.model": {"probes.data", "probes.choices", "probes.errors"},
-    "probes.capture": {"probes.data", "probes.model", "probes.analysis.activations", "probes.__version__",
-                       "probes.choices", "probes.errors"},
+    "probes.capture": {
+        "probes.data",
+        "probes.model",
+        "probes.analysis.activations",
+        "probes.__version__",
+        "probes.choices",
+        "probes.errors",
+    },
     "probes.analysis": {"probes.choices", "probes.errors"},
     "probes.artifacts": {"probes.data", "probes.model", "probes.__version__", "probes.errors"},
     "probes.find": {"probes.analysis", "probes.artifacts", "probes.errors"},
@@ -57,9 +63,13 @@ def imports(root: Path, path: Path, modules: set[str]) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.append((node.lineno, base))
-            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if f"{base}.{alias.name}" in modules]
+            found += [
+                (node.lineno, f"{base}.{alias.name}") for alias in node.names if f"{base}.{alias.name}" in modules
+            ]
     return found
 
 
@@ -82,7 +92,9 @@ def allowed(layer: str, target: str) -> bool:
 def violations(root: Path) -> list[str]:
     """Every broken rule under ``root`` (which holds the packages), as readable lines."""
     problems = []
-    files = [path for package in PACKAGES if (root / package).is_dir() for path in sorted((root / package).rglob("*.py"))]
+    files = [
+        path for package in PACKAGES if (root / package).is_dir() for path in sorted((root / package).rglob("*.py"))
+    ]
     modules = {module_name(root, path) for path in files}
     graph = defaultdict(set)
     for path in files:
@@ -100,9 +112,13 @@ def violations(root: Path) -> list[str]:
                 if inside(target, "xlalign") and not inside(name, "xlalign"):
                     problems.append(f"{where} (nothing outside xlalign imports it)")
                 elif not allowed(layer, target):
-                    problems.append(f"{where} (layer {layer} may import {sorted(MAY_IMPORT[layer]) or 'no other layer'})")
+                    problems.append(
+                        f"{where} (layer {layer} may import {sorted(MAY_IMPORT[layer]) or 'no other layer'})"
+                    )
             elif layer in THIRD_PARTY and top not in sys.stdlib_module_names and top not in THIRD_PARTY[layer]:
-                problems.append(f"{where} (layer {layer} may use only {sorted(THIRD_PARTY[layer])} beyond the standard library)")
+                problems.append(
+                    f"{where} (layer {layer} may use only {sorted(THIRD_PARTY[layer])} beyond the standard library)"
+                )
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     return problems
 
@@ -119,7 +135,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if node.startswith(target + "."):  # a submodule importing its package (its __init__ ran first)
                 continue
             if state.get(target) == "open":
-                found.append(stack[stack.index(target):] + [target])
+                found.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         stack.pop()

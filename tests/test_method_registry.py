@@ -33,19 +33,31 @@ def halfway(training):
     """The toy method's fit: half the pivot-minus-language difference of sentence means, every layer."""
     out = {}
     for lang in training.languages:
-        vectors = {layer: 0.5 * (rows[training.pivot].mean(0) - rows[lang].mean(0))
-                   for layer, rows in training.acts.by_layer("resid", [training.pivot, lang])}  # fmt: skip
+        vectors = {
+            layer: 0.5 * (rows[training.pivot].mean(0) - rows[lang].mean(0))
+            for layer, rows in training.acts.by_layer("resid", [training.pivot, lang])
+        }
         out[lang] = ShiftVector(vectors, "resid", training.pivot, lang, "halfway", {}, dict(training.acts.model), (2,))
     return out
 
 
 def halfway_settings(vectors, grid):
-    return [Setting("halfway", "layer=2,alpha=4", 2, lambda lang, texts: [
-        (add_vector(vectors[lang], 4.0, [2]), gated([lang]))])]
+    return [
+        Setting(
+            "halfway", "layer=2,alpha=4", 2, lambda lang, texts: [(add_vector(vectors[lang], 4.0, [2]), gated([lang]))]
+        )
+    ]
 
 
-TOY = Method("halfway", "half the mean shift, at layer 2", "resid", halfway, halfway_settings,
-             needs=lambda training: [Need("resid", training.every_layer)], finds="shift")  # fmt: skip
+TOY = Method(
+    "halfway",
+    "half the mean shift, at layer 2",
+    "resid",
+    halfway,
+    halfway_settings,
+    needs=lambda training: [Need("resid", training.every_layer)],
+    finds="shift",
+)
 
 
 @pytest.fixture
@@ -57,21 +69,32 @@ def toy():
 
 def test_a_registered_method_runs_through_evaluate_and_find(toy, tmp_path):
     model, tokenizer = tiny("llama")
-    report = evaluate(tmp_path / "loop", model=model, tokenizer=tokenizer, corpus=CORPUS, methods=["halfway"],
-                      n_loss=4, n_prompts=2, progress=False)  # fmt: skip
+    report = evaluate(
+        tmp_path / "loop",
+        model=model,
+        tokenizer=tokenizer,
+        corpus=CORPUS,
+        methods=["halfway"],
+        n_loss=4,
+        n_prompts=2,
+        progress=False,
+    )
     table = pd.read_csv(report.parent / "evaluation.csv")
     assert set(table.method) == {"halfway"} and set(table.language) == {"deu", "rus"}
     loss = table[table.metric == "loss"].set_index("language").delta
     assert (loss != 0).all(), "the plan edits each language's own text"
     assert (table[table.metric == "loss_pivot"].delta == 0).all(), "gated to its language"
 
-    written = finding.find(None, tmp_path / "found", method="halfway", model=model, tokenizer=tokenizer,
-                           corpus=CORPUS, progress=False)  # fmt: skip
+    written = finding.find(
+        None, tmp_path / "found", method="halfway", model=model, tokenizer=tokenizer, corpus=CORPUS, progress=False
+    )
     assert sorted(p.name for p in written) == ["shift.deu.safetensors", "shift.rus.safetensors"]
     pooled = capture_corpus(model, tokenizer, CORPUS, [Site(layer, "resid") for layer in range(1, 5)])
     saved = load_artifact(tmp_path / "found" / "shift.rus.safetensors", model=model)
     for layer in range(1, 5):
-        expected = 0.5 * (pooled.get(Site(layer, "resid"), "eng").mean(0) - pooled.get(Site(layer, "resid"), "rus").mean(0))
+        expected = 0.5 * (
+            pooled.get(Site(layer, "resid"), "eng").mean(0) - pooled.get(Site(layer, "resid"), "rus").mean(0)
+        )
         torch.testing.assert_close(saved.vectors[layer], expected)
 
 
@@ -115,12 +138,18 @@ def test_find_diffmean_and_erase_write_what_their_finders_fit_and_steer_applies_
             torch.testing.assert_close(saved.proj_left[layer], expected.proj_left[layer], atol=1e-5, rtol=1e-5)
     capsys.readouterr()
     prompt = "Guten Morgen"
-    assert main(["steer", "--artifact", str(path), "--model", "random:llama", "--prompt", prompt,
-                 "--max-new-tokens", "3"] + (["--strength", "40"] if name == "diffmean" else [])) == 0  # fmt: skip
+    assert (
+        main(
+            ["steer", "--artifact", str(path), "--model", "random:llama", "--prompt", prompt, "--max-new-tokens", "3"]
+            + (["--strength", "40"] if name == "diffmean" else [])
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     strength = 40.0 if name == "diffmean" else 1.0
-    on = tokenizer.decode(greedy_tokens(model, tokenizer, prompt, [to_intervention(saved, strength=strength)]),
-                          skip_special_tokens=True)  # fmt: skip
+    on = tokenizer.decode(
+        greedy_tokens(model, tokenizer, prompt, [to_intervention(saved, strength=strength)]), skip_special_tokens=True
+    )
     assert f"on:  {on.strip()}" in printed or f"on: {on.strip()}" in printed
 
 

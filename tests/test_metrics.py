@@ -82,8 +82,13 @@ def test_mexa_and_retrieval_match_brute_force_on_noisy_pairs():
     expected = brute_mexa(pivot, other)
     assert 0.1 < expected < 0.9  # a case where the strict rule matters
     assert mexa(pivot, other) == pytest.approx(expected)
-    forward = sum(int(torch.tensor([brute_cosine(o.tolist(), p.tolist()) for p in pivot]).argmax() == i)
-                  for i, o in enumerate(other)) / 30
+    forward = (
+        sum(
+            int(torch.tensor([brute_cosine(o.tolist(), p.tolist()) for p in pivot]).argmax() == i)
+            for i, o in enumerate(other)
+        )
+        / 30
+    )
     assert retrieval_top1(pivot, other) == pytest.approx(forward)
 
 
@@ -107,8 +112,9 @@ def brute_retrieval(pivot, other, k, margin=False, margin_k=4):
     sims = [[brute_cosine(other[i].tolist(), pivot[j].tolist()) for j in range(n)] for i in range(n)]
     if margin:
         query_nn = [sum(sorted(sims[i], reverse=True)[:margin_k]) / margin_k for i in range(n)]
-        candidate_nn = [sum(sorted((sims[i][j] for i in range(n)), reverse=True)[:margin_k]) / margin_k
-                        for j in range(n)]
+        candidate_nn = [
+            sum(sorted((sims[i][j] for i in range(n)), reverse=True)[:margin_k]) / margin_k for j in range(n)
+        ]
         sims = [[sims[i][j] / (query_nn[i] / 2 + candidate_nn[j] / 2) for j in range(n)] for i in range(n)]
     ranked = [sorted(range(n), key=lambda j: -sims[i][j]) for i in range(n)]
     return sum(ranked[i].index(i) < k for i in range(n)) / n
@@ -293,8 +299,7 @@ def test_neuron_overlap_retrieval_is_strict_mexa_on_jaccard():
     other = (pivot + 0.45 * torch.randn(15, 30, generator=generator)).clamp(0, 1)
     states_p, states_o = (pivot > 0.5).numpy(), (other > 0.5).numpy()
     sims = [[jaccard_score(states_p[i], states_o[j]) for j in range(15)] for i in range(15)]
-    hits = sum(all(sims[i][i] > sims[i][j] and sims[i][i] > sims[j][i] for j in range(15) if j != i)
-               for i in range(15))
+    hits = sum(all(sims[i][i] > sims[i][j] and sims[i][i] > sims[j][i] for j in range(15) if j != i) for i in range(15))
     assert 0 < hits < 15
     assert neuron_overlap_retrieval(pivot, other) == pytest.approx(hits / 15)
     assert neuron_overlap_retrieval(pivot, pivot) == 1.0

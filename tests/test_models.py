@@ -9,9 +9,22 @@ import pytest
 import torch
 
 from probes.model import (
-    ARCHITECTURES, LINEAR_COMPONENTS, MOE_FAMILIES, RANDOM_FAMILIES, ModelError, Site, SiteError, arch_table, blocks,
-    load_model, locate, model_identity, random_model, site_shape, width,
-)  # fmt: skip
+    ARCHITECTURES,
+    LINEAR_COMPONENTS,
+    MOE_FAMILIES,
+    RANDOM_FAMILIES,
+    ModelError,
+    Site,
+    SiteError,
+    arch_table,
+    blocks,
+    load_model,
+    locate,
+    model_identity,
+    random_model,
+    site_shape,
+    width,
+)
 
 
 def test_random_models_are_seeded_and_fresh():
@@ -45,8 +58,11 @@ def test_linear_projection_sites_are_every_linear_module_of_a_block_as_kojima_li
     model, tokenizer = random_model(family)
     table = arch_table(model)
     block = blocks(model)[0]
-    linear = {name for name, module in block.named_modules()
-              if type(module).__name__ in ("Linear", "Conv1D") and "expert" not in name}  # fmt: skip
+    linear = {
+        name
+        for name, module in block.named_modules()
+        if type(module).__name__ in ("Linear", "Conv1D") and "expert" not in name
+    }
     if family == "deepseek_v3":
         assert set(table.linear.values()) == {"self_attn.o_proj"} < linear
     elif family in MOE_FAMILIES:
@@ -55,8 +71,10 @@ def test_linear_projection_sites_are_every_linear_module_of_a_block_as_kojima_li
         assert set(table.linear.values()) == linear
     sites = [Site(1, component) for component in table.linear]
     seen = {}
-    hooks = [block.get_submodule(path).register_forward_hook(lambda m, a, out, c=c: seen.__setitem__(c, out[0]))
-             for c, path in table.linear.items()]  # fmt: skip
+    hooks = [
+        block.get_submodule(path).register_forward_hook(lambda m, a, out, c=c: seen.__setitem__(c, out[0]))
+        for c, path in table.linear.items()
+    ]
     with torch.no_grad():
         model(**tokenizer("Guten Morgen, wie geht es dir?", return_tensors="pt"))
     for hook in hooks:
@@ -83,7 +101,9 @@ def test_site_errors():
         locate(model, Site(1, "router"))
     assert Site.parse("mlp_gate.12") == Site(12, "mlp_gate")
     model.config.model_type = "mamba"
-    with pytest.raises(SiteError, match="no site table for architecture 'mamba'.*Supported: bloom.*register_architecture"):
+    with pytest.raises(
+        SiteError, match="no site table for architecture 'mamba'.*Supported: bloom.*register_architecture"
+    ):
         locate(model, Site(1, "resid"))
 
 
@@ -97,8 +117,10 @@ def test_bad_model_specs_are_clear_errors(tmp_path):
 
 
 def test_importing_probes_is_cheap():
-    code = ("import probes, steer, xlalign, sys; xlalign.__version__; "
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    code = (
+        "import probes, steer, xlalign, sys; xlalign.__version__; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -117,4 +139,6 @@ def test_every_public_name_resolves_to_what_it_names():
                 continue
             value = getattr(package, name)
             assert not isinstance(value, types.ModuleType), f"{package.__name__}.{name} is a module"
-    assert xlalign.plots.alignment_per_layer and xlalign.jobs.capture and xlalign.run.__module__ == "xlalign.closed_loop"
+    assert (
+        xlalign.plots.alignment_per_layer and xlalign.jobs.capture and xlalign.run.__module__ == "xlalign.closed_loop"
+    )

@@ -27,8 +27,7 @@ def test_remote_capture_equals_hf_capture(family):
     tokenization = Tokenization(padding_side="left", batch_size=3)
     for pooling in ("weighted", "last"):
         expected = capture(model, tokenizer, TEXTS, sites, pooling=pooling, tokenization=tokenization)
-        pooled = capture_remote(lm, tokenizer, TEXTS, sites, pooling=pooling, remote="local",
-                                tokenization=tokenization)  # fmt: skip
+        pooled = capture_remote(lm, tokenizer, TEXTS, sites, pooling=pooling, remote="local", tokenization=tokenization)
         for site in sites:
             torch.testing.assert_close(pooled[site], expected[site], atol=1e-5, rtol=0)
 
@@ -39,8 +38,10 @@ def test_remote_steered_generation_equals_hf_steering(family):
     lm = through("nnsight", family)
     ids, mask = left_padded(tokenizer, TEXTS[:4])
     generator = torch.Generator().manual_seed(2)
-    plan = [AddVector({2: torch.randn(64, generator=generator)}, alpha=3.0),
-            AddVector({3: torch.randn(64, generator=generator)}, alpha=2.0, component="mlp_out")]  # fmt: skip
+    plan = [
+        AddVector({2: torch.randn(64, generator=generator)}, alpha=3.0),
+        AddVector({3: torch.randn(64, generator=generator)}, alpha=2.0, component="mlp_out"),
+    ]
     options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         plain = model.generate(input_ids=ids, attention_mask=mask, **options)
@@ -93,8 +94,14 @@ def test_a_remote_store_equals_the_hf_store_and_the_cli_refuses_before_writing(t
     corpus = demo_corpus().subset(["eng", "jpn"], 6)
     options = dict(corpus=corpus, sites="resid,mlp_out,hidden", progress=False)
     ours = jobs.capture(tmp_path / "hf", model=model, tokenizer=tokenizer, **options)
-    remote = jobs.capture(tmp_path / "remote", model=through("nnsight", "gemma3_text"), tokenizer=tokenizer,
-                          backend="nnsight", remote="local", **options)  # fmt: skip
+    remote = jobs.capture(
+        tmp_path / "remote",
+        model=through("nnsight", "gemma3_text"),
+        tokenizer=tokenizer,
+        backend="nnsight",
+        remote="local",
+        **options,
+    )
     assert remote.sites == ours.sites and remote.model == ours.model
     for site in ours.sites:
         for language in ("eng", "jpn"):

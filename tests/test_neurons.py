@@ -202,8 +202,10 @@ def test_ap_experts_top_k_and_unit_values_equal_numpy():
         Site(3, "mlp_act"): generator.normal(size=(60, 8)),
     }
     responses[Site(3, "mlp_act")][:, 2] += 3 * (labels == "deu")  # a clear deu expert
-    by_layer = {site.layer: {lang: torch.from_numpy(r[20 * i : 20 * (i + 1)]) for i, lang in enumerate(languages)}
-                for site, r in responses.items()}  # fmt: skip
+    by_layer = {
+        site.layer: {lang: torch.from_numpy(r[20 * i : 20 * (i + 1)]) for i, lang in enumerate(languages)}
+        for site, r in responses.items()
+    }
     experts = APExperts(k=4, bottom_k=2).fit(activations(by_layer, "mlp_act"))
     assert experts.languages_ == ["eng", "deu", "fra"]
     columns = [(1, n) for n in range(12)] + [(3, n) for n in range(8)]
@@ -245,12 +247,20 @@ def test_ap_experts_over_every_linear_projection_equal_kojimas_pipeline():
         rows = []
         for c in components:
             for layer in (1, 2):
-                responses = np.concatenate([acts.get(Site(layer, c), other).double().numpy()
-                                            for other in corpus.languages])  # fmt: skip
+                responses = np.concatenate(
+                    [acts.get(Site(layer, c), other).double().numpy() for other in corpus.languages]
+                )
                 positive = labels == lang
                 for unit in range(responses.shape[1]):
-                    rows.append((c, layer, unit, average_precision_score(positive, responses[:, unit]),
-                                 np.percentile(responses[positive, unit], q=50)))  # fmt: skip
+                    rows.append(
+                        (
+                            c,
+                            layer,
+                            unit,
+                            average_precision_score(positive, responses[:, unit]),
+                            np.percentile(responses[positive, unit], q=50),
+                        )
+                    )
         df = pd.DataFrame(rows, columns=["component", "layer", "unit", "ap", "on_p50"])
         top, bottom = df.sort_values("ap", ascending=False).head(20), df.sort_values("ap", ascending=True).head(20)
         both = pd.concat([top, bottom])
@@ -361,4 +371,6 @@ def test_bad_input_is_refused():
     with pytest.raises(NeuronError, match="2 languages"):
         APExperts(k=1).fit(activations({1: {"eng": torch.zeros(3, 2)}}, "mlp_act"))
     with pytest.raises(NeuronError, match="pooled with 'max'"):
-        APExperts(k=1).fit(activations({1: {"eng": torch.zeros(3, 2), "deu": torch.ones(3, 2)}}, "mlp_act", pooling="max"))
+        APExperts(k=1).fit(
+            activations({1: {"eng": torch.zeros(3, 2), "deu": torch.ones(3, 2)}}, "mlp_act", pooling="max")
+        )

@@ -22,12 +22,15 @@ def values(path: Path, tmp_path: Path, expression: str):
     """Run ``path`` in a kernel, then evaluate ``expression`` (a dict) there and bring it back, with ``images``:
     how many figures the executed notebook shows as PNG."""
     out = tmp_path / "values.pt"
-    dump = (f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport kernel_values\n"
-            f"kernel_values.save({expression}, {str(out)!r})")
+    dump = (
+        f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport kernel_values\n"
+        f"kernel_values.save({expression}, {str(out)!r})"
+    )
     executed = runner.execute(path, extra=dump)
     shown = kernel_values.load(out)
-    shown["images"] = sum("image/png" in output.get("data", {}) for cell in executed.cells
-                          for output in cell.get("outputs", []))  # fmt: skip
+    shown["images"] = sum(
+        "image/png" in output.get("data", {}) for cell in executed.cells for output in cell.get("outputs", [])
+    )
     return shown
 
 
@@ -39,8 +42,12 @@ def small(monkeypatch):
 
 def test_every_notebook_has_a_check():
     assert [path.name for path in runner.notebooks()] == [
-        "01_where_languages_meet.py", "02_tokens.py", "03_language_neurons.py", "04_steering.py",
-        "05_moe_routing.py", "06_from_transformerlens_and_nnsight.py",
+        "01_where_languages_meet.py",
+        "02_tokens.py",
+        "03_language_neurons.py",
+        "04_steering.py",
+        "05_moe_routing.py",
+        "06_from_transformerlens_and_nnsight.py",
     ]
 
 
@@ -66,9 +73,12 @@ def test_where_languages_meet_notebook(small, tmp_path):
     from probes.data import load_corpus
     from probes.model import Site, load_model, n_layers
 
-    shown = values(runner.FOLDER / "01_where_languages_meet.py", tmp_path,
-                   "{'table': table, 'per_layer': per_layer, 'best': best_layers, 'by_script': by_script, "
-                   "'lines': {l.get_label(): l.get_ydata() for l in figure.axes[0].get_lines()}}")  # fmt: skip
+    shown = values(
+        runner.FOLDER / "01_where_languages_meet.py",
+        tmp_path,
+        "{'table': table, 'per_layer': per_layer, 'best': best_layers, 'by_script': by_script, "
+        "'lines': {l.get_label(): l.get_ydata() for l in figure.axes[0].get_lines()}}",
+    )
     assert shown["images"] == 1, "every figure is drawn"
     table = shown["table"]
     model, tokenizer = load_model("random:llama")
@@ -106,8 +116,11 @@ def test_tokens_notebook(small, tmp_path):
     from probes.data import load_corpus
     from probes.model import load_model, n_layers
 
-    shown = values(runner.FOLDER / "02_tokens.py", tmp_path,
-                   "{'alignments': alignments, 'best': best_layer, 'heat': heat, 'scores': scores}")  # fmt: skip
+    shown = values(
+        runner.FOLDER / "02_tokens.py",
+        tmp_path,
+        "{'alignments': alignments, 'best': best_layer, 'heat': heat, 'scores': scores}",
+    )
     assert shown["images"] == 1, "every figure is drawn"
     scores, alignments = shown["scores"], shown["alignments"]
     assert shown["best"] == scores.sort_values(["retrieval_top1", "mexa"], ascending=False).index[0]
@@ -143,9 +156,11 @@ def test_from_transformerlens_and_nnsight_notebook(small, tmp_path):
     directly; the steered continuations through each equal hf steering done here."""
     import xlalign as xl
 
-    shown = values(runner.FOLDER / "06_from_transformerlens_and_nnsight.py", tmp_path,
-                   "{'tables': tables, 'continuations': continuations, 'bridge': type(bridge).__name__, "
-                   "'lm': type(lm).__name__}")  # fmt: skip
+    shown = values(
+        runner.FOLDER / "06_from_transformerlens_and_nnsight.py",
+        tmp_path,
+        "{'tables': tables, 'continuations': continuations, 'bridge': type(bridge).__name__, 'lm': type(lm).__name__}",
+    )
     assert shown["bridge"] == "TransformerBridge" and shown["lm"] == "TransformersModel"
     model, tokenizer = xl.load_model("random:llama")
     corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn"], max_sentences=24)
@@ -160,7 +175,7 @@ def test_from_transformerlens_and_nnsight_notebook(small, tmp_path):
     prompts = tokenizer(corpus.texts("jpn")[:3], return_tensors="pt", padding=True, padding_side="left")
     with xl.steer(model, [xl.AddVector({layers // 2: direction})]), torch.no_grad():
         generated = model.generate(**prompts, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(generated[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(generated[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
     assert shown["continuations"] == {"hf": texts, "tl": texts, "nnsight": texts}
 
 
@@ -168,8 +183,11 @@ def test_language_neurons_notebook(small, tmp_path):
     """LAPE neurons, AP counts and the ablation matrix equal what the library computes here directly."""
     import xlalign as xl
 
-    shown = values(runner.FOLDER / "03_language_neurons.py", tmp_path,
-                   "{'lape': lape.tensors(), 'ap_counts': ap_counts, 'ablation': ablation, 'own': own_most}")
+    shown = values(
+        runner.FOLDER / "03_language_neurons.py",
+        tmp_path,
+        "{'lape': lape.tensors(), 'ap_counts': ap_counts, 'ablation': ablation, 'own': own_most}",
+    )
     assert shown["images"] == 3, "every figure is drawn"
     model, tokenizer = xl.load_model("random:llama")
     languages = ["eng", "deu", "fra", "rus", "jpn", "hin"]
@@ -205,13 +223,24 @@ def test_steering_notebook(small, tmp_path):
 
     import xlalign as xl
 
-    shown = values(runner.FOLDER / "04_steering.py", tmp_path,
-                   "{'evaluation': evaluation, 'side': side_by_side, 'best': loop.best}")
+    shown = values(
+        runner.FOLDER / "04_steering.py",
+        tmp_path,
+        "{'evaluation': evaluation, 'side': side_by_side, 'best': loop.best}",
+    )
     assert shown["images"] == 2, "every figure is drawn"
     model, tokenizer = xl.load_model("random:llama")
     corpus = xl.load_corpus("demo", langs=["eng", "deu", "jpn", "hin"], max_sentences=24)
-    xl.evaluate(tmp_path / "direct", model=model, tokenizer=tokenizer, corpus=corpus,
-                methods=["shift", "claim", "procrustes"], n_loss=16, n_prompts=4, progress=False)  # fmt: skip
+    xl.evaluate(
+        tmp_path / "direct",
+        model=model,
+        tokenizer=tokenizer,
+        corpus=corpus,
+        methods=["shift", "claim", "procrustes"],
+        n_loss=16,
+        n_prompts=4,
+        progress=False,
+    )
     direct = pd.read_csv(tmp_path / "direct" / "evaluation.csv")
     pd.testing.assert_frame_equal(shown["evaluation"], direct, check_exact=False, rtol=1e-12)
     assert set(shown["best"].method) == {"shift", "claim", "procrustes"}
@@ -253,9 +282,12 @@ def test_moe_routing_notebook(small, tmp_path, monkeypatch):
     saved = train_tiny_moe(steps=3).save(tmp_path / "tiny_moe")
     monkeypatch.setenv("XLALIGN_TINY_MOE", str(saved))
     monkeypatch.setenv("XLALIGN_SENTENCES", "8")
-    shown = values(runner.FOLDER / "05_moe_routing.py", tmp_path,
-                   "{'routing': routing, 'divergence': divergence, 'steering': steering, 'middle': middle, "
-                   "'families': family_tables, 'source': source}")  # fmt: skip
+    shown = values(
+        runner.FOLDER / "05_moe_routing.py",
+        tmp_path,
+        "{'routing': routing, 'divergence': divergence, 'steering': steering, 'middle': middle, "
+        "'families': family_tables, 'source': source}",
+    )
     assert shown["images"] == 4, "every figure is drawn"
     assert shown["source"].startswith(f"the tiny MoE (loaded from {saved}), 3 training steps")
     tiny = TinyMoE.load(saved)
@@ -271,8 +303,9 @@ def test_moe_routing_notebook(small, tmp_path, monkeypatch):
                 top = gate.softmax(-1).topk(k)
                 row = actual_weight(top.indices, top.values, gate.shape[1]).mean(0)
                 importance.setdefault(layer, {}).setdefault(lang, []).append(row)
-    importance = {layer: {lang: torch.stack(rows) for lang, rows in by_lang.items()}
-                  for layer, by_lang in importance.items()}  # fmt: skip
+    importance = {
+        layer: {lang: torch.stack(rows) for lang, rows in by_lang.items()} for layer, by_lang in importance.items()
+    }
     expected = pd.concat([routing_divergence(importance), expert_set_overlap(importance, k=2)], ignore_index=True)
     pd_testing_equal(shown["routing"][["layer", "language", "metric"]], expected[["layer", "language", "metric"]])
     np.testing.assert_allclose(shown["routing"].value, expected.value, atol=1e-6)
@@ -291,8 +324,9 @@ def test_moe_routing_notebook(small, tmp_path, monkeypatch):
 
     english = trace_router(model, tokenizer, fit.texts("eng"))
     assert shown["middle"] == [3, 4]
-    selected = {layer: torch.zeros(len(english.ids[layer]), 8).scatter_(1, english.ids[layer], 1.0)
-                for layer in shown["middle"]}  # fmt: skip
+    selected = {
+        layer: torch.zeros(len(english.ids[layer]), 8).scatter_(1, english.ids[layer], 1.0) for layer in shown["middle"]
+    }
     usage = {layer: per_text_mean(chosen, english.text, english.n_texts).mean(0) for layer, chosen in selected.items()}
     top = {layer: used.topk(2).indices for layer, used in usage.items()}
     steering = shown["steering"]

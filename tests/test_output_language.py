@@ -9,9 +9,7 @@ import math
 import pytest
 
 from conftest import ntrex_path
-from probes.analysis.output_language import (
-    OutputLanguage, OutputLanguageError, identifiable, iso639_1, tokens,
-)
+from probes.analysis.output_language import OutputLanguage, OutputLanguageError, identifiable, iso639_1, tokens
 from probes.analysis.lid import IdentifierError
 from probes.data import load_corpus
 

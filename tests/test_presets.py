@@ -63,8 +63,9 @@ def test_the_mexa_preset_is_mexa_on_its_first_100_sentences(tmp_path):
 def test_the_incline_preset_fits_on_500_pairs_and_sweeps_sigma(tmp_path):
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"])
-    written = finding.find("map", tmp_path / "maps", model=model, tokenizer=tokenizer, corpus=corpus, preset="incline",
-                        progress=False)  # fmt: skip
+    written = finding.find(
+        "map", tmp_path / "maps", model=model, tokenizer=tokenizer, corpus=corpus, preset="incline", progress=False
+    )
     fitted = LinearMap.load(written[0])
     expected = fit_incline_maps(model, tokenizer, corpus.subset(None, 500), ["deu"])["deu"]
     assert fitted.component == "mlp_out" and fitted.method == "incline"
@@ -78,9 +79,18 @@ def test_the_incline_preset_fits_on_500_pairs_and_sweeps_sigma(tmp_path):
 def test_a_python_preset_fills_in_only_what_the_caller_did_not_pass(tmp_path):
     model, tokenizer = tiny("llama")
     corpus = demo_corpus().subset(["eng", "deu"], 150)
-    store = jobs.capture(tmp_path / "s", model=model, tokenizer=tokenizer, corpus=corpus, preset="mexa",
-                         pooling="mean", progress=False)  # fmt: skip
+    store = jobs.capture(
+        tmp_path / "s", model=model, tokenizer=tokenizer, corpus=corpus, preset="mexa", pooling="mean", progress=False
+    )
     assert len(store) == 100 and store.pooling == "mean" and store.sites[0].component == "hidden"
-    assert torch.equal(store.get(Site(2, "hidden"), "deu"),
-                       jobs.capture(tmp_path / "t", model=model, tokenizer=tokenizer, corpus=corpus.subset(None, 100),
-                                    pooling="mean", progress=False).get(Site(2, "hidden"), "deu"))  # fmt: skip
+    assert torch.equal(
+        store.get(Site(2, "hidden"), "deu"),
+        jobs.capture(
+            tmp_path / "t",
+            model=model,
+            tokenizer=tokenizer,
+            corpus=corpus.subset(None, 100),
+            pooling="mean",
+            progress=False,
+        ).get(Site(2, "hidden"), "deu"),
+    )

@@ -36,11 +36,18 @@ def test_tsv_and_jsonl_read_back_what_was_written(tmp_path_factory, corpus):
     folder = tmp_path_factory.mktemp("corpus")
     languages = list(texts)
     tsv = folder / "c.tsv"
-    rows = ["\t".join(["id", *languages])] + ["\t".join([ids[i], *(texts[l][i] for l in languages)]) for i in range(len(ids))]
+    rows = ["\t".join(["id", *languages])] + [
+        "\t".join([ids[i], *(texts[l][i] for l in languages)]) for i in range(len(ids))
+    ]
     tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
     jsonl = folder / "c.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": ids[i], **{l: texts[l][i] for l in languages}}, ensure_ascii=False) + "\n"
-                             for i in range(len(ids))), encoding="utf-8")  # fmt: skip
+    jsonl.write_text(
+        "".join(
+            json.dumps({"id": ids[i], **{l: texts[l][i] for l in languages}}, ensure_ascii=False) + "\n"
+            for i in range(len(ids))
+        ),
+        encoding="utf-8",
+    )
     for read in (read_tsv(tsv), read_jsonl(jsonl)):
         assert read.ids == tuple(ids) and read.languages == tuple(languages)
         assert all(read.texts(lang) == [t.strip() for t in texts[lang]] for lang in languages)
@@ -64,10 +71,18 @@ def padded_prompts(draw):
 def prompt_context(mask: torch.Tensor) -> ForwardContext:
     batch, width = mask.shape
     return ForwardContext(
-        valid=mask.bool(), position=mask.cumsum(1) - 1, prompt_length=mask.sum(1), decode_step=torch.zeros_like(mask),
-        prompt_mask=mask.bool(), columns=torch.arange(width), example=torch.arange(batch), counted=mask.bool(),
-        input_ids=None, call=0, first_new=0,
-    )  # fmt: skip
+        valid=mask.bool(),
+        position=mask.cumsum(1) - 1,
+        prompt_length=mask.sum(1),
+        decode_step=torch.zeros_like(mask),
+        prompt_mask=mask.bool(),
+        columns=torch.arange(width),
+        example=torch.arange(batch),
+        counted=mask.bool(),
+        input_ids=None,
+        call=0,
+        first_new=0,
+    )
 
 
 BOUND = st.one_of(st.none(), st.integers(-8, 8))

@@ -12,10 +12,24 @@ import torch
 
 from conftest import TEXTS, hook_count, prompt_batch, tiny
 from probes.analysis import (
-    expert_set_overlap, expert_usage, jsd, language_experts, measure_routing, routing_divergence, set_overlap,
+    expert_set_overlap,
+    expert_usage,
+    jsd,
+    language_experts,
+    measure_routing,
+    routing_divergence,
+    set_overlap,
     universal_experts,
-)  # fmt: skip
-from probes.capture import ActivationStore, Tokenization, batches, capture, capture_corpus, capture_to_store, trace_batches
+)
+from probes.capture import (
+    ActivationStore,
+    Tokenization,
+    batches,
+    capture,
+    capture_corpus,
+    capture_to_store,
+    trace_batches,
+)
 from probes.capture import trace_router
 from probes.capture import watch
 from probes.data import demo_corpus
@@ -78,9 +92,11 @@ def test_trace_reproduces_the_moe_block_output(family):
     io = {}
     handles = []
     for layer, point in points(model).items():
-        handles.append(point.block.register_forward_hook(
-            lambda _m, args, out, layer=layer: io.__setitem__(layer, (args[0], first_tensor(out)))
-        ))  # fmt: skip
+        handles.append(
+            point.block.register_forward_hook(
+                lambda _m, args, out, layer=layer: io.__setitem__(layer, (args[0], first_tensor(out)))
+            )
+        )
     try:
         trace = trace_batches(model, [batch])
     finally:
@@ -106,8 +122,9 @@ def test_trace_reproduces_the_moe_block_output(family):
 @pytest.mark.parametrize("family", MOE_FAMILIES)
 def test_batched_equals_one_by_one_and_pads_never_appear(family, padding_side):
     model, tokenizer = tiny(family)
-    batched = trace_router(model, tokenizer, TEXTS,
-                           tokenization=Tokenization(batch_size=len(TEXTS), padding_side=padding_side))
+    batched = trace_router(
+        model, tokenizer, TEXTS, tokenization=Tokenization(batch_size=len(TEXTS), padding_side=padding_side)
+    )
     single = trace_router(model, tokenizer, TEXTS, tokenization=Tokenization(batch_size=1))
     lengths = [len(tokenizer(text)["input_ids"]) for text in TEXTS]
     assert len(batched.text) == sum(lengths), "exactly the non-pad tokens"
@@ -230,9 +247,12 @@ def test_generation_under_router_steering_is_cache_and_batch_proof(family):
     ids, mask = prompt_batch(tokenizer, texts, side="left")
     layers = router_layers(model)
     options = dict(
-        max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        return_dict_in_generate=True,
         output_logits=True,
-    )  # fmt: skip
+    )
     plan = [
         (RouterBias({layer: [1, 5] for layer in layers}, 3.0), Schedule(only=("deu", "jpn"))),
         (ForceExperts({layers[-1]: [2]}), Schedule(prefill="last", decode=2)),
@@ -324,8 +344,14 @@ def test_routing_divergence_equals_the_released_code_one_sequence_at_a_time(fami
     model, tokenizer = tiny(family)
     corpus = demo_corpus().subset(["eng", "deu", "jpn"], 10)
     layers = router_layers(model)
-    activations = capture_corpus(model, tokenizer, corpus, [Site(l, "router") for l in layers], pooling="mean",
-                                 tokenization=Tokenization(batch_size=4))  # fmt: skip
+    activations = capture_corpus(
+        model,
+        tokenizer,
+        corpus,
+        [Site(l, "router") for l in layers],
+        pooling="mean",
+        tokenization=Tokenization(batch_size=4),
+    )
     table = measure_routing(activations, "eng").set_index(["layer", "language", "metric"])["value"]
     k = int(getattr(model.config, "num_experts_per_tok"))
     importance = {}
@@ -333,8 +359,10 @@ def test_routing_divergence_equals_the_released_code_one_sequence_at_a_time(fami
         rows = []
         for text in corpus.texts(lang):
             seen = {}
-            hooks = [points(model)[l].gate.register_forward_hook(lambda m, a, out, l=l: seen.__setitem__(l, out[0]))
-                     for l in layers]  # fmt: skip
+            hooks = [
+                points(model)[l].gate.register_forward_hook(lambda m, a, out, l=l: seen.__setitem__(l, out[0]))
+                for l in layers
+            ]
             with torch.no_grad():
                 model(**tokenizer(text, return_tensors="pt"))
             for hook in hooks:

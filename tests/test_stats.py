@@ -40,8 +40,10 @@ def reference() -> dict[tuple[Site, str], torch.Tensor]:
         with torch.no_grad(), watch(model, SITES, lambda site, t, _ctx: seen.__setitem__(site, t.clone())):
             model.base_model(input_ids=input_ids, attention_mask=mask)
         for site in SITES:
-            out[site, language] = [seen[site][row, : len(tokens)][torch.tensor(tokens) != tokenizer.bos_token_id].double()
-                                   for row, tokens in enumerate(ids)]  # fmt: skip
+            out[site, language] = [
+                seen[site][row, : len(tokens)][torch.tensor(tokens) != tokenizer.bos_token_id].double()
+                for row, tokens in enumerate(ids)
+            ]
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

@@ -124,10 +124,10 @@ def test_batched_left_padded_generation_equals_one_by_one_and_cache_is_irrelevan
         singles = []
         for text in texts:
             one_ids, one_mask = prompt_batch(tokenizer, [text])
-            singles.append(model.generate(input_ids=one_ids, attention_mask=one_mask, **options)[0, one_ids.shape[1]:])
+            singles.append(model.generate(input_ids=one_ids, attention_mask=one_mask, **options)[0, one_ids.shape[1] :])
     assert torch.equal(cached, uncached)
     for row, single in enumerate(singles):
-        assert torch.equal(cached[row, ids.shape[1]:], single)
+        assert torch.equal(cached[row, ids.shape[1] :], single)
 
 
 @dataclass(frozen=True)
@@ -206,10 +206,16 @@ def test_no_hooks_remain_after_an_exception():
     "intervention, message",
     [
         (AddVector({2: torch.zeros(32)}), r"resid.2: the vector has shape \(32,\), but the site's tensor is \(64,\)"),
-        (SetNeurons({1: torch.tensor([3, 128])}, {1: torch.zeros(2)}), "mlp_act.1: neuron indices 3..128 out of range; the site has 128"),
+        (
+            SetNeurons({1: torch.tensor([3, 128])}, {1: torch.zeros(2)}),
+            "mlp_act.1: neuron indices 3..128 out of range; the site has 128",
+        ),
         (ZeroNeurons({2: torch.tensor([-1])}), "mlp_gate.2: neuron indices -1..-1 out of range"),
         (ApplyMap({3: torch.eye(8)}), r"resid.3: W has shape \(8, 8\), but the site's tensor is \(64, 64\)"),
-        (HeadShift({2: torch.tensor([4])}, {2: torch.zeros(1, HEAD_DIM)}), "head.2: neuron indices 4..4 out of range; the site has 4"),
+        (
+            HeadShift({2: torch.tensor([4])}, {2: torch.zeros(1, HEAD_DIM)}),
+            "head.2: neuron indices 4..4 out of range; the site has 4",
+        ),
         (AddVector({1: torch.zeros(4, HEAD_DIM)}, component="head"), None),
         (Ablate({1: torch.ones(WIDTH)}, component="head"), "head.1: Ablate edits one vector per token"),
         (AddVector({7: torch.zeros(WIDTH)}), "resid.7: the model has 4 blocks"),
@@ -253,26 +259,43 @@ def test_interventions_take_fitted_artifacts_directly():
     gen = torch.Generator().manual_seed(5)
     source, target = torch.randn(40, WIDTH, generator=gen), torch.randn(40, WIDTH, generator=gen)
     W, mean_source, mean_pivot = fit_procrustes(source, target)
-    fitted = LinearMap({2: W}, "resid", "procrustes", "deu", "eng", {"center": True, "normalize": True}, {},
-                       {2: mean_source}, {2: mean_pivot})
+    fitted = LinearMap(
+        {2: W},
+        "resid",
+        "procrustes",
+        "deu",
+        "eng",
+        {"center": True, "normalize": True},
+        {},
+        {2: mean_source},
+        {2: mean_pivot},
+    )
     x = torch.randn(2, 5, WIDTH, generator=gen)
-    for rule, expected in (("code", x + 0.3 * fitted.transform(2, x)),
-                           ("interpolate", 0.7 * x + 0.3 * fitted.transform(2, x))):
+    for rule, expected in (
+        ("code", x + 0.3 * fitted.transform(2, x)),
+        ("interpolate", 0.7 * x + 0.3 * fitted.transform(2, x)),
+    ):
         torch.testing.assert_close(apply_map(fitted, sigma=0.3, rule=rule).edit(x, at(2)), expected)
 
     vectors = torch.zeros(4, HEAD_DIM)
     vectors[1] = 1.0
     heads = head_shift(ShiftVector({3: vectors}, "head", "eng", "deu", "claim", {}, {}), alpha=2.0)
     assert heads.layers == (3,) and heads.heads[3].tolist() == [1]
-    shift = ShiftVector({1: torch.ones(WIDTH), 2: 2 * torch.ones(WIDTH)}, "resid", "eng", "deu", "mean", {}, {},
-                        recommended_layers=(2,))
+    shift = ShiftVector(
+        {1: torch.ones(WIDTH), 2: 2 * torch.ones(WIDTH)}, "resid", "eng", "deu", "mean", {}, {}, recommended_layers=(2,)
+    )
     assert add_vector(shift).layers == (2,), "the recommended layer, not every layer"
     assert add_vector(shift, 0.5, [1]).layers == (1,)
     assert torch.equal(add_vector(shift, 0.5, [1]).edit(torch.zeros(WIDTH), at(1)), torch.full((WIDTH,), 0.5))
     with pytest.raises(InterventionError, match="has no layers \\[5\\]"):
         add_vector(shift, layers=[5])
-    experts = NeuronSet("mlp_act", {"eng": torch.tensor([[1, 4], [3, 2]])},
-                        {"eng": {"on_p50": torch.tensor([0.5, -1.0])}}, {}, "APExperts")
+    experts = NeuronSet(
+        "mlp_act",
+        {"eng": torch.tensor([[1, 4], [3, 2]])},
+        {"eng": {"on_p50": torch.tensor([0.5, -1.0])}},
+        {},
+        "APExperts",
+    )
     setting = set_neurons(experts, "eng")
     assert {layer: units.tolist() for layer, units in setting.units.items()} == {1: [4], 3: [2]}
     assert {layer: values.tolist() for layer, values in setting.values.items()} == {1: [0.5], 3: [-1.0]}
@@ -299,8 +322,13 @@ def test_prefill_schedules_equal_a_manual_positional_edit(schedule, side):
         "middle_negative": (position >= length - 3) & (position < length - 1),
         "mask": token_mask,
     }[schedule] & mask.bool()
-    prefill = {"last": "last", "span": (1, 3), "last_three": (-3, None), "middle_negative": (-3, -1),
-               "mask": token_mask}[schedule]  # fmt: skip
+    prefill = {
+        "last": "last",
+        "span": (1, 3),
+        "last_three": (-3, None),
+        "middle_negative": (-3, -1),
+        "mask": token_mask,
+    }[schedule]
     vector = INTERVENTIONS["add"].vectors[2]
     with torch.no_grad():
         with steer(model, [(INTERVENTIONS["add"], Schedule(prefill=prefill, decode="none"))]):
@@ -328,7 +356,10 @@ def test_bad_spans_are_errors():
             with torch.no_grad(), steer(model, [(INTERVENTIONS["add"], Schedule(prefill=span))]):
                 model(input_ids=ids, attention_mask=mask)
     with pytest.raises(ScheduleError, match="token mask has shape \\(1, 2\\)"):
-        with torch.no_grad(), steer(model, [(INTERVENTIONS["add"], Schedule(prefill=torch.ones(1, 2, dtype=torch.bool)))]):
+        with (
+            torch.no_grad(),
+            steer(model, [(INTERVENTIONS["add"], Schedule(prefill=torch.ones(1, 2, dtype=torch.bool)))]),
+        ):
             model(input_ids=ids, attention_mask=mask)
 
 
@@ -336,8 +367,9 @@ def test_bad_spans_are_errors():
 def test_decode_ranges_touch_exactly_their_steps(use_cache):
     model, tokenizer = tiny("llama")
     ids, mask = prompt_batch(tokenizer, TEXTS[:2])
-    options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=use_cache,
-                   pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    options = dict(
+        max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id
+    )
     spy = SpySchedule(prefill="none", decode=(2, 5))
     with steer(model, [(AddVector({1: torch.zeros(WIDTH)}), spy)]):
         model.generate(input_ids=ids, attention_mask=mask, **options)

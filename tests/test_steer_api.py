@@ -29,8 +29,16 @@ LAST = Schedule(prefill="last", decode="none")
 SHIFT = ShiftVector({1: rand(WIDTH), 2: 3 * rand(WIDTH), 3: rand(WIDTH)}, "resid", "eng", "deu", "mean", {}, {}, (2,))
 ARTIFACTS = {
     "shift": SHIFT,
-    "map": LinearMap({1: rand(WIDTH, WIDTH) / 8, 3: rand(WIDTH, WIDTH) / 8}, "resid", "incline", "deu", "eng", {}, {},
-                     recommended_layers=(3,)),
+    "map": LinearMap(
+        {1: rand(WIDTH, WIDTH) / 8, 3: rand(WIDTH, WIDTH) / 8},
+        "resid",
+        "incline",
+        "deu",
+        "eng",
+        {},
+        {},
+        recommended_layers=(3,),
+    ),
     "eraser": Eraser({2: rand(WIDTH, 2)}, {2: rand(2, WIDTH) / 4}, {2: rand(WIDTH)}, "resid", ("deu", "eng"), {}, {}),
     "lape": NeuronSet("mlp_gate", {"deu": torch.tensor([[1, 3], [1, 40], [2, 7]])}, method="LAPE"),
 }
@@ -73,8 +81,12 @@ def test_a_mixed_list_equals_the_explicit_plan():
     model, tokenizer = tiny("llama")
     lape = ARTIFACTS["lape"]
     mixed = [SHIFT, (MAP, LAST), ADD, (lape, Schedule(decode="none"))]
-    explicit = [(to_intervention(SHIFT), Schedule()), (MAP, LAST), (ADD, Schedule()),
-                (ZeroNeurons(lape.units("deu")), Schedule(decode="none"))]
+    explicit = [
+        (to_intervention(SHIFT), Schedule()),
+        (MAP, LAST),
+        (ADD, Schedule()),
+        (ZeroNeurons(lape.units("deu")), Schedule(decode="none")),
+    ]
     assert torch.equal(logits(model, tokenizer, (step for step in mixed)), logits(model, tokenizer, explicit))
     assert torch.equal(logits(model, tokenizer, mixed), logits(model, tokenizer, explicit))
     assert not torch.allclose(logits(model, tokenizer, mixed), logits(model, tokenizer, explicit[:3]))
@@ -91,12 +103,27 @@ BAD = {
     "triple": ([(ADD, LAST, 1)], r"plan item 0: got tuple \(AddVector"),
     "schedule alone": (LAST, r"got Schedule\(prefill='last'.* \(a Schedule edits nothing alone: pair it with an"),
     "none": ([ADD, None], r"plan item 1: got NoneType None"),
-    "several languages": (TWO_LANGUAGES, r"the plan is a NeuronSet with units for 2 languages \(deu, rus\): say which "
-                                         r"to steer with, e.g. to_intervention\(neurons, language='deu'\)"),
+    "several languages": (
+        TWO_LANGUAGES,
+        r"the plan is a NeuronSet with units for 2 languages \(deu, rus\): say which "
+        r"to steer with, e.g. to_intervention\(neurons, language='deu'\)",
+    ),
     "several in a list": ([ADD, TWO_LANGUAGES], r"plan item 1 is a NeuronSet with units for 2 languages"),
-    "detector": (LanguageDetector(2, "resid", "mean", ("deu", "eng"), torch.zeros(WIDTH), torch.ones(WIDTH),
-                                  torch.zeros(2, WIDTH), torch.zeros(2), {}, {}),
-                 r"the plan is a LanguageDetector, which does not edit the model; .* languages=detector\)$"),
+    "detector": (
+        LanguageDetector(
+            2,
+            "resid",
+            "mean",
+            ("deu", "eng"),
+            torch.zeros(WIDTH),
+            torch.ones(WIDTH),
+            torch.zeros(2, WIDTH),
+            torch.zeros(2),
+            {},
+            {},
+        ),
+        r"the plan is a LanguageDetector, which does not edit the model; .* languages=detector\)$",
+    ),
 }
 
 

@@ -61,8 +61,14 @@ def test_the_same_input_and_plan_give_the_same_logits_whatever_ran_before(use_ca
         with steer(model, decode_only):
             model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1])  # a prefix: ids now "extend" it by one
             after_prefix = model(input_ids=ids, attention_mask=mask).logits
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0,
-                           use_cache=use_cache)  # fmt: skip
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=2,
+                do_sample=False,
+                pad_token_id=0,
+                use_cache=use_cache,
+            )
             after_generate = model(input_ids=ids, attention_mask=mask).logits
         plain = model(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(fresh, after_prefix) and torch.equal(fresh, after_generate)
@@ -74,8 +80,15 @@ def test_a_manual_decode_loop_with_a_cache_is_steered_like_generate():
     ids, mask = prompt_batch(tokenizer, TEXTS[:2])
     plan = [(AddVector({2: VECTOR}, 4.0), Schedule(prefill="last", decode=1))]
     with torch.no_grad(), steer(model, plan):
-        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
-                                   pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
         steps = [out.logits[:, -1]]
         token, cache, step_mask = steps[0].argmax(-1, keepdim=True), out.past_key_values, mask
@@ -96,8 +109,11 @@ def test_continuing_a_cache_filled_outside_xlalign_is_an_error():
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         with steer(model, [AddVector({2: VECTOR})]):
             with pytest.raises(ValueError, match="KV cache of .* tokens that was filled outside xlalign's hooks"):
-                model(input_ids=token, attention_mask=torch.cat([mask, torch.ones_like(token)], 1),
-                      past_key_values=out.past_key_values)  # fmt: skip
+                model(
+                    input_ids=token,
+                    attention_mask=torch.cat([mask, torch.ones_like(token)], 1),
+                    past_key_values=out.past_key_values,
+                )
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,9 @@ def test_patch_makes_the_corrupted_run_equal_the_clean_one_downstream():
     for ours, theirs, unpatched in zip(patched.tokens(sites[1]), reference.tokens(sites[1]), before.tokens(sites[1])):
         torch.testing.assert_close(ours[-1], theirs[-1])  # the patched position holds the clean value
         torch.testing.assert_close(ours[:-1], unpatched[:-1])  # the others are the corrupted run's
-    with pytest.raises(InterventionError, match="example 1 has a selected token at position 13, but the recording holds 13 tokens"):
+    with pytest.raises(
+        InterventionError, match="example 1 has a selected token at position 13, but the recording holds 13 tokens"
+    ):
         with steer(model, [patch]):
             trace(model, tokenizer, [clean[0], clean[1] + " Und der Hund auch nicht."], sites)
     with pytest.raises(SiteError, match="was not recorded"):

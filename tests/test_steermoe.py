@@ -55,8 +55,13 @@ def test_risk_difference_and_selection_equal_the_released_code(seed):
         assert risk[row.layer + 1][row.expert].item() == pytest.approx(row.risk_diff, abs=1e-12)
     # distinct |risk| values: the reference's unstable sort and ours agree
     jitter = {layer: values + 1e-9 * torch.arange(8) * layer for layer, values in risk.items()}
-    table = pd.DataFrame([{"layer": layer - 1, "expert": e, "risk_diff": float(v)}
-                          for layer, values in jitter.items() for e, v in enumerate(values)])  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {"layer": layer - 1, "expert": e, "risk_diff": float(v)}
+            for layer, values in jitter.items()
+            for e, v in enumerate(values)
+        ]
+    )
     table["risk_diff_abs"] = table["risk_diff"].abs()
     for n_pos, n_neg in ((3, 3), (6, 2)):
         expected = {(layer + 1, e): w for (layer, e), w in reference_selection(table, n_pos, n_neg, k).items()}
@@ -70,19 +75,25 @@ def test_the_closed_loop_steermoe_setting_is_built_from_token_level_routing():
     corpus = demo_corpus().subset(["eng", "deu"], 10)
     found = fit_methods(model, tokenizer, corpus, languages=["deu"], methods=["steermoe"])
     content = Tokenization(exclude_bos=True)  # the released code counts the sentence's tokens, not BOS
-    english, german = (trace_router(model, tokenizer, corpus.texts(lang), tokenization=content)
-                       for lang in ("eng", "deu"))
+    english, german = (
+        trace_router(model, tokenizer, corpus.texts(lang), tokenization=content) for lang in ("eng", "deu")
+    )
     k = english.ids[english.layers[0]].shape[1]
-    stacked = {lang: np.stack([trace.probs[layer].numpy() for layer in trace.layers], axis=1)
-               for lang, trace in (("eng", english), ("deu", german))}  # fmt: skip
+    stacked = {
+        lang: np.stack([trace.probs[layer].numpy() for layer in trace.layers], axis=1)
+        for lang, trace in (("eng", english), ("deu", german))
+    }
     reference = reference_risk_diff(stacked["eng"], stacked["deu"], k)
     for row in reference.itertuples():
-        assert found["steermoe"]["risk"]["deu"][english.layers[row.layer]][row.expert].item() == pytest.approx(row.risk_diff)
+        assert found["steermoe"]["risk"]["deu"][english.layers[row.layer]][row.expert].item() == pytest.approx(
+            row.risk_diff
+        )
     (setting,) = [s for s in settings(found) if s.method == "steermoe"]
     plan = setting.plan("deu", [])
     n = len(english.layers)
     n_pos = min(n, int((reference.risk_diff > 0).sum()))
     n_neg = min(n, int((reference.risk_diff < 0).sum()))
-    assert as_weights(edit for edit, _ in plan) == as_weights(steermoe_experts(found["steermoe"]["risk"]["deu"], n_force=n_pos,
-                                                                               n_ban=n_neg, k=k))  # fmt: skip
+    assert as_weights(edit for edit, _ in plan) == as_weights(
+        steermoe_experts(found["steermoe"]["risk"]["deu"], n_force=n_pos, n_ban=n_neg, k=k)
+    )
     assert all(schedule.excludes("eng") and not schedule.excludes("deu") for _, schedule in plan)

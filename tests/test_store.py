@@ -31,8 +31,12 @@ def test_store_equals_direct_capture_per_shard(tmp_path, corpus):
     texts = corpus.texts("jpn")
     for site in SITES:
         got = store.get(site, "jpn")
-        parts = [capture(model, tokenizer, texts[i : i + 8], [site], pooling="max",
-                         tokenization=Tokenization(batch_size=3))[site] for i in range(0, len(texts), 8)]
+        parts = [
+            capture(model, tokenizer, texts[i : i + 8], [site], pooling="max", tokenization=Tokenization(batch_size=3))[
+                site
+            ]
+            for i in range(0, len(texts), 8)
+        ]
         assert torch.equal(got, torch.cat(parts))
     assert store.get(Site(1, "head"), "eng").shape == (20, 4, 16)
 
@@ -94,7 +98,9 @@ def test_mixing_models_poolings_or_corpora_is_an_error(tmp_path, corpus):
     half = copy.deepcopy(model).to(torch.bfloat16)  # the same weights, other numbers: not mixed into one store
     with pytest.raises(StoreError, match="model dtype: recorded 'float32', model has 'bfloat16'"):
         capture_to_store(half, tokenizer, corpus, SITES, out, **OPTIONS)
-    with pytest.raises(StoreError, match="tokenization: store has .*'batch_size': 3.*this capture has .*'batch_size': 4"):
+    with pytest.raises(
+        StoreError, match="tokenization: store has .*'batch_size': 3.*this capture has .*'batch_size': 4"
+    ):
         capture_to_store(model, tokenizer, corpus, SITES, out, shard_size=8, tokenization=Tokenization(batch_size=4))
     changed = demo_corpus().subset(["eng", "deu", "jpn"], 21)
     with pytest.raises(StoreError, match="language 'eng'.*different corpus text.*20 sentences.*21 sentences"):

@@ -85,7 +85,10 @@ def test_edited_metadata_is_noticed(store):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: m["languages"].update({"../../outside": m["languages"]["deu"]}), "'../../outside', which is not a language code"),
+        (
+            lambda m: m["languages"].update({"../../outside": m["languages"]["deu"]}),
+            "'../../outside', which is not a language code",
+        ),
         (lambda m: m["languages"].update({"/etc": m["languages"]["deu"]}), "'/etc', which is not a language code"),
         (lambda m: m["sites"].append("../resid.1"), "'../resid.1', which is not a site name"),
         (lambda m: m.pop("languages"), "lacks 'languages'"),

@@ -38,18 +38,30 @@ def test_the_script_writes_tidy_tables(tmp_path):
     spec = importlib.util.spec_from_file_location("train_tiny_moe", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    rows = lambda value: pd.DataFrame(dict(layer=[1, 2], language=["deu", "deu"], metric=["jsd", "jsd"],  # noqa: E731
-                                           value=[value, value + 1]))  # fmt: skip
+
+    def rows(value):
+        return pd.DataFrame(
+            dict(layer=[1, 2], language=["deu", "deu"], metric=["jsd", "jsd"], value=[value, value + 1])
+        )
+
     steered = {0.5: (rows(20.0), {"eng": 1.0, "deu": 2.5}), 2.0: (rows(30.0), {"eng": 1.0, "deu": 3.0})}
     script.write_tables(tmp_path, rows(0.0), rows(10.0), steered, {"eng": 1.0, "deu": 2.0})
     routing = pd.read_csv(tmp_path / "routing.csv")
     assert list(routing.columns) == ["model", "setting", "layer", "language", "metric", "value"]
     by_setting = routing.groupby(["model", "setting"], sort=False).value.apply(list).to_dict()
-    assert by_setting == {("untrained", "none"): [0.0, 1.0], ("trained", "none"): [10.0, 11.0],
-                          ("trained", "promote delta=0.5"): [20.0, 21.0], ("trained", "promote delta=2"): [30.0, 31.0]}
+    assert by_setting == {
+        ("untrained", "none"): [0.0, 1.0],
+        ("trained", "none"): [10.0, 11.0],
+        ("trained", "promote delta=0.5"): [20.0, 21.0],
+        ("trained", "promote delta=2"): [30.0, 31.0],
+    }
     loss = pd.read_csv(tmp_path / "loss.csv")
     assert list(loss.columns) == ["setting", "language", "loss"]
     assert loss.set_index(["setting", "language"]).loss.to_dict() == {
-        ("none", "eng"): 1.0, ("none", "deu"): 2.0, ("promote delta=0.5", "eng"): 1.0,
-        ("promote delta=0.5", "deu"): 2.5, ("promote delta=2", "eng"): 1.0, ("promote delta=2", "deu"): 3.0,
-    }  # fmt: skip
+        ("none", "eng"): 1.0,
+        ("none", "deu"): 2.0,
+        ("promote delta=0.5", "eng"): 1.0,
+        ("promote delta=0.5", "deu"): 2.5,
+        ("promote delta=2", "eng"): 1.0,
+        ("promote delta=2", "deu"): 3.0,
+    }

@@ -17,9 +17,7 @@ from steer.evaluate import Setting, evaluate
 from steer.incline import incline
 from steer.interventions import AddVector
 from steer.schedule import Schedule
-from steer.translation import (
-    chrf, chrf_change, language_name, new_tokens, source_tokens, translate, translation_task,
-)  # fmt: skip
+from steer.translation import chrf, chrf_change, language_name, new_tokens, source_tokens, translate, translation_task
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,12 @@ def corpus():
 
 def test_language_names():
     assert [language_name(c) for c in ("deu", "zho-CN", "arb", "hin", "eng")] == [
-        "German", "Chinese", "Arabic", "Hindi", "English"]
+        "German",
+        "Chinese",
+        "Arabic",
+        "Hindi",
+        "English",
+    ]
 
 
 def test_prompts_show_the_first_pairs_and_end_with_the_source(corpus):
@@ -37,8 +40,10 @@ def test_prompts_show_the_first_pairs_and_end_with_the_source(corpus):
     russian, english = corpus.texts("rus"), corpus.texts("eng")
     assert task.references == english[2:6]
     for k, (prompt, (start, end)) in enumerate(zip(task.prompts, task.spans)):
-        assert prompt == (f"Russian: {russian[0]}\nEnglish: {english[0]}\n\nRussian: {russian[1]}\nEnglish: "
-                          f"{english[1]}\n\nRussian: {russian[2 + k]}\nEnglish:")  # fmt: skip
+        assert prompt == (
+            f"Russian: {russian[0]}\nEnglish: {english[0]}\n\nRussian: {russian[1]}\nEnglish: "
+            f"{english[1]}\n\nRussian: {russian[2 + k]}\nEnglish:"
+        )
         assert prompt[start:end] == russian[2 + k]
     with pytest.raises(ValueError, match="needs 26 sentences; the corpus has 24"):
         translation_task(corpus, "rus", "eng", 23, shots=3)
@@ -48,8 +53,9 @@ def test_the_source_mask_covers_exactly_the_source_tokens(corpus):
     model, tokenizer = tiny("llama")
     task = translation_task(corpus, "deu", "eng", 3)
     ids = Tokenization().encode(tokenizer, task.prompts)
-    for mask, row, prompt, (start, end) in zip(source_tokens(tokenizer, task, Tokenization()), ids, task.prompts,
-                                               task.spans):  # fmt: skip
+    for mask, row, prompt, (start, end) in zip(
+        source_tokens(tokenizer, task, Tokenization()), ids, task.prompts, task.spans
+    ):
         chosen = mask.nonzero().flatten()
         assert (chosen.diff() == 1).all(), "one contiguous run of tokens"
         assert tokenizer.decode([row[i] for i in chosen]).strip() == prompt[start:end]
@@ -77,8 +83,14 @@ def raw_reference(model, tokenizer, prompt: str, source: torch.Tensor, layer: in
     handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            generated = model.generate(**encoded, do_sample=False, max_new_tokens=new_tokens(source),
-                                       stop_strings=["\n"], tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(
+                **encoded,
+                do_sample=False,
+                max_new_tokens=new_tokens(source),
+                stop_strings=["\n"],
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+            )
     finally:
         handle.remove()
     assert calls[0] == encoded["input_ids"].shape[1] and set(calls[1:]) <= {1}, "the prompt pass, then decode steps"
@@ -126,21 +138,37 @@ def test_incline_translates_with_its_own_protocol_the_last_prompt_token_from_a_c
 
 
 def test_chrf_and_its_interval_equal_sacrebleus_corpus_score_on_resamples():
-    references = ["the cat is on the mat", "a dog barks loudly", "we went home early today", "rain falls in spain",
-                  "she reads a book", "the train was late again"]  # fmt: skip
+    references = [
+        "the cat is on the mat",
+        "a dog barks loudly",
+        "we went home early today",
+        "rain falls in spain",
+        "she reads a book",
+        "the train was late again",
+    ]
     before = ["the cat sat on a mat", "dog barking", "we go home", "the rain in spain", "she read books", "a train"]
-    after = ["the cat is on the mat", "a dog barks", "we went home today", "rain in spain falls", "she reads",
-             "the train is late"]  # fmt: skip
+    after = [
+        "the cat is on the mat",
+        "a dog barks",
+        "we went home today",
+        "rain in spain falls",
+        "she reads",
+        "the train is late",
+    ]
     metric = CHRF()
     assert chrf(after, references) == metric.corpus_score(after, [references]).score
     off, on, delta, low, high = chrf_change(references, before, after, n_boot=300)
     assert (off, on) == (chrf(before, references), chrf(after, references)) and delta == on - off
     # The same resamples (bootstrap_ci's seeded draw), each scored by sacrebleu from the resampled sentence lists.
     rows = torch.randint(6, (300, 6), generator=torch.Generator().manual_seed(0))
-    changes = torch.tensor([
-        metric.corpus_score([after[i] for i in r], [[references[i] for i in r]]).score
-        - metric.corpus_score([before[i] for i in r], [[references[i] for i in r]]).score for r in rows.tolist()
-    ], dtype=torch.float64)  # fmt: skip
+    changes = torch.tensor(
+        [
+            metric.corpus_score([after[i] for i in r], [[references[i] for i in r]]).score
+            - metric.corpus_score([before[i] for i in r], [[references[i] for i in r]]).score
+            for r in rows.tolist()
+        ],
+        dtype=torch.float64,
+    )
     expected = torch.quantile(changes, torch.tensor([0.025, 0.975], dtype=torch.float64))
     assert (low, high) == pytest.approx(tuple(expected.tolist()), abs=1e-9)
     with pytest.raises(ValueError, match="3 hypotheses against 6 references"):
@@ -151,8 +179,9 @@ def test_evaluation_chrf_rows_equal_direct_translations(corpus):
     model, tokenizer = tiny("llama")
     vector = 6 * torch.randn(64, generator=torch.Generator().manual_seed(4))
     setting = Setting("shift", "strong", 2, lambda lang, texts: [(AddVector({2: vector}), Schedule(only=(lang,)))])
-    table = evaluate(model, tokenizer, corpus, [setting], languages=["eng", "rus"], n_boot=50, n_loss=4,
-                     n_translations=3, shots=2)  # fmt: skip
+    table = evaluate(
+        model, tokenizer, corpus, [setting], languages=["eng", "rus"], n_boot=50, n_loss=4, n_translations=3, shots=2
+    )
     chrf_rows = table[table.metric == "chrf"]
     assert list(chrf_rows.language) == ["rus"], "no translation of the pivot into itself"
     task = translation_task(corpus, "rus", "eng", 3, shots=2)
@@ -175,5 +204,6 @@ def test_steered_translation_is_the_same_through_transformerlens_and_nnsight(cor
         return [(AddVector({2: vector}), Schedule(only=("deu",)))]
 
     wrapped = resolve_model(model, tokenizer, backend=backend)[0]
-    assert translate(wrapped, tokenizer, task, plan, languages="deu") == translate(model, tokenizer, task, plan,
-                                                                                   languages="deu")  # fmt: skip
+    assert translate(wrapped, tokenizer, task, plan, languages="deu") == translate(
+        model, tokenizer, task, plan, languages="deu"
+    )

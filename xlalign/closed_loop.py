@@ -12,37 +12,57 @@ from typing import Sequence
 
 import pandas as pd
 
-from probes.analysis import OutputLanguage, expert_usage, measure, measure_routing, router_matrices
+from probes.analysis import expert_usage, measure, measure_routing, router_matrices
 from probes.capture import Tokenization, capture_to_store
 from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
 from probes.model import Loading, Site, has_lm_head, model_identity, n_layers, router_layers
-from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, neurons_per_layer, usage_heatmap
-from steer.evaluate import evaluate as evaluate_settings
+from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, usage_heatmap
 from steer.choices import INCLINE_SIGMAS
-from steer.summary import before_after, pareto
 from xlalign.choices import LOSS_SENTENCES, PROMPTS
 from xlalign.errors import JobError
 from xlalign.loading import takes_loading
 from xlalign.jobs import job_bar, open_corpus, open_model
-from xlalign.loop import best_setting, fit_loop, generations
+from xlalign.loop_files import closed_loop
 from xlalign.loop_options import corpus_language, loop_options
 from xlalign.outdir import ResultDir
 from xlalign.presets import takes_preset
-from xlalign.resume import ResumableTable
-from xlalign.report import (
-    alignment_section, header, language_specific_section, routing_section, save_figure, steering_section,
-)  # fmt: skip
+from xlalign.report import alignment_section, header, language_specific_section, routing_section, save_figure
 
-RUN_OUTPUTS = {"store", "metrics.csv", "alignment_per_layer.png", "langid_per_layer.png", "report.md",
-               "routing_divergence.png", "expert_usage.png"}  # fmt: skip
-EVALUATION_OUTPUTS = {"evaluation.csv", ".evaluation.csv.resume.json", "generations.csv", "before_after.png",
-                      "pareto.png", "lape_neurons.png", "lape_neurons.csv"}  # fmt: skip
+RUN_OUTPUTS = {
+    "store",
+    "metrics.csv",
+    "alignment_per_layer.png",
+    "langid_per_layer.png",
+    "report.md",
+    "routing_divergence.png",
+    "expert_usage.png",
+}
+EVALUATION_OUTPUTS = {
+    "evaluation.csv",
+    ".evaluation.csv.resume.json",
+    "generations.csv",
+    "before_after.png",
+    "pareto.png",
+    "lape_neurons.png",
+    "lape_neurons.csv",
+}
 
 
-def _start(job: str, out, outputs: set[str], options: dict, *, corpus, pivot: str, model, tokenizer,
-           loading: Loading, overwrite: bool):  # fmt: skip
+def _start(
+    job: str,
+    out,
+    outputs: set[str],
+    options: dict,
+    *,
+    corpus,
+    pivot: str,
+    model,
+    tokenizer,
+    loading: Loading,
+    overwrite: bool,
+):
     """Check every input (corpus, pivot, model, ``options``), then claim ``out`` (nothing is written before all
     are good). Returns ``(result directory, corpus, pivot, model, tokenizer, complete)``: ``complete`` when
     ``out`` already holds this job with the same inputs, finished."""
@@ -52,8 +72,14 @@ def _start(job: str, out, outputs: set[str], options: dict, *, corpus, pivot: st
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
     options = loop_options(network, parallel, pivot, **options)
-    settings = {**options, "pivot": pivot, "model": model_identity(network)["weights_sha256"],
-                "corpus": parallel.fingerprint(), "dtype": loading.dtype, "backend": loading.backend}
+    settings = {
+        **options,
+        "pivot": pivot,
+        "model": model_identity(network)["weights_sha256"],
+        "corpus": parallel.fingerprint(),
+        "dtype": loading.dtype,
+        "backend": loading.backend,
+    }
     result = ResultDir(Path(out), job, settings, outputs)
     state = {"complete": False}
 
@@ -103,22 +129,42 @@ def run(
     results is refused unless ``overwrite``, which replaces them. Returns report.md.
     Under ``torchrun`` the capture is split across the ranks; the main rank does the rest alone.
     """
-    raw = dict(methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-               n_translations=n_translations, incline_sigmas=incline_sigmas, steer_langs=steer_langs, pooling=pooling,
-               tokenization=tokenization.as_dict())
+    raw = dict(
+        methods=methods,
+        test_fraction=test_fraction,
+        n_loss=n_loss,
+        n_prompts=n_prompts,
+        n_translations=n_translations,
+        incline_sigmas=incline_sigmas,
+        steer_langs=steer_langs,
+        pooling=pooling,
+        tokenization=tokenization.as_dict(),
+    )
     result, options, parallel, pivot, network, tokenizer, complete = _start(
-        "run", out, RUN_OUTPUTS | EVALUATION_OUTPUTS, raw, corpus=corpus, pivot=pivot, model=model, tokenizer=tokenizer,
-        loading=loading, overwrite=overwrite)
+        "run",
+        out,
+        RUN_OUTPUTS | EVALUATION_OUTPUTS,
+        raw,
+        corpus=corpus,
+        pivot=pivot,
+        model=model,
+        tokenizer=tokenizer,
+        loading=loading,
+        overwrite=overwrite,
+    )
     out = result.out
     if complete:
         return out / "report.md"
     steer_langs = options["steer_langs"]
     routed = router_layers(network)
     pooling = pooling or ("mean" if routed else "weighted")
-    sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [Site(layer, "router") for layer in routed]
+    sites = [Site(layer, "hidden") for layer in range(n_layers(network) + 1)] + [
+        Site(layer, "router") for layer in routed
+    ]
     with job_bar(progress, f"run into {out}") as bar, ExitStack() as rest:
-        store = capture_to_store(network, tokenizer, parallel, sites, out / "store", pooling=pooling,
-                                 tokenization=tokenization, progress=bar)  # fmt: skip
+        store = capture_to_store(
+            network, tokenizer, parallel, sites, out / "store", pooling=pooling, tokenization=tokenization, progress=bar
+        )
         if not ranks().is_main:
             return out / "report.md"  # written by the main rank
         rest.enter_context(alone())
@@ -128,25 +174,48 @@ def run(
         write_text(out / "metrics.csv", pd.concat([table, routing]).to_csv(index=False))
         name = str(network.config.name_or_path)
         title = f"{name}: alignment with {pivot} ({pooling} pooling, {len(parallel)} sentences)"
-        alignment = save_figure(alignment_per_layer(table, ("retrieval_top1", "mexa"), title=title),
-                                out / "alignment_per_layer.png")  # fmt: skip
+        alignment = save_figure(
+            alignment_per_layer(table, ("retrieval_top1", "mexa"), title=title), out / "alignment_per_layer.png"
+        )
         langid = save_figure(langid_per_layer(table), out / "langid_per_layer.png")
         if steer_langs is None:
             mexa = table[table["metric"] == "mexa"].groupby("language")["value"].mean()
             steer_langs = mexa.sort_values().index[:3].tolist()
-        steering, neurons = closed_loop(network, tokenizer, parallel, out, languages=steer_langs, pivot=pivot,
-                                        methods=options["methods"], test_fraction=test_fraction, n_loss=n_loss,
-                                        n_prompts=n_prompts, n_translations=n_translations, progress=bar,
-                                        incline_sigmas=options["incline_sigmas"], tokenization=tokenization,
-                                        pooling=pooling)  # the header's pooling, for the steering evaluation too
-    lines = header(model=name, corpus=parallel.name, n_sentences=len(parallel), languages=parallel.languages,
-                   pivot=pivot, pooling=pooling, command=command or _command(), dtype=network.dtype,
-                   sizes=(n_loss, n_prompts))
+        steering, neurons = closed_loop(
+            network,
+            tokenizer,
+            parallel,
+            out,
+            languages=steer_langs,
+            pivot=pivot,
+            methods=options["methods"],
+            test_fraction=test_fraction,
+            n_loss=n_loss,
+            n_prompts=n_prompts,
+            n_translations=n_translations,
+            progress=bar,
+            incline_sigmas=options["incline_sigmas"],
+            tokenization=tokenization,
+            pooling=pooling,
+        )  # the header's pooling, for the steering evaluation too
+    lines = header(
+        model=name,
+        corpus=parallel.name,
+        n_sentences=len(parallel),
+        languages=parallel.languages,
+        pivot=pivot,
+        pooling=pooling,
+        command=command or _command(),
+        dtype=network.dtype,
+        sizes=(n_loss, n_prompts),
+    )
     lines += alignment_section(table[table["language"] != "all"], alignment)
     lines += language_specific_section(table, langid, neurons)
     if routing is not None:
-        divergence = save_figure(divergence_heatmap(routing, title=f"{name}: routing divergence from {pivot}"),
-                                 out / "routing_divergence.png")  # fmt: skip
+        divergence = save_figure(
+            divergence_heatmap(routing, title=f"{name}: routing divergence from {pivot}"),
+            out / "routing_divergence.png",
+        )
         usage = expert_usage(router_matrices(store, "selected"))
         usage_figure = save_figure(usage_heatmap(usage, title="expert usage per language"), out / "expert_usage.png")
         lines += routing_section(routing, divergence, usage_figure)
@@ -186,78 +255,64 @@ def evaluate(
     claimed as by :func:`run` (resumed, already complete, or refused without ``overwrite``)."""
     if ranks().world > 1:
         raise JobError("evaluate does not split its work across processes: run it without torchrun")
-    raw = dict(methods=methods, test_fraction=test_fraction, n_loss=n_loss, n_prompts=n_prompts,
-               n_translations=n_translations, incline_sigmas=incline_sigmas, sweep=sweep,
-               gate_by_detection=gate_by_detection, tokenization=tokenization.as_dict())
+    raw = dict(
+        methods=methods,
+        test_fraction=test_fraction,
+        n_loss=n_loss,
+        n_prompts=n_prompts,
+        n_translations=n_translations,
+        incline_sigmas=incline_sigmas,
+        sweep=sweep,
+        gate_by_detection=gate_by_detection,
+        tokenization=tokenization.as_dict(),
+    )
     result, options, parallel, pivot, network, tokenizer, complete = _start(
-        "evaluate", out, EVALUATION_OUTPUTS | {"report.md"}, raw, corpus=corpus, pivot=pivot, model=model,
-        tokenizer=tokenizer, loading=loading, overwrite=overwrite)
+        "evaluate",
+        out,
+        EVALUATION_OUTPUTS | {"report.md"},
+        raw,
+        corpus=corpus,
+        pivot=pivot,
+        model=model,
+        tokenizer=tokenizer,
+        loading=loading,
+        overwrite=overwrite,
+    )
     out = result.out
     if complete:
         return out / "report.md"
     languages = [lang for lang in parallel.languages if lang != pivot]
     with job_bar(progress, f"evaluate into {out}") as bar:
-        steering, _ = closed_loop(network, tokenizer, parallel, out, languages=languages, pivot=pivot,
-                                  methods=options["methods"], test_fraction=test_fraction, n_loss=n_loss,
-                                  n_prompts=n_prompts, n_translations=n_translations,
-                                  incline_sigmas=options["incline_sigmas"], sweep=sweep,
-                                  gate_by_detection=gate_by_detection, tokenization=tokenization, progress=bar)
-    lines = header(model=str(network.config.name_or_path), corpus=parallel.name, n_sentences=len(parallel),
-                   languages=parallel.languages, pivot=pivot, pooling="weighted", command=command or _command(),
-                   dtype=network.dtype, sizes=(n_loss, n_prompts))
+        steering, _ = closed_loop(
+            network,
+            tokenizer,
+            parallel,
+            out,
+            languages=languages,
+            pivot=pivot,
+            methods=options["methods"],
+            test_fraction=test_fraction,
+            n_loss=n_loss,
+            n_prompts=n_prompts,
+            n_translations=n_translations,
+            incline_sigmas=options["incline_sigmas"],
+            sweep=sweep,
+            gate_by_detection=gate_by_detection,
+            tokenization=tokenization,
+            progress=bar,
+        )
+    lines = header(
+        model=str(network.config.name_or_path),
+        corpus=parallel.name,
+        n_sentences=len(parallel),
+        languages=parallel.languages,
+        pivot=pivot,
+        pooling="weighted",
+        command=command or _command(),
+        dtype=network.dtype,
+        sizes=(n_loss, n_prompts),
+    )
     report = out / "report.md"
     write_text(report, "\n".join(lines + steering))
     result.finish()
     return report
-
-
-def closed_loop(
-    model, tokenizer, parallel: ParallelCorpus, out: Path, *, languages: Sequence[str], pivot: str,
-    methods: Sequence[str] | None, test_fraction: float, n_loss: int, n_prompts: int, tokenization: Tokenization,
-    progress, incline_sigmas: Sequence[float] = INCLINE_SIGMAS, n_generations: int = 2, sweep: bool = False,
-    gate_by_detection: bool = False, n_translations: int = 0, pooling: str = "weighted",
-) -> tuple[list[str], str | None]:  # fmt: skip
-    """:func:`xlalign.loop.evaluate_methods` writing its tables: evaluation.csv, figures (and the data of the LAPE
-    figure, lape_neurons.csv) and generations. evaluation.csv grows by each finished (language, setting); an
-    interrupted evaluation with the same inputs resumes from it. Alignment is pooled with ``pooling`` (the report
-    header's). Returns the report section and the LAPE figure's markdown (if LAPE ran)."""
-    fitted = fit_loop(model, tokenizer, parallel, languages=languages, pivot=pivot, methods=methods,
-                      test_fraction=test_fraction, tokenization=tokenization, progress=progress,
-                      incline_sigmas=incline_sigmas, sweep=sweep, gate_by_detection=gate_by_detection)
-    found, grid, test = fitted.findings, fitted.settings, fitted.test
-    table = ResumableTable(out / "evaluation.csv", {
-        "model": model_identity(model)["weights_sha256"], "train": fitted.train.fingerprint(),
-        "test": test.fingerprint(), "languages": list(languages), "pivot": pivot,
-        "settings": [[s.method, s.setting] for s in grid], "n_loss": n_loss, "n_prompts": n_prompts,
-        "n_translations": n_translations, "tokenization": tokenization.as_dict(), "pooling": pooling,
-        "detector_layer": found.detector.layer if found.detector is not None else None,
-    })  # fmt: skip
-    resumed = table.interrupted()
-    finished = [resumed["rows"]] if resumed else []
-
-    def keep(unit: pd.DataFrame) -> None:
-        finished.append(unit)
-        table.save(pd.concat(finished, ignore_index=True))
-
-    evaluation = evaluate_settings(model, tokenizer, test, grid, languages=languages, pivot=pivot,
-                                   fidelity=OutputLanguage(), detector=found.detector, n_loss=n_loss,
-                                   n_prompts=n_prompts, n_translations=n_translations, tokenization=tokenization,
-                                   pooling=pooling, done=resumed["rows"] if resumed else None, on_unit=keep,
-                                   progress=progress)  # fmt: skip
-    table.finish(evaluation)
-    shown = generations(model, tokenizer, test, best_setting(evaluation, grid), languages, n_generations,
-                        tokenization, found.detector)  # fmt: skip
-    write_text(out / "generations.csv", shown.to_csv(index=False))
-    figures = {
-        "before_after": save_figure(before_after(evaluation), out / "before_after.png"),
-        "pareto": save_figure(pareto(evaluation), out / "pareto.png"),
-    }
-    neurons = None
-    if "lape" in found:
-        counts = found["lape"].count_per_layer()
-        write_text(out / "lape_neurons.csv", counts.to_csv(index=False))
-        neurons = save_figure(neurons_per_layer(counts, "LAPE neurons per layer"), out / "lape_neurons.png")
-    section = steering_section(evaluation, figures, shown, n_test=len(test), pivot=pivot)
-    if fitted.notes:
-        section[2:2] = [*(f"> Note: {note}" for note in fitted.notes), ""]
-    return section, neurons

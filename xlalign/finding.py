@@ -61,8 +61,10 @@ def find(
     if record.finds is None:
         raise JobError(f"find --method {name}: {record.unsaved}")
     if kind is not None and record.finds != kind:
-        raise JobError(f"find {kind} --method {name}: {name} finds a {record.finds}; run `xlalign find "
-                       f"{record.finds} --method {name}` or omit the kind")  # fmt: skip
+        raise JobError(
+            f"find {kind} --method {name}: {name} finds a {record.finds}; run `xlalign find "
+            f"{record.finds} --method {name}` or omit the kind"
+        )
     kind = record.finds
     if (components or bottom_k or pooling != "mean") and name != "ap":
         raise JobError(f"find --method {name}: components, bottom_k and pooling are options of AP experts")
@@ -80,11 +82,20 @@ def find(
     units = list(dict.fromkeys(c for n in (components or ["mlp_act"]) for c in (linear if n == "linear" else [n])))
     group = ranks()
     if group.world > 1 and name != "lape":
-        raise JobError(f"find --method {name} is not split across processes: run it as one process "
-                       "(only `find neurons --method lape`, `capture` and `run` split their work under torchrun)")
-    options = {"lape_languages": parallel.languages, "ap_languages": parallel.languages, "ap_components": units,
-               "ap_pooling": pooling, "ap_bottom_k": bottom_k, "ap_k": DEFAULT_K["ap"] if k is None else k,
-               "n_heads": k or DEFAULT_K["claim"], "claim_layers": range(1, n_layers(network) + 1)}  # fmt: skip
+        raise JobError(
+            f"find --method {name} is not split across processes: run it as one process "
+            "(only `find neurons --method lape`, `capture` and `run` split their work under torchrun)"
+        )
+    options = {
+        "lape_languages": parallel.languages,
+        "ap_languages": parallel.languages,
+        "ap_components": units,
+        "ap_pooling": pooling,
+        "ap_bottom_k": bottom_k,
+        "ap_k": DEFAULT_K["ap"] if k is None else k,
+        "n_heads": k or DEFAULT_K["claim"],
+        "claim_layers": range(1, n_layers(network) + 1),
+    }
     several = name == "ap" and len(units) > 1  # AP: one NeuronSet per component
     if kind in ("neurons", "eraser"):  # one artifact for every language
         targets = {c: out / f"ap.{c}.safetensors" for c in units} if several else {None: out}
@@ -93,8 +104,18 @@ def find(
     for path in targets.values():
         refuse_overwrite(path, overwrite)
     with job_bar(progress, f"find {kind} ({name}) into {out}") as bar:
-        found = fit_methods(network, tokenizer, parallel, languages=languages, pivot=pivot, methods=[name],
-                            tokenization=tokenization, progress=bar, split=True, **options)[name]  # fmt: skip
+        found = fit_methods(
+            network,
+            tokenizer,
+            parallel,
+            languages=languages,
+            pivot=pivot,
+            methods=[name],
+            tokenization=tokenization,
+            progress=bar,
+            split=True,
+            **options,
+        )[name]
     if name == "ap" and not several:
         found = found[units[0]]
     artifacts = found if isinstance(found, dict) else {None: found}

@@ -24,9 +24,7 @@ from probes.capture.progress import add_steps
 from probes.capture.remote import require_key
 from probes.data import ParallelCorpus, load_corpus, normalize_language
 from probes.data.files import write_text
-from probes.model import (
-    COMPONENTS, Loading, Site, SiteError, hosted_model, model_identity, n_layers, router_layers,
-)  # fmt: skip
+from probes.model import COMPONENTS, Loading, Site, SiteError, hosted_model, model_identity, n_layers, router_layers
 from probes.model.sites import FROM_EMBEDDINGS
 from steer.apply import steer as steering
 from steer.convert import zero_neurons
@@ -35,7 +33,6 @@ from xlalign.errors import JobError
 from xlalign.loading import takes_loading
 from xlalign.presets import takes_preset
 from xlalign.resume import ResumableTable
-
 
 
 def open_corpus(
@@ -83,7 +80,9 @@ def parse_sites(spec: str, model, layers: Sequence[int] | None = None) -> list[S
             every = router_layers(model) if item == "router" else range(first, n_layers(model) + 1)
             sites += [Site(layer, item) for layer in every if layers is None or layer in layers]
         else:
-            raise SiteError(f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER")
+            raise SiteError(
+                f"--sites: unknown component {item!r}; choose from {', '.join(COMPONENTS)} or COMPONENT.LAYER"
+            )
     if not sites:
         routerless = "router" in spec and not router_layers(model)
         why = "this model has no MoE router (it is dense)" if routerless else "it names no site this model has"
@@ -129,8 +128,18 @@ def capture(
     if pooling is None:
         pooling = "mean" if any(site.component == "router" for site in chosen) else "weighted"
     with job_bar(progress, f"capture into {out}") as bar:
-        return capture_to_store(network, tokenizer, parallel, chosen, out, pooling=pooling, shard_size=shard_size,
-                                tokenization=tokenization, remote=remote or None, progress=bar)  # fmt: skip
+        return capture_to_store(
+            network,
+            tokenizer,
+            parallel,
+            chosen,
+            out,
+            pooling=pooling,
+            shard_size=shard_size,
+            tokenization=tokenization,
+            remote=remote or None,
+            progress=bar,
+        )
 
 
 @takes_preset("measure")
@@ -159,8 +168,9 @@ def measure(
     if component == "router":
         table = measure_routing(activations, pivot, importance=importance, ci=ci, n_boot=n_boot)
     else:
-        table = measure_activations(activations, pivot=pivot, metrics=metrics, component=component, ci=ci,
-                                    n_boot=n_boot)  # fmt: skip
+        table = measure_activations(
+            activations, pivot=pivot, metrics=metrics, component=component, ci=ci, n_boot=n_boot
+        )
     write_text(out, table.to_csv(index=False))
     return table
 
@@ -195,15 +205,20 @@ def ablate(
     zeroed = [lang for lang in found.languages if lang in parallel.languages]
     if not zeroed:
         raise JobError(f"{neurons} has neurons for {', '.join(found.languages)}, none of them in the corpus")
-    settings = {"neurons_sha256": hashlib.sha256(Path(neurons).read_bytes()).hexdigest(),
-                "model": model_identity(network)["weights_sha256"], "corpus": parallel.fingerprint(),
-                "tokenization": tokenization.as_dict()}  # fmt: skip
+    settings = {
+        "neurons_sha256": hashlib.sha256(Path(neurons).read_bytes()).hexdigest(),
+        "model": model_identity(network)["weights_sha256"],
+        "corpus": parallel.fingerprint(),
+        "tokenization": tokenization.as_dict(),
+    }
     table = ResumableTable(out, settings)
     state = table.interrupted() if out.exists() and not overwrite else None
     if out.exists() and not overwrite and state is None:
         if table.made_by_another_job():
-            raise JobError(f"{out} is a partial ablation of other neurons, model, corpus or tokenisation; pass "
-                           "--overwrite to start again, or repeat the original command to resume it")  # fmt: skip
+            raise JobError(
+                f"{out} is a partial ablation of other neurons, model, corpus or tokenisation; pass "
+                "--overwrite to start again, or repeat the original command to resume it"
+            )
         raise JobError(f"{out} exists (a finished ablation or someone else's file); pass --overwrite to replace it")
     rows = state["rows"].values.tolist() if state else []
     done = {row[0] for row in rows}

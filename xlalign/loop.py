@@ -51,19 +51,45 @@ class LoopResult(Fitted):
 
 
 def fit_loop(
-    model, tokenizer, parallel: ParallelCorpus, *, languages: Sequence[str], pivot: str,
-    methods: Sequence[str] | None, test_fraction: float, tokenization: Tokenization, progress,
-    incline_sigmas: Sequence[float] = INCLINE_SIGMAS, sweep: bool = False, gate_by_detection: bool = False,
-) -> Fitted:  # fmt: skip
+    model,
+    tokenizer,
+    parallel: ParallelCorpus,
+    *,
+    languages: Sequence[str],
+    pivot: str,
+    methods: Sequence[str] | None,
+    test_fraction: float,
+    tokenization: Tokenization,
+    progress,
+    incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
+    sweep: bool = False,
+    gate_by_detection: bool = False,
+) -> Fitted:
     """Split ``parallel`` by document, fit ``methods`` on the training split and build the settings (with the
     detection-gated twins under ``gate_by_detection``); each note is also given as a :class:`probes.errors.Notice`."""
     train, test = parallel.split(test_fraction=test_fraction)
     notes = [split_note(parallel, test, test_fraction)]
-    found = fit_methods(model, tokenizer, train, languages=languages, pivot=pivot, methods=methods,
-                        lape_languages=train.languages, detect=gate_by_detection, tokenization=tokenization,
-                        progress=progress)  # fmt: skip
-    grid = settings(found, model, tokenizer, pivot=pivot, incline_settings=incline_grid(incline_sigmas),
-                    tokenization=tokenization, sweep=sweep)  # fmt: skip
+    found = fit_methods(
+        model,
+        tokenizer,
+        train,
+        languages=languages,
+        pivot=pivot,
+        methods=methods,
+        lape_languages=train.languages,
+        detect=gate_by_detection,
+        tokenization=tokenization,
+        progress=progress,
+    )
+    grid = settings(
+        found,
+        model,
+        tokenizer,
+        pivot=pivot,
+        incline_settings=incline_grid(incline_sigmas),
+        tokenization=tokenization,
+        sweep=sweep,
+    )
     if found.detector is not None:
         twins = gated_by_detection(grid, found.detector.layer)
         notes.append(ungated_note([s for s in grid if s.layer <= found.detector.layer], found.detector.layer))
@@ -79,9 +105,11 @@ def split_note(parallel: ParallelCorpus, test: ParallelCorpus, test_fraction: fl
     share = len(test) / len(parallel)
     if abs(share - test_fraction) <= 0.1:
         return None
-    return (f"the split holds out {len(test)} of {len(parallel)} sentences ({share:.0%}), not the {test_fraction:.0%} "
-            f"asked for: it keeps whole documents on one side, and this corpus has few, long ones. Use more "
-            f"sentences (--max-sentences) for a split closer to --test-fraction.")
+    return (
+        f"the split holds out {len(test)} of {len(parallel)} sentences ({share:.0%}), not the {test_fraction:.0%} "
+        f"asked for: it keeps whole documents on one side, and this corpus has few, long ones. Use more "
+        f"sentences (--max-sentences) for a split closer to --test-fraction."
+    )
 
 
 def ungated_note(chosen: Sequence[Setting], detector_layer: int) -> str | None:
@@ -89,14 +117,22 @@ def ungated_note(chosen: Sequence[Setting], detector_layer: int) -> str | None:
     if not chosen:
         return None
     names = ", ".join(dict.fromkeys(f"{s.method} ({s.setting})" for s in chosen))
-    return (f"--gate-by-detection: no detection-gated setting for {names}: each edits at or before layer "
-            f"{detector_layer}, where the model's language is detected, so it cannot be gated on that detection.")
+    return (
+        f"--gate-by-detection: no detection-gated setting for {names}: each edits at or before layer "
+        f"{detector_layer}, where the model's language is detected, so it cannot be gated on that detection."
+    )
 
 
 def generations(
-    model, tokenizer, test: ParallelCorpus, setting: Setting, languages: Sequence[str], n: int,
-    tokenization: Tokenization, detector=None,
-) -> pd.DataFrame:  # fmt: skip
+    model,
+    tokenizer,
+    test: ParallelCorpus,
+    setting: Setting,
+    languages: Sequence[str],
+    n: int,
+    tokenization: Tokenization,
+    detector=None,
+) -> pd.DataFrame:
     """Greedy continuations of the first ``n`` held-out sentences of each language, without and with ``setting``."""
     rows = []
     for lang in languages:
@@ -115,13 +151,25 @@ def best_setting(evaluation: pd.DataFrame, grid: Sequence[Setting]) -> Setting:
 
 
 def evaluate_methods(
-    model="default", tokenizer=None, corpus: ParallelCorpus | str = "demo", *, pivot: str = "eng",
-    languages: Sequence[str] | None = None, methods: Sequence[str] | None = None, test_fraction: float = 0.2,
-    n_loss: int = LOSS_SENTENCES, n_prompts: int = PROMPTS, n_translations: int = 0,
-    incline_sigmas: Sequence[float] = INCLINE_SIGMAS, sweep: bool = False, gate_by_detection: bool = False,
-    pooling: str = "weighted", n_generations: int = 2, tokenization: Tokenization = Tokenization(),
+    model="default",
+    tokenizer=None,
+    corpus: ParallelCorpus | str = "demo",
+    *,
+    pivot: str = "eng",
+    languages: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    n_loss: int = LOSS_SENTENCES,
+    n_prompts: int = PROMPTS,
+    n_translations: int = 0,
+    incline_sigmas: Sequence[float] = INCLINE_SIGMAS,
+    sweep: bool = False,
+    gate_by_detection: bool = False,
+    pooling: str = "weighted",
+    n_generations: int = 2,
+    tokenization: Tokenization = Tokenization(),
     progress: bool = False,
-) -> LoopResult:  # fmt: skip
+) -> LoopResult:
     """The closed loop of ``xlalign evaluate`` in memory, nothing written: fit ``methods`` (default: those that
     apply) on a document split of ``corpus``, evaluate each setting for ``languages`` (default: every non-pivot
     language) on the held-out split, alignment pooled with ``pooling``; returns the tables."""
@@ -130,17 +178,58 @@ def evaluate_methods(
     network, tokenizer = open_model(model, tokenizer)
     if not has_lm_head(network):
         raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
-    options = loop_options(network, parallel, pivot, methods=methods, test_fraction=test_fraction, n_loss=n_loss,
-                           n_prompts=n_prompts, n_translations=n_translations, incline_sigmas=incline_sigmas,
-                           steer_langs=languages, pooling=pooling)  # fmt: skip
+    options = loop_options(
+        network,
+        parallel,
+        pivot,
+        methods=methods,
+        test_fraction=test_fraction,
+        n_loss=n_loss,
+        n_prompts=n_prompts,
+        n_translations=n_translations,
+        incline_sigmas=incline_sigmas,
+        steer_langs=languages,
+        pooling=pooling,
+    )
     chosen = options["steer_langs"] or [lang for lang in parallel.languages if lang != pivot]
-    fitted = fit_loop(network, tokenizer, parallel, languages=chosen, pivot=pivot, methods=options["methods"],
-                      test_fraction=test_fraction, tokenization=tokenization, progress=progress,
-                      incline_sigmas=options["incline_sigmas"], sweep=sweep, gate_by_detection=gate_by_detection)
-    evaluation = evaluate_settings(network, tokenizer, fitted.test, fitted.settings, languages=chosen, pivot=pivot,
-                                   fidelity=OutputLanguage(), detector=fitted.findings.detector, n_loss=n_loss,
-                                   n_prompts=n_prompts, n_translations=n_translations, tokenization=tokenization,
-                                   pooling=pooling, progress=progress)  # fmt: skip
-    shown = generations(network, tokenizer, fitted.test, best_setting(evaluation, fitted.settings), chosen,
-                        n_generations, tokenization, fitted.findings.detector)  # fmt: skip
+    fitted = fit_loop(
+        network,
+        tokenizer,
+        parallel,
+        languages=chosen,
+        pivot=pivot,
+        methods=options["methods"],
+        test_fraction=test_fraction,
+        tokenization=tokenization,
+        progress=progress,
+        incline_sigmas=options["incline_sigmas"],
+        sweep=sweep,
+        gate_by_detection=gate_by_detection,
+    )
+    evaluation = evaluate_settings(
+        network,
+        tokenizer,
+        fitted.test,
+        fitted.settings,
+        languages=chosen,
+        pivot=pivot,
+        fidelity=OutputLanguage(),
+        detector=fitted.findings.detector,
+        n_loss=n_loss,
+        n_prompts=n_prompts,
+        n_translations=n_translations,
+        tokenization=tokenization,
+        pooling=pooling,
+        progress=progress,
+    )
+    shown = generations(
+        network,
+        tokenizer,
+        fitted.test,
+        best_setting(evaluation, fitted.settings),
+        chosen,
+        n_generations,
+        tokenization,
+        fitted.findings.detector,
+    )
     return LoopResult(fitted.train, fitted.test, fitted.findings, fitted.settings, fitted.notes, evaluation, shown)

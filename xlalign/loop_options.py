@@ -24,8 +24,9 @@ def corpus_language(code: str, corpus: ParallelCorpus, option: str) -> str:
         raise JobError(f"{option}: {error}") from None
     if language not in corpus.languages:
         spelled = "" if language == code else f" (= {language!r})"
-        raise JobError(f"{option} language {code!r}{spelled} is not among the corpus languages "
-                       f"{', '.join(corpus.languages)}")
+        raise JobError(
+            f"{option} language {code!r}{spelled} is not among the corpus languages {', '.join(corpus.languages)}"
+        )
     return language
 
 
@@ -36,17 +37,30 @@ def _at_least(option: str, value: int, least: int) -> int:
 
 
 def loop_options(
-    model, corpus: ParallelCorpus, pivot: str, *, methods: Sequence[str] | None, test_fraction: float, n_loss: int,
-    n_prompts: int, n_translations: int, incline_sigmas: Sequence[float], steer_langs: Sequence[str] | None = None,
-    pooling: str | None = None, **passed,
-) -> dict:  # fmt: skip
+    model,
+    corpus: ParallelCorpus,
+    pivot: str,
+    *,
+    methods: Sequence[str] | None,
+    test_fraction: float,
+    n_loss: int,
+    n_prompts: int,
+    n_translations: int,
+    incline_sigmas: Sequence[float],
+    steer_langs: Sequence[str] | None = None,
+    pooling: str | None = None,
+    **passed,
+) -> dict:
     """The checked options (methods resolved: default, all that apply to ``model`` and its backend), JSON-ready;
     ``passed`` (flags such as ``sweep``) are kept as they are."""
     if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
         raise JobError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction!r}")
-    options = dict(test_fraction=float(test_fraction), n_loss=_at_least("--loss-sentences", n_loss, 1),
-                   n_prompts=_at_least("--prompts", n_prompts, 1),
-                   n_translations=_at_least("--translations", n_translations, 0))  # fmt: skip
+    options = dict(
+        test_fraction=float(test_fraction),
+        n_loss=_at_least("--loss-sentences", n_loss, 1),
+        n_prompts=_at_least("--prompts", n_prompts, 1),
+        n_translations=_at_least("--translations", n_translations, 0),
+    )
     sigmas = [float(sigma) for sigma in incline_sigmas]
     if not all(math.isfinite(sigma) for sigma in sigmas):
         raise JobError(f"--incline-sigmas must be finite numbers, got {sigmas}")
@@ -77,6 +91,7 @@ def _methods(model, methods: Sequence[str] | None) -> list[str]:
     impossible = unavailable_methods(model, methods)
     if impossible:
         reasons = "; ".join(f"{method}: {why}" for method, why in impossible.items())
-        raise JobError(f"--methods: {reasons}. Choose others with --methods (these can run: "
-                       f"{', '.join(available_methods(model))})")
+        raise JobError(
+            f"--methods: {reasons}. Choose others with --methods (these can run: {', '.join(available_methods(model))})"
+        )
     return methods

@@ -40,8 +40,11 @@ class ResultDir:
     def _differences(self, note: dict) -> list[str]:
         before = note.get("settings", {})
         keys = sorted(set(before) | set(self.settings))
-        return [f"{key}: {before.get(key)!r} there, {self.settings.get(key)!r} now"
-                for key in keys if before.get(key) != self.settings.get(key)]
+        return [
+            f"{key}: {before.get(key)!r} there, {self.settings.get(key)!r} now"
+            for key in keys
+            if before.get(key) != self.settings.get(key)
+        ]
 
     def check(self, overwrite: bool) -> bool:
         """Decide what to do with ``out`` before anything is written; True when it already holds this job,
@@ -50,12 +53,15 @@ class ResultDir:
         present = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
         note = self._note()
         if note is not None and note.get("job") != self.job:
-            raise JobError(f"{self.out} holds an `xlalign {note.get('job')}` result, not `xlalign {self.job}`; "
-                           "choose another --out")
+            raise JobError(
+                f"{self.out} holds an `xlalign {note.get('job')}` result, not `xlalign {self.job}`; "
+                "choose another --out"
+            )
         foreign = [name for name in present if name not in self.outputs | {NOTE}]
         if foreign:
-            raise JobError(f"{self.out} holds files that xlalign did not write ({', '.join(foreign[:5])}); "
-                           "choose another --out")
+            raise JobError(
+                f"{self.out} holds files that xlalign did not write ({', '.join(foreign[:5])}); choose another --out"
+            )
         if not present:
             return False
         if note is None:
@@ -64,14 +70,18 @@ class ResultDir:
             differences = self._differences(note)
             if not differences:
                 if note.get("complete") and not overwrite:
-                    notice(f"{self.out} already holds this {self.job}, complete (same model, corpus and options): "
-                           "nothing recomputed; pass --overwrite (overwrite=True) to compute it again")
+                    notice(
+                        f"{self.out} already holds this {self.job}, complete (same model, corpus and options): "
+                        "nothing recomputed; pass --overwrite (overwrite=True) to compute it again"
+                    )
                     return True
                 return False if not overwrite else self._clear(present)
             problem = "results of other inputs (" + "; ".join(differences[:4]) + ")"
         if not overwrite:
-            raise JobError(f"{self.out} holds {problem}; pass --overwrite (overwrite=True) to replace them, or "
-                           "choose another --out")
+            raise JobError(
+                f"{self.out} holds {problem}; pass --overwrite (overwrite=True) to replace them, or "
+                "choose another --out"
+            )
         return self._clear(present)
 
     def _clear(self, present: list[str]) -> bool:
@@ -90,6 +100,6 @@ class ResultDir:
         self._write(complete=True)
 
     def _write(self, complete: bool) -> None:
-        write_text(self.out / NOTE, json.dumps({"job": self.job, "settings": self.settings, "complete": complete},
-                                                indent=1))
-
+        write_text(
+            self.out / NOTE, json.dumps({"job": self.job, "settings": self.settings, "complete": complete}, indent=1)
+        )

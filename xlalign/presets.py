@@ -46,8 +46,10 @@ PRESETS: dict[str, Preset] = {
             "cisnlp/Mexa: compute_mexa.py on the embeddings its extraction writes (output_hidden_states, pooled "
             "embd_weighted: its default), the first 100 FLORES-200 devtest sentences",
             "FLORES-200 is not bundled: pass its directory with --corpus; the paper's models and language list",
-            {"capture": {"sites": "hidden", "pooling": "weighted", "max_sentences": 100},
-             "measure": {"component": "hidden", "metrics": ["mexa"]}},
+            {
+                "capture": {"sites": "hidden", "pooling": "weighted", "max_sentences": 100},
+                "measure": {"component": "hidden", "metrics": ["mexa"]},
+            },
         ),
         Preset(
             "lape",
@@ -82,9 +84,11 @@ PRESETS: dict[str, Preset] = {
             "token of every layer, from a clean pass)",
             "its task benchmarks (XNLI, XCOPA, MGSM, ...): the closed loop measures alignment, loss and the output "
             "language instead",
-            {"find": {"method": "incline", "max_sentences": 500},
-             "evaluate": {"methods": ["incline"], "incline_sigmas": list(SIGMAS)},
-             "run": {"methods": ["incline"], "incline_sigmas": list(SIGMAS)}},
+            {
+                "find": {"method": "incline", "max_sentences": 500},
+                "evaluate": {"methods": ["incline"], "incline_sigmas": list(SIGMAS)},
+                "run": {"methods": ["incline"], "incline_sigmas": list(SIGMAS)},
+            },
             kind="map",
         ),
         Preset(
@@ -93,9 +97,12 @@ PRESETS: dict[str, Preset] = {
             "over tokens of the top-k renormalised weights, entropy-normalised JSD per sentence); promoting the "
             "pivot's experts in the middle layers",
             "its FLORES/Belebele evaluation of pretrained MoE models (none is installable here)",
-            {"capture": {"sites": "router", "pooling": "mean"},
-             "measure": {"component": "router", "importance": "weight"},
-             "evaluate": {"methods": ["router"]}, "run": {"methods": ["router"]}},
+            {
+                "capture": {"sites": "router", "pooling": "mean"},
+                "measure": {"component": "router", "importance": "weight"},
+                "evaluate": {"methods": ["router"]},
+                "run": {"methods": ["router"]},
+            },
         ),
         Preset(
             "steermoe",
@@ -145,7 +152,8 @@ def takes_preset(command: str) -> Callable:
             if limit is not None:
                 corpus = merged.get("corpus", "demo")
                 merged["corpus"] = (corpus if isinstance(corpus, ParallelCorpus) else load_corpus(corpus)).subset(
-                    None, limit)
+                    None, limit
+                )
             return job(*args, **merged)
 
         return call

@@ -22,14 +22,25 @@ def save_figure(figure: Figure, path: Path) -> str:
 
 
 def header(
-    *, model: str, corpus: str, n_sentences: int, languages, pivot: str, pooling: str, command: str, dtype,
+    *,
+    model: str,
+    corpus: str,
+    n_sentences: int,
+    languages,
+    pivot: str,
+    pooling: str,
+    command: str,
+    dtype,
     sizes: tuple[int, int],
 ) -> list[str]:
     """The report's head: what ran, on what, how (``sizes``: loss texts and fidelity prompts per language)."""
     n_loss, n_prompts = sizes
-    full = (f" (reduced: below the full evaluation's {LOSS_SENTENCES} and {PROMPTS}; run the same command without "
-            "`--loss-sentences` and `--prompts`, on a larger corpus such as NTREX, for the full evaluation)"
-            if n_loss < LOSS_SENTENCES or n_prompts < PROMPTS else "")
+    full = (
+        f" (reduced: below the full evaluation's {LOSS_SENTENCES} and {PROMPTS}; run the same command without "
+        "`--loss-sentences` and `--prompts`, on a larger corpus such as NTREX, for the full evaluation)"
+        if n_loss < LOSS_SENTENCES or n_prompts < PROMPTS
+        else ""
+    )
     return [
         "# xlalign report",
         "",
@@ -60,10 +71,17 @@ def alignment_section(table: pd.DataFrame, figure: str) -> list[str]:
     ]
     for language in retrieval.columns:
         best = int(retrieval[language].idxmax())
-        lines.append(f"| {language} | {best} | {retrieval[language][best]:.3f} | {mexa[language].mean():.3f} | {mexa[language].max():.3f} |")
+        lines.append(
+            f"| {language} | {best} | {retrieval[language][best]:.3f} | {mexa[language].mean():.3f} | {mexa[language].max():.3f} |"
+        )
     per_layer = table[table["language"] != "all"].pivot_table(index="layer", columns="metric", values="value")
-    lines += ["", "Every metric per layer, mean over languages (`metrics.csv` has each language):", "",
-              *markdown_table(per_layer.round(3).reset_index()), ""]  # fmt: skip
+    lines += [
+        "",
+        "Every metric per layer, mean over languages (`metrics.csv` has each language):",
+        "",
+        *markdown_table(per_layer.round(3).reset_index()),
+        "",
+    ]
     return lines
 
 
@@ -134,24 +152,40 @@ def steering_section(
         fidelity = part[part["metric"] == "line_fidelity"]
         fidelity_change = f"{fidelity['delta'].mean():+.2f}" if len(fidelity) else "n/a"
         chrf = part[part["metric"] == "chrf"]
-        chrf_change = (f" {chrf['delta'].mean():+.1f} ({int((chrf['ci_low'] > 0).sum())}, "
-                       f"{int((chrf['ci_high'] < 0).sum())} of {len(chrf)}) |" if translated else "")  # fmt: skip
+        chrf_change = (
+            f" {chrf['delta'].mean():+.1f} ({int((chrf['ci_low'] > 0).sum())}, "
+            f"{int((chrf['ci_high'] < 0).sum())} of {len(chrf)}) |"
+            if translated
+            else ""
+        )
         lines.append(
             f"| {row['method']} | {row['setting']} | {gain['delta'].mean():+.3f} | "
             f"{int((gain['ci_low'] > 0).sum())}/{len(gain)} ({', '.join(gain[gain['ci_low'] > 0]['language'])}) | "
             f"{100 * (loss['delta'] / loss['off']).mean():+.1f}% | {fidelity_change} |{chrf_change}"
         )
     front = front_table(evaluation)
-    lines += ["", f"Pareto front (most MEXA gain for the least relative rise of the loss on the language, means over "
-              f"languages) and the goal: MEXA +{GOAL['gain']:.2f} with its interval above 0, line-level fidelity "
-              f">= {GOAL['fidelity']:.2f}, loss rise <= {100 * GOAL['loss']:.0f}%:", "",
-              "| method | setting | MEXA change | target loss change | line-level fidelity | languages meeting the goal |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r.method} | {r.setting} | {r.gain:+.3f} | {100 * r.cost:+.1f}% | {r.fidelity:.2f} | "
-              f"{int(r.meeting)}/{int(r.languages)} |" for r in front.itertuples()]  # fmt: skip
+    lines += [
+        "",
+        f"Pareto front (most MEXA gain for the least relative rise of the loss on the language, means over "
+        f"languages) and the goal: MEXA +{GOAL['gain']:.2f} with its interval above 0, line-level fidelity "
+        f">= {GOAL['fidelity']:.2f}, loss rise <= {100 * GOAL['loss']:.0f}%:",
+        "",
+        "| method | setting | MEXA change | target loss change | line-level fidelity | languages meeting the goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.method} | {r.setting} | {r.gain:+.3f} | {100 * r.cost:+.1f}% | {r.fidelity:.2f} | "
+        f"{int(r.meeting)}/{int(r.languages)} |"
+        for r in front.itertuples()
+    ]
     if len(generations):
-        lines += ["", "Greedy continuations of held-out prompts, off vs on (best MEXA setting overall):", "",
-                  *markdown_table(generations), ""]  # fmt: skip
+        lines += [
+            "",
+            "Greedy continuations of held-out prompts, off vs on (best MEXA setting overall):",
+            "",
+            *markdown_table(generations),
+            "",
+        ]
     return lines
 
 

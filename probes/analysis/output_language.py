@@ -122,7 +122,11 @@ class OutputLanguage:
     degenerate line is then forced onto a candidate)."""
 
     def __init__(
-        self, candidates: Sequence[str] | None = None, *, identifier: str = LID176, threshold: float = THRESHOLD,
+        self,
+        candidates: Sequence[str] | None = None,
+        *,
+        identifier: str = LID176,
+        threshold: float = THRESHOLD,
         min_tokens: int = MIN_TOKENS,
     ) -> None:
         check(identifier)

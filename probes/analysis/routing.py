@@ -65,11 +65,15 @@ def router_matrices(
     index = ROUTER_CHANNELS.index(channel)
     if isinstance(source, Activations):
         if source.pooling != "mean":
-            raise RoutingError(f"{source.where()}: routing metrics need mean-pooled activations, not {source.pooling!r}")
+            raise RoutingError(
+                f"{source.where()}: routing metrics need mean-pooled activations, not {source.pooling!r}"
+            )
         if not source.layers("router"):
             raise RoutingError(f"{source.where()} has no router sites; capture with sites router.LAYER")
-        return {layer: {lang: matrix[:, index] for lang, matrix in by_lang.items()}
-                for layer, by_lang in source.by_layer("router", languages)}  # fmt: skip
+        return {
+            layer: {lang: matrix[:, index] for lang, matrix in by_lang.items()}
+            for layer, by_lang in source.by_layer("router", languages)
+        }
     langs = list(languages or source)
     layers = source[langs[0]].layers
     return {layer: {lang: source[lang].pooled(layer)[:, index] for lang in langs} for layer in layers}
@@ -162,20 +166,28 @@ def expert_set_overlap(
     return _table(rows, ci)
 
 
-
-
 def measure_routing(
-    activations: Activations, pivot: str = "eng", *, k: int = 2, importance: str = "weight", ci: bool = False,
+    activations: Activations,
+    pivot: str = "eng",
+    *,
+    k: int = 2,
+    importance: str = "weight",
+    ci: bool = False,
     n_boot: int = 1000,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """The routing metrics of mean-pooled ``router`` activations, per layer and language: ``jsd``, ``jsd_norm``
     and ``topk_jaccard`` (the ``k`` most important experts) of the expert ``importance`` (``weight``: the
     released code's total actual weight, the default; ``prob``: the softmax mean), as one tidy table."""
     if importance not in IMPORTANCE:
         raise RoutingError(f"unknown expert importance {importance!r}; choose one of {', '.join(IMPORTANCE)}")
     importance = router_matrices(activations, importance)
-    return pd.concat([routing_divergence(importance, pivot, ci=ci, n_boot=n_boot),
-                      expert_set_overlap(importance, pivot, k=k, ci=ci, n_boot=n_boot)], ignore_index=True)  # fmt: skip
+    return pd.concat(
+        [
+            routing_divergence(importance, pivot, ci=ci, n_boot=n_boot),
+            expert_set_overlap(importance, pivot, k=k, ci=ci, n_boot=n_boot),
+        ],
+        ignore_index=True,
+    )
 
 
 def expert_usage(usage: Matrices) -> pd.DataFrame:
@@ -199,9 +211,13 @@ def _usage_cube(usage: pd.DataFrame, layer: int) -> pd.DataFrame:
 
 
 def language_experts(
-    usage: pd.DataFrame, *, method: str = "risk_difference", threshold: float = 0.1, fraction: float = 0.1,
+    usage: pd.DataFrame,
+    *,
+    method: str = "risk_difference",
+    threshold: float = 0.1,
+    fraction: float = 0.1,
     quantile: float = 0.95,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Experts specific to a language, as rows ``layer, expert, language, score``.
 
     ``risk_difference``: the language's usage minus the mean usage of the other languages is at least
@@ -219,8 +235,14 @@ def language_experts(
             others = (cube.sum(axis=0) - cube) / (len(cube) - 1)
             difference = cube - others
             for lang, expert in zip(*np.nonzero(difference.to_numpy() >= threshold)):
-                rows.append(dict(layer=layer, expert=int(cube.columns[expert]), language=cube.index[lang],
-                                 score=float(difference.iat[lang, expert])))  # fmt: skip
+                rows.append(
+                    dict(
+                        layer=layer,
+                        expert=int(cube.columns[expert]),
+                        language=cube.index[lang],
+                        score=float(difference.iat[lang, expert]),
+                    )
+                )
     elif method == "entropy":
         bar = usage["value"].quantile(quantile)
         candidates = []
@@ -259,13 +281,20 @@ def universal_experts(usage: pd.DataFrame, pivot: str = "eng", *, ratio: float =
 
 def risk_difference(
     probs_1: Float[Tensor, "tokens experts"], probs_2: Float[Tensor, "tokens experts"], k: int
-) -> Float[Tensor, " experts"]:  # fmt: skip
+) -> Float[Tensor, " experts"]:
     """SteerMoE's risk difference at one layer (JACKPURCELL/SteerMoE ``demo.py: calc_risk_diff``): per expert, the
     fraction of behaviour-1 tokens whose top ``k`` router probabilities include it, minus that fraction for
     behaviour-2 tokens. Positive: the expert is used more for behaviour 1."""
-    if probs_1.dim() != 2 or probs_2.dim() != 2 or probs_1.shape[1] != probs_2.shape[1] or not 0 < k <= probs_1.shape[1]:
-        raise RoutingError(f"risk difference needs (tokens, experts) probabilities of the same experts and 0 < k <= "
-                         f"experts; got {tuple(probs_1.shape)}, {tuple(probs_2.shape)}, k={k}")  # fmt: skip
+    if (
+        probs_1.dim() != 2
+        or probs_2.dim() != 2
+        or probs_1.shape[1] != probs_2.shape[1]
+        or not 0 < k <= probs_1.shape[1]
+    ):
+        raise RoutingError(
+            f"risk difference needs (tokens, experts) probabilities of the same experts and 0 < k <= "
+            f"experts; got {tuple(probs_1.shape)}, {tuple(probs_2.shape)}, k={k}"
+        )
     if not len(probs_1) or not len(probs_2):
         raise RoutingError("risk difference needs tokens of both behaviours")
 

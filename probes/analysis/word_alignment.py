@@ -38,14 +38,17 @@ def mutual_argmax(scores: Float[Tensor, "m n"]) -> Bool[Tensor, "m n"]:
 
 
 def word_alignments(
-    source: Float[Tensor, "m d"], target: Float[Tensor, "n d"],
-    source_words: Int[Tensor, " m"] | Sequence[int], target_words: Int[Tensor, " n"] | Sequence[int],
-) -> list[tuple[int, int]]:  # fmt: skip
+    source: Float[Tensor, "m d"],
+    target: Float[Tensor, "n d"],
+    source_words: Int[Tensor, " m"] | Sequence[int],
+    target_words: Int[Tensor, " n"] | Sequence[int],
+) -> list[tuple[int, int]]:
     """Aligned (source word, target word) pairs, sorted: a pair is aligned when any of its tokens are mutual best
     matches. ``source_words[i]``: the word token ``i`` belongs to (tokens outside every word: pass them out)."""
     if len(source_words) != len(source) or len(target_words) != len(target):
-        raise MetricError(f"{len(source)} and {len(target)} tokens, but word indices for {len(source_words)} and "
-                         f"{len(target_words)}")  # fmt: skip
+        raise MetricError(
+            f"{len(source)} and {len(target)} tokens, but word indices for {len(source_words)} and {len(target_words)}"
+        )
     aligned = mutual_argmax(similarity(source, target)).nonzero().tolist()
     return sorted({(int(source_words[i]), int(target_words[j])) for i, j in aligned})
 

@@ -1,7 +1,13 @@
 """Artifacts: what the finders find, saved as safetensors + JSON and checked against the model they are used on."""
 
 from probes.artifacts.base import (
-    Artifact, ArtifactError, artifact_digest, artifact_kind, check_model, nonfinite, read_artifact,
+    Artifact,
+    ArtifactError,
+    artifact_digest,
+    artifact_kind,
+    check_model,
+    nonfinite,
+    read_artifact,
 )
 from probes.artifacts.detector import LanguageDetector
 from probes.artifacts.eraser import ERASER_COMPONENTS, Eraser
@@ -21,7 +27,23 @@ def load_artifact(path, model=None) -> Artifact:
 
 
 __all__ = [
-    "ERASER_COMPONENTS", "KINDS", "MAP_COMPONENTS", "MAP_METHODS", "Artifact", "ArtifactError", "Eraser", "LanguageDetector", "LinearMap", "NeuronError", "NeuronSet",
-    "ShiftVector", "artifact_digest", "artifact_kind", "check_model", "load_artifact", "map_formula", "nonfinite",
+    "ERASER_COMPONENTS",
+    "KINDS",
+    "MAP_COMPONENTS",
+    "MAP_METHODS",
+    "Artifact",
+    "ArtifactError",
+    "Eraser",
+    "LanguageDetector",
+    "LinearMap",
+    "NeuronError",
+    "NeuronSet",
+    "ShiftVector",
+    "artifact_digest",
+    "artifact_kind",
+    "check_model",
+    "load_artifact",
+    "map_formula",
+    "nonfinite",
     "read_artifact",
 ]

@@ -72,8 +72,10 @@ class Artifact:
         for name, tensor in tensors.items():
             problem = nonfinite(tensor)
             if problem:
-                raise ArtifactError(f"{path}: not written: tensor {name!r} of this {self.KIND} has {problem}; "
-                                    f"an artifact must hold finite numbers (check what it was fitted on)")
+                raise ArtifactError(
+                    f"{path}: not written: tensor {name!r} of this {self.KIND} has {problem}; "
+                    f"an artifact must hold finite numbers (check what it was fitted on)"
+                )
         header = {"kind": self.KIND, "format": FORMAT, "version": __version__, "model": dict(self.model)}
         header = json.loads(json.dumps(header | self.metadata()))  # as it will read back (tuples become lists)
         header[_DIGEST] = artifact_digest(tensors, header)
@@ -139,13 +141,16 @@ def read_artifact(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict,
     recorded = meta.pop(_DIGEST, None)
     if with_tensors:
         if recorded != artifact_digest(tensors, meta):
-            raise ArtifactError(f"{path}: its tensors or metadata do not match the SHA-256 written with them: the file "
-                                f"was changed or damaged after it was written; {FIND_AGAIN}")
+            raise ArtifactError(
+                f"{path}: its tensors or metadata do not match the SHA-256 written with them: the file "
+                f"was changed or damaged after it was written; {FIND_AGAIN}"
+            )
         for name, tensor in tensors.items():
             problem = nonfinite(tensor)
             if problem:
-                raise ArtifactError(f"{path}: tensor {name!r} has {problem}; an artifact must hold finite numbers: "
-                                    f"{FIND_AGAIN}")
+                raise ArtifactError(
+                    f"{path}: tensor {name!r} has {problem}; an artifact must hold finite numbers: {FIND_AGAIN}"
+                )
     return meta, tensors
 
 
@@ -179,16 +184,22 @@ def check_consistent(artifact: Artifact, meta: dict, tensors: Mapping[str, Tenso
     described = artifact.tensors()
     if set(described) != set(tensors):
         named = "".join(f" ({key} {meta[key]})" for key in ("layers", "languages") if key in meta)
-        raise ArtifactError(f"{where}: its metadata{named} describes tensors {sorted(described)}, but the file holds "
-                            f"{sorted(tensors)}; the file was changed or damaged after it was written: {FIND_AGAIN}")
+        raise ArtifactError(
+            f"{where}: its metadata{named} describes tensors {sorted(described)}, but the file holds "
+            f"{sorted(tensors)}; the file was changed or damaged after it was written: {FIND_AGAIN}"
+        )
     for name, tensor in described.items():
         if tensor.shape != tensors[name].shape or tensor.dtype != tensors[name].dtype:
-            raise ArtifactError(f"{where}: tensor {name!r} is {tensors[name].dtype} {tuple(tensors[name].shape)} in "
-                                f"the file, its metadata makes it {tensor.dtype} {tuple(tensor.shape)}: {FIND_AGAIN}")
+            raise ArtifactError(
+                f"{where}: tensor {name!r} is {tensors[name].dtype} {tuple(tensors[name].shape)} in "
+                f"the file, its metadata makes it {tensor.dtype} {tuple(tensor.shape)}: {FIND_AGAIN}"
+            )
     for key, value in json.loads(json.dumps(artifact.metadata())).items():
         if meta.get(key) != value:
-            raise ArtifactError(f"{where}: its metadata says {key} {meta.get(key)!r}, its tensors give {value!r}; the "
-                                f"file was changed or damaged after it was written: {FIND_AGAIN}")
+            raise ArtifactError(
+                f"{where}: its metadata says {key} {meta.get(key)!r}, its tensors give {value!r}; the "
+                f"file was changed or damaged after it was written: {FIND_AGAIN}"
+            )
 
 
 def check_model(meta: dict, model: nn.Module, *, where: str = "artifact") -> None:
@@ -202,7 +213,9 @@ def check_model(meta: dict, model: nn.Module, *, where: str = "artifact") -> Non
         )
 
 
-def check_site(model: nn.Module, site: Site, tensor: Tensor, expected: tuple[int, ...], *, what: str, where: str) -> None:
+def check_site(
+    model: nn.Module, site: Site, tensor: Tensor, expected: tuple[int, ...], *, what: str, where: str
+) -> None:
     """Raise unless ``site`` exists in ``model`` and ``tensor`` has the ``expected`` shape."""
     try:
         locate(model, site)

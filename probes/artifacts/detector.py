@@ -35,10 +35,14 @@ class LanguageDetector(Artifact):
     def __post_init__(self) -> None:
         k, d = self.weight.shape
         if len(self.languages) != k or tuple(self.bias.shape) != (k,):
-            raise ArtifactError(f"a detector of {len(self.languages)} languages needs weight (k, d) and bias (k,) "
-                                f"with k = {len(self.languages)}; got {tuple(self.weight.shape)}, {tuple(self.bias.shape)}")
+            raise ArtifactError(
+                f"a detector of {len(self.languages)} languages needs weight (k, d) and bias (k,) "
+                f"with k = {len(self.languages)}; got {tuple(self.weight.shape)}, {tuple(self.bias.shape)}"
+            )
         if tuple(self.mean.shape) != (d,) or tuple(self.scale.shape) != (d,):
-            raise ArtifactError(f"mean and scale must be ({d},); got {tuple(self.mean.shape)}, {tuple(self.scale.shape)}")
+            raise ArtifactError(
+                f"mean and scale must be ({d},); got {tuple(self.mean.shape)}, {tuple(self.scale.shape)}"
+            )
         object.__setattr__(self, "languages", tuple(self.languages))
 
     @property
@@ -46,8 +50,10 @@ class LanguageDetector(Artifact):
         return Site(self.layer, self.component)
 
     def __repr__(self) -> str:
-        return (f"LanguageDetector({self.site}, pooling={self.pooling!r}, languages={list(self.languages)}, "
-                f"model={self.model.get('name')!r})")  # fmt: skip
+        return (
+            f"LanguageDetector({self.site}, pooling={self.pooling!r}, languages={list(self.languages)}, "
+            f"model={self.model.get('name')!r})"
+        )
 
     def logits(self, pooled: Float[Tensor, "n d"]) -> Float[Tensor, "n k"]:
         parts = [t.to(pooled.device, torch.float32) for t in (self.mean, self.scale, self.weight, self.bias)]
@@ -62,13 +68,28 @@ class LanguageDetector(Artifact):
         return {"mean": self.mean, "scale": self.scale, "weight": self.weight, "bias": self.bias}
 
     def metadata(self) -> dict:
-        return {"layer": self.layer, "component": self.component, "pooling": self.pooling,
-                "languages": list(self.languages), "params": self.params}  # fmt: skip
+        return {
+            "layer": self.layer,
+            "component": self.component,
+            "pooling": self.pooling,
+            "languages": list(self.languages),
+            "params": self.params,
+        }
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], meta: dict, where: str) -> LanguageDetector:
-        return cls(meta["layer"], meta["component"], meta["pooling"], tuple(meta["languages"]), tensors["mean"],
-                   tensors["scale"], tensors["weight"], tensors["bias"], meta["params"], meta["model"])  # fmt: skip
+        return cls(
+            meta["layer"],
+            meta["component"],
+            meta["pooling"],
+            tuple(meta["languages"]),
+            tensors["mean"],
+            tensors["scale"],
+            tensors["weight"],
+            tensors["bias"],
+            meta["params"],
+            meta["model"],
+        )
 
     def check_fits(self, model: nn.Module, *, where: str) -> None:
         check_site(model, self.site, self.mean, site_vector_shape(model, self.site), what="mean", where=where)

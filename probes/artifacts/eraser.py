@@ -38,8 +38,10 @@ class Eraser(Artifact):
         for layer in self.proj_left:
             (d, k), right, bias = self.proj_left[layer].shape, self.proj_right[layer].shape, self.bias[layer].shape
             if tuple(right) != (k, d) or tuple(bias) != (d,):
-                raise ArtifactError(f"layer {layer}: proj_left {(d, k)} needs proj_right {(k, d)} and bias {(d,)}; "
-                                    f"got {tuple(right)} and {tuple(bias)}")  # fmt: skip
+                raise ArtifactError(
+                    f"layer {layer}: proj_left {(d, k)} needs proj_right {(k, d)} and bias {(d,)}; "
+                    f"got {tuple(right)} and {tuple(bias)}"
+                )
         object.__setattr__(self, "languages", tuple(self.languages))
         object.__setattr__(self, "recommended_layers", tuple(self.recommended_layers))
 
@@ -48,8 +50,10 @@ class Eraser(Artifact):
         return sorted(self.proj_left)
 
     def __repr__(self) -> str:
-        return (f"Eraser(component={self.component!r}, layers={self.layers}, languages={list(self.languages)}, "
-                f"model={self.model.get('name')!r})")  # fmt: skip
+        return (
+            f"Eraser(component={self.component!r}, layers={self.layers}, languages={list(self.languages)}, "
+            f"model={self.model.get('name')!r})"
+        )
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"{name}.{layer}": part[layer] for name, part in self._parts().items() for layer in self.layers}
@@ -58,15 +62,28 @@ class Eraser(Artifact):
         return {"proj_left": self.proj_left, "proj_right": self.proj_right, "bias": self.bias}
 
     def metadata(self) -> dict:
-        return {"component": self.component, "languages": list(self.languages), "params": self.params,
-                "layers": self.layers, "recommended_layers": list(self.recommended_layers)}  # fmt: skip
+        return {
+            "component": self.component,
+            "languages": list(self.languages),
+            "params": self.params,
+            "layers": self.layers,
+            "recommended_layers": list(self.recommended_layers),
+        }
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], meta: dict, where: str) -> Eraser:
-        parts = [{layer: tensors[f"{name}.{layer}"] for layer in meta["layers"]}
-                 for name in ("proj_left", "proj_right", "bias")]  # fmt: skip
-        return cls(*parts, meta["component"], tuple(meta["languages"]), meta["params"], meta["model"],
-                   tuple(meta["recommended_layers"]))  # fmt: skip
+        parts = [
+            {layer: tensors[f"{name}.{layer}"] for layer in meta["layers"]}
+            for name in ("proj_left", "proj_right", "bias")
+        ]
+        return cls(
+            *parts,
+            meta["component"],
+            tuple(meta["languages"]),
+            meta["params"],
+            meta["model"],
+            tuple(meta["recommended_layers"]),
+        )
 
     def check_fits(self, model: nn.Module, *, where: str) -> None:
         for layer in self.layers:

@@ -88,9 +88,15 @@ class LinearMap(Artifact):
         return tensors
 
     def metadata(self) -> dict:
-        return {"component": self.component, "method": self.method, "language": self.language, "pivot": self.pivot,
-                "params": self.params, "layers": self.layers,
-                "recommended_layers": list(self.recommended_layers)}  # fmt: skip
+        return {
+            "component": self.component,
+            "method": self.method,
+            "language": self.language,
+            "pivot": self.pivot,
+            "params": self.params,
+            "layers": self.layers,
+            "recommended_layers": list(self.recommended_layers),
+        }
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], meta: dict, where: str) -> LinearMap:
@@ -99,9 +105,17 @@ class LinearMap(Artifact):
             {layer: tensors[f"{name}.{layer}"] for layer in layers} if meta["method"] == "procrustes" else {}
             for name in ("mean_source", "mean_pivot")
         ]
-        return cls({layer: tensors[f"W.{layer}"] for layer in layers}, meta["component"], meta["method"],
-                   meta["language"], meta["pivot"], meta["params"], meta["model"], *means,
-                   tuple(meta["recommended_layers"]))  # fmt: skip
+        return cls(
+            {layer: tensors[f"W.{layer}"] for layer in layers},
+            meta["component"],
+            meta["method"],
+            meta["language"],
+            meta["pivot"],
+            meta["params"],
+            meta["model"],
+            *means,
+            tuple(meta["recommended_layers"]),
+        )
 
     def check_fits(self, model: nn.Module, *, where: str) -> None:
         for layer, W in self.matrices.items():

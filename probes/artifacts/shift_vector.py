@@ -61,15 +61,29 @@ class ShiftVector(Artifact):
         return {str(Site(layer, self.component)): v for layer, v in self.vectors.items()}
 
     def metadata(self) -> dict:
-        return {"component": self.component, "pivot": self.pivot, "language": self.language, "method": self.method,
-                "params": self.params, "layers": self.layers,
-                "recommended_layers": list(self.recommended_layers)}  # fmt: skip
+        return {
+            "component": self.component,
+            "pivot": self.pivot,
+            "language": self.language,
+            "method": self.method,
+            "params": self.params,
+            "layers": self.layers,
+            "recommended_layers": list(self.recommended_layers),
+        }
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], meta: dict, where: str) -> ShiftVector:
         vectors = {layer: tensors[str(Site(layer, meta["component"]))] for layer in meta["layers"]}
-        return cls(vectors, meta["component"], meta["pivot"], meta["language"], meta["method"], meta["params"],
-                   meta["model"], tuple(meta["recommended_layers"]))  # fmt: skip
+        return cls(
+            vectors,
+            meta["component"],
+            meta["pivot"],
+            meta["language"],
+            meta["method"],
+            meta["params"],
+            meta["model"],
+            tuple(meta["recommended_layers"]),
+        )
 
     def check_fits(self, model: nn.Module, *, where: str) -> None:
         for layer, vector in self.vectors.items():

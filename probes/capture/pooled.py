@@ -74,9 +74,13 @@ def capture_batches(
 
 @contextmanager
 def pooling_during(
-    model: nn.Module, sites: Sequence[Site], pooling: str | None = "mean", *,
-    on_tokens: TokenCallback | None = None, skip_id: int | None = None,
-) -> Iterator[dict[Site, Float[Tensor, "n *shape"]]]:  # fmt: skip
+    model: nn.Module,
+    sites: Sequence[Site],
+    pooling: str | None = "mean",
+    *,
+    on_tokens: TokenCallback | None = None,
+    skip_id: int | None = None,
+) -> Iterator[dict[Site, Float[Tensor, "n *shape"]]]:
     """Pool ``sites`` over the forward passes that run inside the block (any caller's: a loss, ``generate``),
     one row per example index of one call's batches; the yielded dict is filled on exit."""
     if pooling is not None:
@@ -145,7 +149,12 @@ def capture_corpus(
             bar.set_description(f"capture {language}")
             with naming(language):
                 pooled[language] = capture(
-                    model, tokenizer, corpus.texts(language), sites, pooling=pooling, tokenization=tokenization,
+                    model,
+                    tokenizer,
+                    corpus.texts(language),
+                    sites,
+                    pooling=pooling,
+                    tokenization=tokenization,
                     progress=bar,
                 )
     data = {(site, language): values[site] for language, values in pooled.items() for site in values}

@@ -154,7 +154,8 @@ def trace(
     """
     work = batches(tokenizer, texts, tokenization, device=next(model.parameters()).device)
     with record(model, sites) as recording:
-        run_batches(model, work, stop_after=max(site.layer for site in recording.sites), progress=progress,
-                    phase="trace")  # fmt: skip
+        run_batches(
+            model, work, stop_after=max(site.layer for site in recording.sites), progress=progress, phase="trace"
+        )
     recording.texts = tuple(texts)
     return recording

@@ -27,8 +27,23 @@ from probes.capture.tokenization import Tokenization, batches
 from probes.model import BackendError, RouterPoint, Site, is_nnsight, locate, n_heads, n_layers, unwrap
 
 # Within a block, the order in which a forward pass produces the components (attention, then the MLP).
-EXECUTION_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "head", "o_proj", "attn_out", "gate_proj", "mlp_gate",
-                   "up_proj", "mlp_act", "down_proj", "mlp_out", "resid", "hidden")  # fmt: skip
+EXECUTION_ORDER = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "head",
+    "o_proj",
+    "attn_out",
+    "gate_proj",
+    "mlp_gate",
+    "up_proj",
+    "mlp_act",
+    "down_proj",
+    "mlp_out",
+    "resid",
+    "hidden",
+)
 
 
 def capture_remote(
@@ -113,8 +128,9 @@ def require_key(remote: bool | str) -> None:
         return
     key = os.environ.get("NDIF_API_KEY")
     if not key:
-        raise BackendError("NDIF needs an API key: set the environment variable NDIF_API_KEY "
-                           "(see https://login.ndif.us)")  # fmt: skip
+        raise BackendError(
+            "NDIF needs an API key: set the environment variable NDIF_API_KEY (see https://login.ndif.us)"
+        )
     import nnsight
 
     nnsight.CONFIG.API.APIKEY = key
@@ -129,5 +145,7 @@ def check_service(lm, remote: bool | str) -> None:
 
     repo = str(unwrap(lm).config.name_or_path)
     if not nnsight.is_model_running(repo):
-        raise BackendError(f"NDIF ({nnsight.CONFIG.API.HOST}) is unreachable or does not serve {repo!r} now; "
-                           "nnsight.status() lists the models it runs")  # fmt: skip
+        raise BackendError(
+            f"NDIF ({nnsight.CONFIG.API.HOST}) is unreachable or does not serve {repo!r} now; "
+            "nnsight.status() lists the models it runs"
+        )

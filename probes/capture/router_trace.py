@@ -66,7 +66,9 @@ class RouterTrace:
         """Expert importance per text: ``prob`` (token mean of probabilities), ``weight`` (top-k renormalised,
         the "actual weight") or ``selected`` (fraction of tokens routed to each expert)."""
         if variant not in ROUTER_CHANNELS:
-            raise RouterTraceError(f"unknown importance variant {variant!r}; choose one of {', '.join(ROUTER_CHANNELS)}")
+            raise RouterTraceError(
+                f"unknown importance variant {variant!r}; choose one of {', '.join(ROUTER_CHANNELS)}"
+            )
         return self.pooled(layer)[:, ROUTER_CHANNELS.index(variant)]
 
 
@@ -116,7 +118,9 @@ def trace_batches(
                     parts[name][layer].append(value[counted.to(value.device)].cpu())
 
         for layer in layers:
-            observe_router(hooks, site_location(model, Site(layer, "router")), lambda r, layer=layer: on_routing(layer, r))
+            observe_router(
+                hooks, site_location(model, Site(layer, "router")), lambda r, layer=layer: on_routing(layer, r)
+            )
         run_batches(model, work, stop_after=max(layers), progress=progress, phase="route")
     text, position = torch.cat(texts), torch.cat(positions)
     order = torch.argsort(text * (int(position.max()) + 1) + position)

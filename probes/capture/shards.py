@@ -21,8 +21,10 @@ from torch import Tensor
 from probes.data.files import atomic_path
 
 _KEY = "xlalign_shard"
-_NON_FINITE = ("holds non-finite values (inf/NaN): the model overflowed in its dtype (capture in bfloat16 or float32) "
-               "or the file was altered")
+_NON_FINITE = (
+    "holds non-finite values (inf/NaN): the model overflowed in its dtype (capture in bfloat16 or float32) "
+    "or the file was altered"
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ def _header(handle, expected: ShardInfo, sites: list[str]) -> dict:
     header = json.loads(raw)
     found = {key: header.get(key) for key in asdict(expected)}
     if found != asdict(expected):
-        differs = [f"{key} {found[key]!r} (expected {value!r})" for key, value in asdict(expected).items()
-                   if found[key] != value]  # fmt: skip
+        differs = [
+            f"{key} {found[key]!r} (expected {value!r})"
+            for key, value in asdict(expected).items()
+            if found[key] != value
+        ]
         raise ShardDamage(f"it holds {', '.join(differs)}")
     if sorted(handle.keys()) != sorted(sites) or sorted(header.get("sha256", {})) != sorted(sites):
         raise ShardDamage(f"it holds sites {sorted(handle.keys())}, the store {sorted(sites)}")

@@ -70,9 +70,15 @@ class _Running:
 
     def tensors(self) -> dict[str, Tensor]:
         return {
-            "positive": self.positive, "total": self.total, "squares": self.squares, "low": self.low,
-            "high": self.high, "hist_start": self.hist_start, "hist_width": self.hist_width, "hist": self.hist,
-        }  # fmt: skip
+            "positive": self.positive,
+            "total": self.total,
+            "squares": self.squares,
+            "low": self.low,
+            "high": self.high,
+            "hist_start": self.hist_start,
+            "hist_width": self.hist_width,
+            "hist": self.hist,
+        }
 
 
 class NeuronStats:
@@ -323,7 +329,13 @@ def collect_stats(
                 if per == "token":
                     feed = stats.on_tokens(language)
                     capture(
-                        model, tokenizer, texts, sites, pooling=None, on_tokens=feed, tokenization=tokenization,
+                        model,
+                        tokenizer,
+                        texts,
+                        sites,
+                        pooling=None,
+                        on_tokens=feed,
+                        tokenization=tokenization,
                         progress=bar,
                     )
                 else:

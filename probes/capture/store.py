@@ -76,7 +76,9 @@ class ActivationStore(Activations):
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise StoreError(f"{path} is not valid JSON ({error}); restore it or capture into a new directory") from None
+            raise StoreError(
+                f"{path} is not valid JSON ({error}); restore it or capture into a new directory"
+            ) from None
         if not isinstance(meta, dict):
             raise StoreError(f"{path} holds a {type(meta).__name__}, not the store's metadata")
         if meta.get("format", 1) != FORMAT:
@@ -140,7 +142,9 @@ class ActivationStore(Activations):
     def shard_info(self, language: str, index: int) -> ShardInfo:
         """What shard ``index`` of ``language`` must hold, according to the metadata."""
         size, n = self.meta["shard_size"], self.meta["languages"][language]["n"]
-        return ShardInfo(language, index, index * size, min((index + 1) * size, n), self.meta["model"]["weights_sha256"])
+        return ShardInfo(
+            language, index, index * size, min((index + 1) * size, n), self.meta["model"]["weights_sha256"]
+        )
 
     def shard(self, language: str, index: int) -> Path:
         """The file of shard ``index`` of ``language`` (a validated name: the path stays inside the store)."""
@@ -277,8 +281,14 @@ def capture_to_store(
                         )
                     else:
                         pooled = capture_remote(
-                            model, tokenizer, part, chosen, pooling=pooling, remote=remote,
-                            tokenization=tokenization, check=False,
+                            model,
+                            tokenizer,
+                            part,
+                            chosen,
+                            pooling=pooling,
+                            remote=remote,
+                            tokenization=tokenization,
+                            check=False,
                         )
                 write_shard(store.shard(lang, index), {str(site): tensor for site, tensor in pooled.items()}, info)
     except NonFiniteError as error:
@@ -308,8 +318,11 @@ def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, cor
     if (out / META).is_file():
         meta = ActivationStore(out).meta
         problems = [f"model {line}" for line in identity_mismatches(meta["model"], identity, exact=True)]
-        problems += [f"{key}: store has {meta.get(key)!r}, this capture has {settings[key]!r}"
-                     for key in _MUST_MATCH if meta.get(key) != settings[key]]  # fmt: skip
+        problems += [
+            f"{key}: store has {meta.get(key)!r}, this capture has {settings[key]!r}"
+            for key in _MUST_MATCH
+            if meta.get(key) != settings[key]
+        ]
         for lang, info in wanted.items():
             known = meta["languages"].get(lang)
             if known is not None and known != info:
@@ -320,7 +333,8 @@ def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, cor
                 )
         if problems:
             raise StoreError(
-                f"{out} was made by a different capture:\n  " + "\n  ".join(problems)
+                f"{out} was made by a different capture:\n  "
+                + "\n  ".join(problems)
                 + "\nUse a new --out directory, or repeat the original command to resume it."
             )
         inside = out.resolve()
@@ -331,8 +345,13 @@ def _open_or_create(out: Path, settings: dict, identity: dict, wanted: dict, cor
         if out.exists() and any(out.iterdir()):
             raise StoreError(f"{out} exists and is not an activation store; choose an empty or new directory")
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": __version__, "model": identity, **settings, "languages": {},
-                "corpus": corpus_name}  # fmt: skip
+        meta = {
+            "format": FORMAT,
+            "version": __version__,
+            "model": identity,
+            **settings,
+            "languages": {},
+            "corpus": corpus_name,
+        }
     meta["languages"] = {**meta["languages"], **wanted}
     write_text(out / META, json.dumps(meta, indent=2))
-

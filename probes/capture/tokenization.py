@@ -69,10 +69,16 @@ class Tokenization:
             if getattr(tokenizer, "chat_template", None) is None:
                 raise TokenizationError(f"chat_template=True, but {type(tokenizer).__name__} has no chat template")
             ids = [
-                list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                   add_generation_prompt=True, return_dict=False))
+                list(
+                    tokenizer.apply_chat_template(
+                        [{"role": "user", "content": text}],
+                        tokenize=True,
+                        add_generation_prompt=True,
+                        return_dict=False,
+                    )
+                )
                 for text in texts
-            ]  # fmt: skip
+            ]
         else:
             ids = tokenizer(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
         too_long = sum(len(row) > self.max_length for row in ids)
@@ -104,8 +110,12 @@ class Batch:
         """Some of this batch's rows, without the padding columns none of them uses."""
         used = self.attention_mask[rows].bool().any(dim=0).nonzero().flatten()
         columns = slice(int(used.min()), int(used.max()) + 1)
-        return Batch(self.rows[rows], self.input_ids[rows, columns], self.attention_mask[rows, columns],
-                     self.token_mask[rows, columns])  # fmt: skip
+        return Batch(
+            self.rows[rows],
+            self.input_ids[rows, columns],
+            self.attention_mask[rows, columns],
+            self.token_mask[rows, columns],
+        )
 
     def model_inputs(self, model: nn.Module) -> dict[str, Tensor]:
         """Inputs for ``model``; positions follow the mask, so left padding does not shift them."""

@@ -17,13 +17,60 @@ class CorpusError(XlalignError):
 _CODE = re.compile(r"([A-Za-z]{2,3})(?:([-_])([A-Za-z]{2,4}))?")
 
 _ISO_639_1 = {
-    "am": "amh", "ar": "arb", "bg": "bul", "bn": "ben", "ca": "cat", "cs": "ces", "da": "dan", "de": "deu",
-    "el": "ell", "en": "eng", "es": "spa", "et": "est", "eu": "eus", "fa": "fas", "fi": "fin", "fr": "fra",
-    "gl": "glg", "he": "heb", "hi": "hin", "hr": "hrv", "hu": "hun", "hy": "hye", "id": "ind", "it": "ita",
-    "ja": "jpn", "ka": "kat", "kk": "kaz", "ko": "kor", "lt": "lit", "lv": "lav", "mr": "mar", "ms": "msa",
-    "nb": "nob", "nl": "nld", "nn": "nno", "no": "nor", "pl": "pol", "pt": "por", "ro": "ron", "ru": "rus",
-    "sk": "slk", "sl": "slv", "sr": "srp", "sv": "swe", "sw": "swa", "ta": "tam", "te": "tel", "th": "tha",
-    "tr": "tur", "uk": "ukr", "ur": "urd", "vi": "vie", "yo": "yor", "zh": "zho-CN",
+    "am": "amh",
+    "ar": "arb",
+    "bg": "bul",
+    "bn": "ben",
+    "ca": "cat",
+    "cs": "ces",
+    "da": "dan",
+    "de": "deu",
+    "el": "ell",
+    "en": "eng",
+    "es": "spa",
+    "et": "est",
+    "eu": "eus",
+    "fa": "fas",
+    "fi": "fin",
+    "fr": "fra",
+    "gl": "glg",
+    "he": "heb",
+    "hi": "hin",
+    "hr": "hrv",
+    "hu": "hun",
+    "hy": "hye",
+    "id": "ind",
+    "it": "ita",
+    "ja": "jpn",
+    "ka": "kat",
+    "kk": "kaz",
+    "ko": "kor",
+    "lt": "lit",
+    "lv": "lav",
+    "mr": "mar",
+    "ms": "msa",
+    "nb": "nob",
+    "nl": "nld",
+    "nn": "nno",
+    "no": "nor",
+    "pl": "pol",
+    "pt": "por",
+    "ro": "ron",
+    "ru": "rus",
+    "sk": "slk",
+    "sl": "slv",
+    "sr": "srp",
+    "sv": "swe",
+    "sw": "swa",
+    "ta": "tam",
+    "te": "tel",
+    "th": "tha",
+    "tr": "tur",
+    "uk": "ukr",
+    "ur": "urd",
+    "vi": "vie",
+    "yo": "yor",
+    "zh": "zho-CN",
 }
 
 # The script a language is usually written in: FLORES-style 'xxx_Scrp' drops it. Languages written in
@@ -36,16 +83,36 @@ _USUAL_SCRIPT = {
         "Cyrl": "bak bel bul kaz kir mkd rus tat ukr",
         "Arab": "arb ary arz fas pes prs pus urd",
         "Deva": "hin mar nep npi",
-        "Beng": "ben", "Ethi": "amh tir", "Geor": "kat", "Grek": "ell", "Gujr": "guj", "Guru": "pan",
-        "Hang": "kor", "Hant": "yue", "Hebr": "heb", "Jpan": "jpn", "Khmr": "khm", "Knda": "kan", "Laoo": "lao",
-        "Mlym": "mal", "Mymr": "mya", "Sinh": "sin", "Taml": "tam", "Telu": "tel", "Thai": "tha", "Tibt": "bod",
+        "Beng": "ben",
+        "Ethi": "amh tir",
+        "Geor": "kat",
+        "Grek": "ell",
+        "Gujr": "guj",
+        "Guru": "pan",
+        "Hang": "kor",
+        "Hant": "yue",
+        "Hebr": "heb",
+        "Jpan": "jpn",
+        "Khmr": "khm",
+        "Knda": "kan",
+        "Laoo": "lao",
+        "Mlym": "mal",
+        "Mymr": "mya",
+        "Sinh": "sin",
+        "Taml": "tam",
+        "Telu": "tel",
+        "Thai": "tha",
+        "Tibt": "bod",
     }.items()
     for language in languages.split()
 }
 
 # Chinese scripts are written as regions, to match NTREX ('zho-CN', 'zho-TW'); FLORES+ calls it 'cmn'.
 _SCRIPT_AS_REGION = {
-    ("zho", "Hans"): "zho-CN", ("zho", "Hant"): "zho-TW", ("cmn", "Hans"): "zho-CN", ("cmn", "Hant"): "zho-TW",
+    ("zho", "Hans"): "zho-CN",
+    ("zho", "Hant"): "zho-TW",
+    ("cmn", "Hans"): "zho-CN",
+    ("cmn", "Hant"): "zho-TW",
 }
 
 
@@ -78,4 +145,3 @@ def normalize_language(code: str) -> str:
             return base
         return f"{base}-{script}"
     return f"{base}-{suffix.upper() if len(suffix) == 2 else suffix.lower()}"
-

@@ -195,4 +195,3 @@ def _check_documents(documents: tuple[str, ...], n: int, where: str) -> None:
     for row, document in enumerate(documents, start=1):
         if not isinstance(document, str) or not document.strip():
             raise CorpusError(f"{where}: sentence {row} has document id {document!r}; expected a non-empty string")
-

@@ -34,8 +34,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise OSError(error.errno, f"writing {path} failed: {error.strerror or 'no space left'}; is the disk full? "
-                      "Nothing partial was left") from None
+        raise OSError(
+            error.errno,
+            f"writing {path} failed: {error.strerror or 'no space left'}; is the disk full? Nothing partial was left",
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -1,8 +1,8 @@
 """Expert units by average precision (Suau et al. 2022, code apple/ml-selfcond; Kojima et al. 2024).
 
-    acts = capture_corpus(model, tokenizer, corpus, [Site(layer, "mlp_act") for layer in range(1, 19)])
-    experts = APExperts(k=1000).fit(acts)
-    experts.neurons_.save("experts.safetensors")
+acts = capture_corpus(model, tokenizer, corpus, [Site(layer, "mlp_act") for layer in range(1, 19)])
+experts = APExperts(k=1000).fit(acts)
+experts.neurons_.save("experts.safetensors")
 """
 
 from __future__ import annotations
@@ -84,14 +84,17 @@ class APExperts:
     def neurons_(self) -> NeuronSet:
         """The NeuronSet of a fit over one component (several: :attr:`neuron_sets_`, one per component)."""
         if len(self.neuron_sets_) != 1:
-            raise NeuronError(f"ranked over {', '.join(self.neuron_sets_)} together: use neuron_sets_, one "
-                              "NeuronSet per component")  # fmt: skip
+            raise NeuronError(
+                f"ranked over {', '.join(self.neuron_sets_)} together: use neuron_sets_, one NeuronSet per component"
+            )
         return next(iter(self.neuron_sets_.values()))
 
     def fit(
-        self, activations: Activations, component: str | Sequence[str] = "mlp_act",
+        self,
+        activations: Activations,
+        component: str | Sequence[str] = "mlp_act",
         languages: Sequence[str] | None = None,
-    ) -> APExperts:  # fmt: skip
+    ) -> APExperts:
         """Rank every unit of ``component`` (one or several, all their layers in ``activations``) for each of
         ``languages`` (default: all): the sentences of a language are its positives, every other language's the
         negatives."""
@@ -114,12 +117,14 @@ class APExperts:
                 site = site_named[name, layer]
                 values = torch.cat([by_language[language].flatten(1) for language in languages]).double()
                 ordered, order = torch.sort(values, dim=0, descending=True, stable=True)
-                ap[site] = torch.stack([_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum()))
-                                        for lang in languages])  # fmt: skip
+                ap[site] = torch.stack(
+                    [_ap_sorted(ordered, order, masks[lang], int(masks[lang].sum())) for lang in languages]
+                )
                 responses[site] = values
         sites = list(ap)  # components as given, then layers
-        site_of = torch.cat([torch.full((ap[site].shape[1],), index, dtype=torch.long)
-                             for index, site in enumerate(sites)])  # fmt: skip
+        site_of = torch.cat(
+            [torch.full((ap[site].shape[1],), index, dtype=torch.long) for index, site in enumerate(sites)]
+        )
         neuron_of = torch.cat([torch.arange(ap[site].shape[1]) for site in sites])
         every = torch.cat([ap[site] for site in sites], dim=1)  # (languages, all units), in that order
         k = min(self.k, every.shape[1])
@@ -136,8 +141,10 @@ class APExperts:
                 candidates = rest.nonzero().flatten()
                 chosen = torch.cat([top, candidates[torch.sort(scores[candidates], stable=True).indices[:bottom_k]]])
             unit_sites, neurons = site_of[chosen], neuron_of[chosen]
-            named = {"ap": scores[chosen], **_unit_values([responses[site] for site in sites], unit_sites, neurons,
-                                                          masks[language])}  # fmt: skip
+            named = {
+                "ap": scores[chosen],
+                **_unit_values([responses[site] for site in sites], unit_sites, neurons, masks[language]),
+            }
             for name in components:
                 mine = torch.tensor([sites[int(index)].component == name for index in unit_sites], dtype=torch.bool)
                 layers = torch.tensor([sites[int(index)].layer for index in unit_sites[mine]], dtype=torch.long)
@@ -146,21 +153,29 @@ class APExperts:
         self.ap_ = ap
         self.languages_ = languages
         self.sites_ = sites
-        params = {"k": self.k, "bottom_k": self.bottom_k, "pooling": self.pooling,
-                  "n_sentences": {language: int(masks[language].sum()) for language in languages}}  # fmt: skip
+        params = {
+            "k": self.k,
+            "bottom_k": self.bottom_k,
+            "pooling": self.pooling,
+            "n_sentences": {language: int(masks[language].sum()) for language in languages},
+        }
         if len(components) > 1:
             params["ranked_with"] = components
         self.neuron_sets_ = {
-            name: NeuronSet(name, units[name], values[name], dict(activations.model), "APExperts",
-                            {**params, "layers": sorted(site.layer for site in sites if site.component == name)})
+            name: NeuronSet(
+                name,
+                units[name],
+                values[name],
+                dict(activations.model),
+                "APExperts",
+                {**params, "layers": sorted(site.layer for site in sites if site.component == name)},
+            )
             for name in components
-        }  # fmt: skip
+        }
         return self
 
 
-def _unit_values(
-    responses: Sequence[Tensor], sites: Tensor, neurons: Tensor, positive: Tensor
-) -> dict[str, Tensor]:
+def _unit_values(responses: Sequence[Tensor], sites: Tensor, neurons: Tensor, positive: Tensor) -> dict[str, Tensor]:
     """on_p50, on_p90 (over positives) and off_mean (over negatives) of the chosen units (``sites`` index
     ``responses``)."""
     columns = torch.zeros(positive.shape[0], len(sites), dtype=torch.float64)

@@ -15,9 +15,15 @@ from probes.find.errors import FinderError
 
 
 def fit_detector(
-    activations: Activations, layer: int, *, languages: Sequence[str] | None = None, component: str = "resid",
-    C: float = 1.0, max_iter: int = 2000, params: dict | None = None,
-) -> LanguageDetector:  # fmt: skip
+    activations: Activations,
+    layer: int,
+    *,
+    languages: Sequence[str] | None = None,
+    component: str = "resid",
+    C: float = 1.0,
+    max_iter: int = 2000,
+    params: dict | None = None,
+) -> LanguageDetector:
     """A standardised logistic regression over ``languages`` (default: all of ``activations``') on the pooled
     activations at ``Site(layer, component)``, exported as tensors."""
     chosen = list(languages or activations.languages)
@@ -30,25 +36,39 @@ def fit_detector(
     scaler, regression = pipeline[0], pipeline[-1]
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     return LanguageDetector(
-        layer, component, activations.pooling or "mean", tuple(chosen), as_tensor(scaler.mean_),
-        as_tensor(scaler.scale_), as_tensor(regression.coef_), as_tensor(regression.intercept_),
-        {"C": C, "sentences_per_language": len(activations), **(params or {})}, dict(activations.model),
-    )  # fmt: skip
+        layer,
+        component,
+        activations.pooling or "mean",
+        tuple(chosen),
+        as_tensor(scaler.mean_),
+        as_tensor(scaler.scale_),
+        as_tensor(regression.coef_),
+        as_tensor(regression.intercept_),
+        {"C": C, "sentences_per_language": len(activations), **(params or {})},
+        dict(activations.model),
+    )
 
 
 def earliest_detector(
-    activations: Activations, layers: Sequence[int], *, languages: Sequence[str] | None = None,
-    component: str = "resid", accuracy: float = 0.95, cv: int = 5,
-) -> LanguageDetector:  # fmt: skip
+    activations: Activations,
+    layers: Sequence[int],
+    *,
+    languages: Sequence[str] | None = None,
+    component: str = "resid",
+    accuracy: float = 0.95,
+    cv: int = 5,
+) -> LanguageDetector:
     """The detector at the first of ``layers`` whose cross-validated accuracy reaches ``accuracy`` (else at the
     most accurate one): the earliest layer that knows the language well, so edits after it can be gated."""
     chosen = list(languages or activations.languages)
     scores = {}
     for layer, by_language in activations.by_layer(component, chosen, sorted(layers)):
-        scores[layer], _ = language_id_scores({lang: by_language[lang] for lang in chosen}, cv=cv,
-                                              where=f"detector at layer {layer}")  # fmt: skip
+        scores[layer], _ = language_id_scores(
+            {lang: by_language[lang] for lang in chosen}, cv=cv, where=f"detector at layer {layer}"
+        )
         if scores[layer] >= accuracy:
             break
     layer = next((layer for layer, score in scores.items() if score >= accuracy), max(scores, key=scores.get))
-    return fit_detector(activations, layer, languages=chosen, component=component,
-                        params={"cv_accuracy": scores[layer]})  # fmt: skip
+    return fit_detector(
+        activations, layer, languages=chosen, component=component, params={"cv_accuracy": scores[layer]}
+    )

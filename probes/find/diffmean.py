@@ -18,9 +18,14 @@ from probes.find.errors import FinderError
 
 
 def fit_diffmean(
-    stats, language: str, *, pivot: str = "eng", layers: Sequence[int], component: str = "resid",
+    stats,
+    language: str,
+    *,
+    pivot: str = "eng",
+    layers: Sequence[int],
+    component: str = "resid",
     recommended: Sequence[int] = (),
-) -> ShiftVector:  # fmt: skip
+) -> ShiftVector:
     """Unit DiffMean vectors from ``language`` towards ``pivot`` at ``layers``, from token statistics
     (:class:`probes.capture.NeuronStats` with both languages added at ``Site(layer, component)``)."""
     sites = {site.layer: site for site in stats.sites if site.component == component}
@@ -40,11 +45,11 @@ def fit_diffmean(
         vectors[layer] = (difference / norm).float()
         gaps[layer] = norm.item()
     params = {"unit": True, "means": "token", "gap_norms": {str(layer): gap for layer, gap in gaps.items()}}
-    return ShiftVector(vectors, component, pivot, language, "diffmean", params, dict(stats.model or {}),
-                       tuple(recommended))  # fmt: skip
+    return ShiftVector(
+        vectors, component, pivot, language, "diffmean", params, dict(stats.model or {}), tuple(recommended)
+    )
 
 
 def gap_norm(shift: ShiftVector, layer: int) -> float:
     """The length of the mean difference a DiffMean unit vector was normalised from (to choose ``alpha``)."""
     return float(shift.params["gap_norms"][str(layer)])
-

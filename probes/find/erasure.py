@@ -28,9 +28,13 @@ def leace_fitter(by_language: dict[str, torch.Tensor]) -> LeaceFitter:
 
 
 def fit_eraser(
-    activations: Activations, *, languages: Sequence[str] | None = None, component: str = "resid",
-    layers: Sequence[int] | None = None, recommended: Sequence[int] = (),
-) -> Eraser:  # fmt: skip
+    activations: Activations,
+    *,
+    languages: Sequence[str] | None = None,
+    component: str = "resid",
+    layers: Sequence[int] | None = None,
+    recommended: Sequence[int] = (),
+) -> Eraser:
     """One LEACE eraser per layer of ``component`` (all of ``activations``' layers unless ``layers``), fitted on
     the sentences of ``languages`` (default: every language of ``activations``)."""
     chosen = list(languages or activations.languages)
@@ -39,6 +43,10 @@ def fit_eraser(
     left, right, bias = {}, {}, {}
     for layer, by_language in activations.by_layer(component, chosen, layers):
         eraser = leace_fitter(dict(by_language)).eraser
-        left[layer], right[layer], bias[layer] = eraser.proj_left.float(), eraser.proj_right.float(), eraser.bias.float()
+        left[layer], right[layer], bias[layer] = (
+            eraser.proj_left.float(),
+            eraser.proj_right.float(),
+            eraser.bias.float(),
+        )
     params = {"method": "leace", "pooling": activations.pooling, "sentences_per_language": len(activations)}
     return Eraser(left, right, bias, component, tuple(chosen), params, dict(activations.model), tuple(recommended))

@@ -49,9 +49,17 @@ class HeadProbe:
             folds = StratifiedKFold(self.cv, shuffle=True, random_state=0)
             for head in range(ours.shape[1]):
                 features = torch.cat([ours[:, head], theirs[:, head]]).double().numpy()
-                scores = cross_validate(probe_pipeline(self.C, self.max_iter), features, labels, cv=folds,
-                                        scoring=("neg_log_loss", "accuracy"), n_jobs=self.n_jobs)  # fmt: skip
-                rows.append((layer, head, float(scores["test_neg_log_loss"].mean()), float(scores["test_accuracy"].mean())))
+                scores = cross_validate(
+                    probe_pipeline(self.C, self.max_iter),
+                    features,
+                    labels,
+                    cv=folds,
+                    scoring=("neg_log_loss", "accuracy"),
+                    n_jobs=self.n_jobs,
+                )
+                rows.append(
+                    (layer, head, float(scores["test_neg_log_loss"].mean()), float(scores["test_accuracy"].mean()))
+                )
             self.shifts_[layer] = mean_shift(ours, theirs)
         ranking = pd.DataFrame(rows, columns=["layer", "head", "log_likelihood", "accuracy"])
         ranking["tied"] = ranking.duplicated(["log_likelihood", "accuracy"], keep=False)
@@ -82,7 +90,15 @@ class HeadProbe:
         for layer, head in heads:
             vectors.setdefault(layer, torch.zeros_like(self.shifts_[layer]))[head] = self.shifts_[layer][head]
         best = self.ranking_.head(k)
-        params = {"k": k, "heads": [list(h) for h in heads], "cv": self.cv, "C": self.C,
-                  "log_likelihood": best["log_likelihood"].tolist(), "accuracy": best["accuracy"].tolist(),
-                  "tied_at_cutoff": self._tied_at(k)}  # fmt: skip
-        return ShiftVector(vectors, "head", self.pivot_, self.language_, "claim", params, self.model_, tuple(sorted(vectors)))
+        params = {
+            "k": k,
+            "heads": [list(h) for h in heads],
+            "cv": self.cv,
+            "C": self.C,
+            "log_likelihood": best["log_likelihood"].tolist(),
+            "accuracy": best["accuracy"].tolist(),
+            "tied_at_cutoff": self._tied_at(k),
+        }
+        return ShiftVector(
+            vectors, "head", self.pivot_, self.language_, "claim", params, self.model_, tuple(sorted(vectors))
+        )

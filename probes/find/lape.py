@@ -144,10 +144,18 @@ class LAPE:
         self.layers_ = list(layers)
         self.languages_ = list(languages)
         self.neurons_ = NeuronSet(
-            self.component, units, values, dict(model or {}), "LAPE",
-            {"top_fraction": self.top_fraction, "filter_quantile": self.filter_quantile,
-             "bar_quantile": self.bar_quantile, "layers": self.layers_},
-        )  # fmt: skip
+            self.component,
+            units,
+            values,
+            dict(model or {}),
+            "LAPE",
+            {
+                "top_fraction": self.top_fraction,
+                "filter_quantile": self.filter_quantile,
+                "bar_quantile": self.bar_quantile,
+                "layers": self.layers_,
+            },
+        )
         return self
 
 

@@ -18,9 +18,7 @@ from probes.find.shifts import middle_layer
 from probes.find.errors import FinderError
 
 
-def fit_incline(
-    X_l: Float[Tensor, "n d"], X_pivot: Float[Tensor, "n d"], ridge: float = 0.0
-) -> Float[Tensor, "d d"]:
+def fit_incline(X_l: Float[Tensor, "n d"], X_pivot: Float[Tensor, "n d"], ridge: float = 0.0) -> Float[Tensor, "d d"]:
     """INCLINE map (Wang et al. 2025, code weixuan-wang123/INCLINE): ``W = argmin ||X_l W - X_pivot||^2``.
 
     No bias, as ``np.linalg.lstsq(X_l, X_pivot, rcond=None)`` in the released code (with fewer pairs than
@@ -45,7 +43,7 @@ SWITCH_STYLES = ("llama", "bloom", "none")
 
 def code_switched_pairs(
     source: Sequence[str], pivot: Sequence[str], style: str = "llama"
-) -> tuple[list[str], list[str]]:  # fmt: skip
+) -> tuple[list[str], list[str]]:
     """INCLINE's training pairs from translations ``source[i] <-> pivot[i]``: the even pairs (0-based) stay
     plain, every odd pair is code-switched. ``llama`` (intervention_llama.py): ``pivot + "\\n" + source`` ->
     ``pivot + "\\n" + pivot``; ``bloom`` (intervention.py): ``source + " " + pivot`` -> ``pivot + " " + pivot``;
@@ -129,5 +127,15 @@ def fit_map(
             )
     params = {"ridge": ridge} if method == "incline" else {"center": center, "normalize": normalize}
     recommended = tuple(sorted(matrices)) if method == "incline" else middle_layer(activations, list(matrices))
-    return LinearMap(matrices, component, method, language, pivot, params, dict(activations.model), mean_source,
-                     mean_pivot, recommended)  # fmt: skip
+    return LinearMap(
+        matrices,
+        component,
+        method,
+        language,
+        pivot,
+        params,
+        dict(activations.model),
+        mean_source,
+        mean_pivot,
+        recommended,
+    )

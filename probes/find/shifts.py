@@ -122,8 +122,18 @@ def fit_shift(
     layer (``xlalign steer`` applies it there unless told otherwise)."""
     data = dict(activations.by_layer(component, [pivot, language], layers))
     vectors = fit_shift_vectors(
-        {layer: by[pivot] for layer, by in data.items()}, {layer: by[language] for layer, by in data.items()},
-        method, **params,
-    )  # fmt: skip
-    return ShiftVector(vectors, component, pivot, language, method, dict(params), dict(activations.model),
-                       middle_layer(activations, list(vectors)))  # fmt: skip
+        {layer: by[pivot] for layer, by in data.items()},
+        {layer: by[language] for layer, by in data.items()},
+        method,
+        **params,
+    )
+    return ShiftVector(
+        vectors,
+        component,
+        pivot,
+        language,
+        method,
+        dict(params),
+        dict(activations.model),
+        middle_layer(activations, list(vectors)),
+    )

@@ -83,7 +83,9 @@ class ArchTable:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.linear) - set(LINEAR_COMPONENTS))
         if unknown:
-            raise SiteError(f"ArchTable.linear: unknown components {unknown}; choose from {', '.join(LINEAR_COMPONENTS)}")
+            raise SiteError(
+                f"ArchTable.linear: unknown components {unknown}; choose from {', '.join(LINEAR_COMPONENTS)}"
+            )
 
 
 _ATTENTION = {name: f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
@@ -138,8 +140,12 @@ BUILTIN: dict[str, ArchTable] = {
         mlp_act=Tap("mlp.dense_4h_to_h", "input"),
         mlp_gate=Tap("mlp.gelu_impl", "output"),
         head=Tap("self_attention.dense", "input"),
-        linear={"qkv_proj": "self_attention.query_key_value", "o_proj": "self_attention.dense",
-                "up_proj": "mlp.dense_h_to_4h", "down_proj": "mlp.dense_4h_to_h"},
+        linear={
+            "qkv_proj": "self_attention.query_key_value",
+            "o_proj": "self_attention.dense",
+            "up_proj": "mlp.dense_h_to_4h",
+            "down_proj": "mlp.dense_4h_to_h",
+        },
     ),
     "xglm": ArchTable(
         blocks="layers",
@@ -149,8 +155,12 @@ BUILTIN: dict[str, ArchTable] = {
         mlp_act=Tap("fc2", "input"),
         mlp_gate=Tap("activation_fn", "output"),
         head=Tap("self_attn.out_proj", "input"),
-        linear={**{name: f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj")}, "o_proj": "self_attn.out_proj",
-                "up_proj": "fc1", "down_proj": "fc2"},
+        linear={
+            **{name: f"self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj")},
+            "o_proj": "self_attn.out_proj",
+            "up_proj": "fc1",
+            "down_proj": "fc2",
+        },
     ),
     "gpt2": ArchTable(
         blocks="h",
@@ -175,14 +185,17 @@ BUILTIN: dict[str, ArchTable] = {
     "gpt_oss": _moe(RouterTap("mlp.router", rule="topk_softmax")),
     # Granite scales attn_out and mlp_out by config.residual_multiplier before adding them to the stream.
     "granitemoe": _moe(
-        RouterTap("block_sparse_moe.router", rule="topk_softmax", block="block_sparse_moe",
-                  experts="block_sparse_moe.experts"),
+        RouterTap(
+            "block_sparse_moe.router", rule="topk_softmax", block="block_sparse_moe", experts="block_sparse_moe.experts"
+        ),
         block="block_sparse_moe",
-    ),  # fmt: skip
+    ),
     "phimoe": _moe(RouterTap("mlp.router", rule="sparsemixer")),
     # DeepSeek-V3's latent attention has no q/k/v projections of the usual kind: only o_proj is listed.
-    "deepseek_v3": _moe(RouterTap("mlp.gate", rule="sigmoid_group", shared_expert="mlp.shared_experts"),
-                        linear={"o_proj": "self_attn.o_proj"}),
+    "deepseek_v3": _moe(
+        RouterTap("mlp.gate", rule="sigmoid_group", shared_expert="mlp.shared_experts"),
+        linear={"o_proj": "self_attn.o_proj"},
+    ),
 }
 
 ARCHITECTURES: dict[str, ArchTable] = dict(BUILTIN)
@@ -279,8 +292,10 @@ def locate(model: nn.Module, site: Site) -> tuple[nn.Module, Side] | RouterPoint
     if site.component in LINEAR_COMPONENTS:
         path = table.linear.get(site.component)
         if path is None:
-            raise SiteError(f"{site}: a {model_type(model)} model has no {site.component}; its linear projections: "
-                            f"{', '.join(table.linear) or 'none in the table'}")  # fmt: skip
+            raise SiteError(
+                f"{site}: a {model_type(model)} model has no {site.component}; its linear projections: "
+                f"{', '.join(table.linear) or 'none in the table'}"
+            )
         return layers[site.layer - 1].get_submodule(path), "output"
     where = getattr(table, site.component)
     if where is None:
@@ -299,9 +314,13 @@ def _router_point(model: nn.Module, site: Site, block: nn.Module, spec: RouterTa
         )
     optional = {name: getattr(spec, name) for name in ("shared_expert", "shared_gate")}
     return RouterPoint(
-        site.layer, block.get_submodule(spec.block), block.get_submodule(spec.path), block.get_submodule(spec.experts),
-        spec, **{name: block.get_submodule(path) for name, path in optional.items() if path},
-    )  # fmt: skip
+        site.layer,
+        block.get_submodule(spec.block),
+        block.get_submodule(spec.path),
+        block.get_submodule(spec.experts),
+        spec,
+        **{name: block.get_submodule(path) for name, path in optional.items() if path},
+    )
 
 
 def width(model: nn.Module, component: str) -> int:

@@ -77,8 +77,9 @@ def identity_mismatches(expected: dict, actual: dict, *, exact: bool) -> list[st
     """
     problems = [
         f"{key}: recorded {expected.get(key)!r}, model has {actual[key]!r}"
-        for key in IDENTITY_FIELDS if expected.get(key) != actual[key]
-    ]  # fmt: skip
+        for key in IDENTITY_FIELDS
+        if expected.get(key) != actual[key]
+    ]
     if problems:
         return problems
     if "weights_sha256" not in expected:

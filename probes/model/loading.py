@@ -84,7 +84,10 @@ def native_cpu_bf16() -> bool:
 
 
 def load_model(
-    spec: str | os.PathLike = "default", *, dtype: torch.dtype | str = "float32", device: str = "cpu",
+    spec: str | os.PathLike = "default",
+    *,
+    dtype: torch.dtype | str = "float32",
+    device: str = "cpu",
     device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``spec`` and its tokenizer, in eval mode, on ``device`` (``auto``: CUDA, MPS, CPU).
@@ -139,8 +142,9 @@ def _dispatched(model, device_map: str | dict):
     return dispatch_model(model, device_map=device_map)
 
 
-def resolve_model(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu", device_map=None,
-                  backend: str = "hf"):
+def resolve_model(
+    model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu", device_map=None, backend: str = "hf"
+):
     """``(model, tokenizer)`` from a spec string (loaded) or a model object the user holds (used as it is).
 
     Model objects may be a causal LM, a bare decoder (``AutoModel``), a PEFT-wrapped model or a TransformerLens
@@ -218,8 +222,12 @@ def _default_model_dir() -> Path:
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"xlalign: first use of the embedded Gemma 3 270M: dequantising its GGUF file into {target} "
-          "(about a minute, once; later loads take seconds)", file=sys.stderr, flush=True)
+    print(
+        f"xlalign: first use of the embedded Gemma 3 270M: dequantising its GGUF file into {target} "
+        "(about a minute, once; later loads take seconds)",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".convert-{os.getpid()}-") as scratch:
         gguf = package.assemble(Path(scratch) / package.MODEL_NAME)
         model, tokenizer = _load_gguf(gguf, torch.float32)

@@ -147,10 +147,15 @@ def observe_router(hooks: HookSet, point: RouterPoint, on_routing: Callable[[Rou
         logits, weights, ids = state.pop("gate")
         shape = state["shape"]
         shared = state.pop("shared", None)
-        return on_routing(Routing(
-            logits.float().view(*shape, -1), ids.view(*shape, -1), weights.float().view(*shape, -1),
-            None if shared is None else shared.float().sigmoid().view(shape), rule,
-        ))  # fmt: skip
+        return on_routing(
+            Routing(
+                logits.float().view(*shape, -1),
+                ids.view(*shape, -1),
+                weights.float().view(*shape, -1),
+                None if shared is None else shared.float().sigmoid().view(shape),
+                rule,
+            )
+        )
 
     _remember_shape(hooks, point, state)
     hooks.add(point.gate, "output", on_gate, raw=True, name=name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 
-
 @dataclass(frozen=True)
 class Loading:
     """``device`` and ``device_map`` (multi-GPU placement) to load on, ``dtype``, and the ``backend`` that runs

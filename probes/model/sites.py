@@ -50,10 +50,14 @@ class Site:
         if not isinstance(self.layer, int) or isinstance(self.layer, bool):
             raise SiteError(f"{self}: the layer must be an int, got {type(self.layer).__name__}")
         if self.layer < 0:
-            raise SiteError(f"{self}: layers count up from 0 (the embedding output) and 1 (block 1); negative layers "
-                            "do not exist: name the last one as n_layers(model)")
+            raise SiteError(
+                f"{self}: layers count up from 0 (the embedding output) and 1 (block 1); negative layers "
+                "do not exist: name the last one as n_layers(model)"
+            )
         if self.layer == 0 and self.component not in FROM_EMBEDDINGS:
-            raise SiteError(f"{self}: layer 0 exists only for 'resid' and 'hidden' (the embedding output); blocks count from 1")
+            raise SiteError(
+                f"{self}: layer 0 exists only for 'resid' and 'hidden' (the embedding output); blocks count from 1"
+            )
 
     def __str__(self) -> str:
         return f"{self.component}.{self.layer}"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 class ModelError(XlalignError):
     """A model spec that cannot be loaded, or a model object xlalign cannot use."""
 
+
 # --- tiny random-weight models -------------------------------------------------------------------------
 
 # Small sizes that still exercise grouped-query attention, several heads and gated MLPs.
@@ -36,23 +37,45 @@ _TINY_BY_FAMILY: dict[str, dict] = {
     "mixtral": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
     "olmoe": {"intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2},
     "qwen2_moe": {
-        "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64, "num_experts": 8,
-        "num_experts_per_tok": 2, "mlp_only_layers": [3],
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 64,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "mlp_only_layers": [3],
     },
     "qwen3_moe": {
-        "head_dim": 16, "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
+        "head_dim": 16,
+        "moe_intermediate_size": 32,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
     },
     "gpt_oss": {
-        "head_dim": 16, "intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": 8,
+        "head_dim": 16,
+        "intermediate_size": 32,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "sliding_window": 8,
     },
     "granitemoe": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
     "phimoe": {"intermediate_size": 32, "num_local_experts": 8, "num_experts_per_tok": 2},
     "deepseek_v3": {
-        "num_key_value_heads": 4, "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
-        "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1, "n_shared_experts": 1, "kv_lora_rank": 16,
-        "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "head_dim": 8,
+        "num_key_value_heads": 4,
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 8,
+        "num_experts_per_tok": 2,
+        "n_group": 2,
+        "topk_group": 1,
+        "first_k_dense_replace": 1,
+        "n_shared_experts": 1,
+        "kv_lora_rank": 16,
+        "q_lora_rank": 32,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 16,
+        "head_dim": 8,
     },
-}  # fmt: skip
+}
 MOE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "gpt_oss", "granitemoe", "phimoe", "deepseek_v3")
 # Dense families have every component; MoE families have a router and no per-neuron MLP sites.
 RANDOM_FAMILIES = tuple(family for family in _TINY_BY_FAMILY if family not in MOE_FAMILIES)

@@ -57,8 +57,10 @@ def is_bridged(model: nn.Module) -> bool:
 def hook_point(model: nn.Module, site: Site) -> nn.Module:
     """The bridge hook point that holds ``site`` (its output is the site's tensor)."""
     if site.component in UNSUPPORTED:
-        raise BackendError(f"{site}: the TransformerLens backend cannot read or edit {site.component!r}: "
-                           f"{UNSUPPORTED[site.component]}; use backend='hf'")  # fmt: skip
+        raise BackendError(
+            f"{site}: the TransformerLens backend cannot read or edit {site.component!r}: "
+            f"{UNSUPPORTED[site.component]}; use backend='hf'"
+        )
     locate(model, site)  # the site exists in this model (as the hf backend checks it)
     layers = blocks(model)
     if site.layer == 0:
@@ -73,8 +75,9 @@ def hook_point(model: nn.Module, site: Site) -> nn.Module:
     if post_norm is not None and has_submodule(block, post_norm):
         path = post_norm
     if not has_submodule(block, path):
-        raise BackendError(f"{site}: this TransformerBridge has no hook point blocks.{site.layer - 1}.{path}; "
-                           "use backend='hf'")  # fmt: skip
+        raise BackendError(
+            f"{site}: this TransformerBridge has no hook point blocks.{site.layer - 1}.{path}; use backend='hf'"
+        )
     return block.get_submodule(path)
 
 
@@ -107,8 +110,11 @@ def transformer_bridge(model: nn.Module, tokenizer, *, copy_model: bool = True):
         hf.config.architectures = architectures or [type(hf).__name__]
         try:
             return TransformerBridge.boot_transformers(
-                hf.config.architectures[0], hf_model=hf, tokenizer=AutoTokenizer.from_pretrained(folder),
-                dtype=parameter.dtype, device=parameter.device,
-            )  # fmt: skip
+                hf.config.architectures[0],
+                hf_model=hf,
+                tokenizer=AutoTokenizer.from_pretrained(folder),
+                dtype=parameter.dtype,
+                device=parameter.device,
+            )
         finally:
             hf.config.architectures = architectures

@@ -37,7 +37,9 @@ def validate_architecture(model: nn.Module, *, atol: float = 1e-4) -> None:
         try:
             last = norm(seen[depth])
         except Exception as error:  # a module that is not a norm fails in its own way
-            raise SiteError(f"{name}: final_norm {table.final_norm!r} cannot be applied to resid.{depth} ({error})") from None
+            raise SiteError(
+                f"{name}: final_norm {table.final_norm!r} cannot be applied to resid.{depth} ({error})"
+            ) from None
     if len(hidden) != depth + 1:
         raise SiteError(f"{name}: the table finds {depth} blocks, the model reports {len(hidden) - 1}")
     for layer in range(depth + 1):

@@ -5,5 +5,13 @@ from probes.plots.heatmaps import ablation_heatmap, divergence_heatmap, usage_he
 from probes.plots.layers import alignment_per_layer, compare_per_layer, langid_per_layer, neurons_per_layer
 from probes.plots.style import save
 
-__all__ = ["ablation_heatmap", "alignment_per_layer", "compare_per_layer", "divergence_heatmap", "langid_per_layer",
-           "neurons_per_layer", "save", "usage_heatmap"]
+__all__ = [
+    "ablation_heatmap",
+    "alignment_per_layer",
+    "compare_per_layer",
+    "divergence_heatmap",
+    "langid_per_layer",
+    "neurons_per_layer",
+    "save",
+    "usage_heatmap",
+]

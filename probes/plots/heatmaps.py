@@ -37,14 +37,23 @@ def divergence_heatmap(table: pd.DataFrame, metric: str = "jsd", *, title: str =
 def usage_heatmap(usage: pd.DataFrame, layers: Sequence[int] | None = None, *, title: str = "") -> Figure:
     """One language x expert heatmap of expert usage per layer (from :func:`probes.analysis.routing.expert_usage`)."""
     layers = sorted(usage["layer"].unique()) if layers is None else list(layers)
-    cubes = [usage[usage["layer"] == layer].pivot(index="language", columns="expert", values="value").sort_index()
-             for layer in layers]  # fmt: skip
+    cubes = [
+        usage[usage["layer"] == layer].pivot(index="language", columns="expert", values="value").sort_index()
+        for layer in layers
+    ]
     figure = Figure(figsize=(1.4 + 1.6 * len(layers), 1.0 + 0.18 * len(cubes[0])), layout="constrained")
     axes = figure.subplots(1, len(layers), squeeze=False)[0]
     top = max(cube.to_numpy().max() for cube in cubes)
     for ax, layer, cube in zip(axes, layers, cubes):
-        image = ax.imshow(cube.to_numpy(), aspect="auto", cmap=SEQUENTIAL, vmin=0, vmax=top, interpolation="nearest",
-                          extent=(cube.columns.min() - 0.5, cube.columns.max() + 0.5, len(cube) - 0.5, -0.5))
+        image = ax.imshow(
+            cube.to_numpy(),
+            aspect="auto",
+            cmap=SEQUENTIAL,
+            vmin=0,
+            vmax=top,
+            interpolation="nearest",
+            extent=(cube.columns.min() - 0.5, cube.columns.max() + 0.5, len(cube) - 0.5, -0.5),
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=f"layer {layer}", xlabel="expert", ylabel="language", yticks=range(len(cube)))
         ax.set_yticklabels(cube.index)
@@ -71,8 +80,16 @@ def ablation_heatmap(table: pd.DataFrame, *, title: str = "") -> Figure:
     for (i, zeroed), (j, evaluated) in ((r, c) for r in enumerate(rows) for c in enumerate(columns)):
         value = grid.iat[i, j]
         dark = abs(norm(value) - 0.5) > 0.3
-        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=5,
-                fontweight="bold" if zeroed == evaluated else "normal", color="white" if dark else "black")
+        ax.text(
+            j,
+            i,
+            f"{value:+.2f}",
+            ha="center",
+            va="center",
+            fontsize=5,
+            fontweight="bold" if zeroed == evaluated else "normal",
+            color="white" if dark else "black",
+        )
     _label_ticks(ax, rows, columns)
     ax.set(xlabel="language evaluated", ylabel="language whose neurons are zeroed")
     figure.colorbar(image, ax=ax, label="loss change (nats)", shrink=0.9)

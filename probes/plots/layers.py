@@ -10,9 +10,20 @@ from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
 from probes.plots.style import (
-    BLOCK, COLUMN_WIDTH, DIVERGING, PALETTE, TEXT_WIDTH, bar_styles, layer_axis, legend_columns, metric_label,
-    metric_name, metric_unit, paper_figure, series_styles,
-)  # fmt: skip
+    BLOCK,
+    COLUMN_WIDTH,
+    DIVERGING,
+    PALETTE,
+    TEXT_WIDTH,
+    bar_styles,
+    layer_axis,
+    legend_columns,
+    metric_label,
+    metric_name,
+    metric_unit,
+    paper_figure,
+    series_styles,
+)
 
 
 def _fraction_limits(ax, values: pd.Series) -> None:
@@ -65,8 +76,15 @@ def neurons_per_layer(counts: pd.DataFrame, title: str = "language-specific neur
     ax = figure.subplots()
     bottom = None
     for language in table.columns:
-        ax.bar(table.index, table[language], bottom=bottom, label=language, edgecolor="white", linewidth=0.3,
-               **styles[language])  # fmt: skip
+        ax.bar(
+            table.index,
+            table[language],
+            bottom=bottom,
+            label=language,
+            edgecolor="white",
+            linewidth=0.3,
+            **styles[language],
+        )
         bottom = table[language] if bottom is None else bottom + table[language]
     layer_axis(ax.xaxis, BLOCK)
     ax.set(ylabel="neurons (count)", title=title)
@@ -95,8 +113,14 @@ def compare_per_layer(table: pd.DataFrame, reference: str, other: str, *, title:
         top.grid(True)
         cells = rows.pivot(index="language", columns="layer", values="difference").loc[languages]
         first, last = cells.columns.min(), cells.columns.max()
-        image = bottom.imshow(cells.to_numpy(), aspect="auto", cmap=DIVERGING, norm=norm, interpolation="nearest",
-                              extent=(first - 0.5, last + 0.5, len(languages) - 0.5, -0.5))  # fmt: skip
+        image = bottom.imshow(
+            cells.to_numpy(),
+            aspect="auto",
+            cmap=DIVERGING,
+            norm=norm,
+            interpolation="nearest",
+            extent=(first - 0.5, last + 0.5, len(languages) - 0.5, -0.5),
+        )
         bottom.set(yticks=range(len(languages)), ylabel="language")
         bottom.set_yticklabels(languages)
         layer_axis(bottom.xaxis)

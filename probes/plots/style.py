@@ -97,14 +97,17 @@ def metric_label(metric: str) -> str:
 
 def series_styles(names: Sequence[str]) -> dict[str, dict[str, str]]:
     """Colour and marker of each series (line or scatter), distinct for up to 56 series."""
-    return {name: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]}
-            for i, name in enumerate(names)}  # fmt: skip
+    return {
+        name: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]} for i, name in enumerate(names)
+    }
 
 
 def bar_styles(names: Sequence[str]) -> dict[str, dict[str, str]]:
     """Colour and hatch of each bar series: the palette, then again with a hatch each time it runs out."""
-    return {name: {"color": PALETTE[i % len(PALETTE)], "hatch": HATCHES[i // len(PALETTE) % len(HATCHES)]}
-            for i, name in enumerate(names)}  # fmt: skip
+    return {
+        name: {"color": PALETTE[i % len(PALETTE)], "hatch": HATCHES[i // len(PALETTE) % len(HATCHES)]}
+        for i, name in enumerate(names)
+    }
 
 
 def layer_axis(axis: Axis, label: str = LAYER) -> None:

@@ -29,8 +29,10 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     table = pd.read_csv(path)
     missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise TableError(f"{path}: missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
-                         f"(it has {', '.join(table.columns)})")  # fmt: skip
+        raise TableError(
+            f"{path}: missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(table.columns)})"
+        )
     return table
 
 

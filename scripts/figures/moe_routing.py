@@ -10,9 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from probes.plots import divergence_heatmap
-from probes.plots.style import (
-    BLOCK, TEXT_WIDTH, layer_axis, legend_columns, metric_label, paper_figure, series_styles,
-)  # fmt: skip
+from probes.plots.style import BLOCK, TEXT_WIDTH, layer_axis, legend_columns, metric_label, paper_figure, series_styles
 from scripts.figures.files import TableError, main, read_table
 
 ROUTING = ("model", "setting", "layer", "language", "metric", "value")
@@ -38,8 +36,9 @@ def promotion(routing: pd.DataFrame, loss: pd.DataFrame, deltas: dict[str, float
     jsd = routing[routing["metric"] == "jsd"]
     runs = jsd[["model", "setting"]].drop_duplicates().assign(order=lambda r: r["setting"].map(deltas))
     runs = runs.sort_values(["model", "order"], ascending=[False, True])  # untrained, trained, then by delta
-    names = [model if setting == "none" else f"{model}, {setting}"
-             for model, setting in zip(runs["model"], runs["setting"])]  # fmt: skip
+    names = [
+        model if setting == "none" else f"{model}, {setting}" for model, setting in zip(runs["model"], runs["setting"])
+    ]
     styles = series_styles(names)
     for name, model, setting in zip(names, runs["model"], runs["setting"]):
         means = jsd[(jsd["model"] == model) & (jsd["setting"] == setting)].groupby("layer")["value"].mean()
@@ -57,8 +56,12 @@ def promotion(routing: pd.DataFrame, loss: pd.DataFrame, deltas: dict[str, float
         part = part.sort_values("delta")
         right.plot(part["delta"], part["change"], label=language, **styles[language])
     right.axhline(0, color="black", linewidth=0.5)
-    right.set(xlabel="promotion of English's experts, delta (router logit)", ylabel="held-out loss change (nats)",
-              xticks=sorted(set(deltas.values())), title="side effect")
+    right.set(
+        xlabel="promotion of English's experts, delta (router logit)",
+        ylabel="held-out loss change (nats)",
+        xticks=sorted(set(deltas.values())),
+        title="side effect",
+    )
     right.grid(True)
     right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=legend_columns(len(languages)))
     return figure
@@ -68,8 +71,11 @@ def draw(results: Path) -> dict[str, Figure]:
     folder = results / "moe_routing"
     routing = read_table(folder / "routing.csv", ROUTING)
     loss = read_table(folder / "loss.csv", LOSS)
-    deltas = {setting: delta(setting, folder / name) for name, table in (("routing.csv", routing), ("loss.csv", loss))
-              for setting in table["setting"].unique()}  # fmt: skip
+    deltas = {
+        setting: delta(setting, folder / name)
+        for name, table in (("routing.csv", routing), ("loss.csv", loss))
+        for setting in table["setting"].unique()
+    }
     trained = routing[(routing["model"] == "trained") & (routing["setting"] == "none")]
     title = "tiny MoE (trained): routing divergence from English"
     return {

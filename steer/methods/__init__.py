@@ -11,5 +11,20 @@ from steer.methods.record import Grid, Method, Need, Training
 from steer.methods.registry import canonical, method, names, register, unregister
 from steer.methods.training import Findings, available_methods, fit_methods, unavailable_methods
 
-__all__ = ["Findings", "Grid", "Method", "Need", "Training", "available_methods", "canonical", "fit_methods",
-           "incline_grid", "method", "names", "register", "settings", "unavailable_methods", "unregister"]
+__all__ = [
+    "Findings",
+    "Grid",
+    "Method",
+    "Need",
+    "Training",
+    "available_methods",
+    "canonical",
+    "fit_methods",
+    "incline_grid",
+    "method",
+    "names",
+    "register",
+    "settings",
+    "unavailable_methods",
+    "unregister",
+]

@@ -22,22 +22,46 @@ def _components(training: Training) -> list[str]:
 
 def fit(training: Training) -> dict:
     """``{component: NeuronSet}``, one per component of ``ap_components``."""
-    experts = APExperts(k=training.option("ap_k", CLOSED_LOOP_K), bottom_k=training.option("ap_bottom_k", 0),
-                        pooling=training.option("ap_pooling", "mean"))  # fmt: skip
+    experts = APExperts(
+        k=training.option("ap_k", CLOSED_LOOP_K),
+        bottom_k=training.option("ap_bottom_k", 0),
+        pooling=training.option("ap_pooling", "mean"),
+    )
     languages = list(training.option("ap_languages", training.everyone))
     return experts.fit(training.acts, _components(training), languages).neuron_sets_
 
 
 def needs(training: Training) -> list[Need]:
-    return [Need(component, training.every_layer, pooling=training.option("ap_pooling", "mean"),
-                 languages=training.option("ap_languages")) for component in _components(training)]  # fmt: skip
+    return [
+        Need(
+            component,
+            training.every_layer,
+            pooling=training.option("ap_pooling", "mean"),
+            languages=training.option("ap_languages"),
+        )
+        for component in _components(training)
+    ]
 
 
 def settings(sets: dict, grid: Grid) -> list[Setting]:
     experts = set_neurons(sets["mlp_act"], grid.pivot)
-    return [Setting("ap", f"set {grid.pivot} experts to on_p50", min(experts.layers), lambda lang, texts: [
-        (experts, gated([lang]))])]
+    return [
+        Setting(
+            "ap",
+            f"set {grid.pivot} experts to on_p50",
+            min(experts.layers),
+            lambda lang, texts: [(experts, gated([lang]))],
+        )
+    ]
 
 
-METHOD = Method("ap", "AP experts: set the pivot's expert units to their median response", "mlp_act", fit, settings,
-                needs=needs, finds="neurons", options=("ap_k", "ap_bottom_k", "ap_components", "ap_pooling", "ap_languages"))
+METHOD = Method(
+    "ap",
+    "AP experts: set the pivot's expert units to their median response",
+    "mlp_act",
+    fit,
+    settings,
+    needs=needs,
+    finds="neurons",
+    options=("ap_k", "ap_bottom_k", "ap_components", "ap_pooling", "ap_languages"),
+)

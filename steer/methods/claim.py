@@ -15,16 +15,27 @@ N_HEADS = 8
 
 def fit(training: Training) -> dict:
     k = training.option("n_heads", N_HEADS)
-    return {lang: HeadProbe().fit(training.acts, lang, pivot=training.pivot).shift_vector(k)
-            for lang in training.languages}  # fmt: skip
+    return {
+        lang: HeadProbe().fit(training.acts, lang, pivot=training.pivot).shift_vector(k) for lang in training.languages
+    }
 
 
 def settings(vectors: dict, grid: Grid) -> list[Setting]:
     first = min(vectors[next(iter(vectors))].layers)
-    return [Setting("claim", "top heads,alpha=1.0", first, lambda lang, texts: [
-        (head_shift(vectors[lang], 1.0), gated([lang]))])]
+    return [
+        Setting(
+            "claim", "top heads,alpha=1.0", first, lambda lang, texts: [(head_shift(vectors[lang], 1.0), gated([lang]))]
+        )
+    ]
 
 
-METHOD = Method("claim", "CLAIM: shift the most language-specific attention heads", "head", fit, settings,
-                needs=lambda training: [Need("head", training.option("claim_layers", training.middle))],
-                finds="shift", options=("n_heads", "claim_layers"))  # fmt: skip
+METHOD = Method(
+    "claim",
+    "CLAIM: shift the most language-specific attention heads",
+    "head",
+    fit,
+    settings,
+    needs=lambda training: [Need("head", training.option("claim_layers", training.middle))],
+    finds="shift",
+    options=("n_heads", "claim_layers"),
+)

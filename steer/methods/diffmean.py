@@ -10,8 +10,12 @@ from steer.methods.record import Grid, Method, Need, Training
 
 def fit(training: Training) -> dict:
     peak = profile_layers(training.profile)[0]
-    return {lang: fit_diffmean(training.tokens["resid"], lang, pivot=training.pivot, layers=training.every_layer,
-                               recommended=(peak,)) for lang in training.languages}  # fmt: skip
+    return {
+        lang: fit_diffmean(
+            training.tokens["resid"], lang, pivot=training.pivot, layers=training.every_layer, recommended=(peak,)
+        )
+        for lang in training.languages
+    }
 
 
 def needs(training: Training) -> list[Need]:
@@ -22,5 +26,13 @@ def settings(vectors: dict, grid: Grid) -> list:
     return diffmean_settings(vectors, grid.findings.profile, sweep=grid.sweep)
 
 
-METHOD = Method("diffmean", "DiffMean (CLaS-Bench): unit difference of token means, at the most aligned layer",
-                "resid", fit, settings, needs=needs, finds="shift", profile=True)
+METHOD = Method(
+    "diffmean",
+    "DiffMean (CLaS-Bench): unit difference of token means, at the most aligned layer",
+    "resid",
+    fit,
+    settings,
+    needs=needs,
+    finds="shift",
+    profile=True,
+)

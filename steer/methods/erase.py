@@ -10,14 +10,22 @@ from steer.methods.record import Grid, Method, Need, Training
 
 def fit(training: Training):
     peak = profile_layers(training.profile)[0]
-    return fit_eraser(training.acts, languages=training.everyone, layers=list(training.every_layer)[:-1],
-                      recommended=(peak,))  # fmt: skip
+    return fit_eraser(
+        training.acts, languages=training.everyone, layers=list(training.every_layer)[:-1], recommended=(peak,)
+    )
 
 
 def settings(eraser, grid: Grid) -> list:
     return erase_settings(eraser, grid.findings.profile, pivot=grid.pivot, sweep=grid.sweep)
 
 
-METHOD = Method("erase", "LEACE: erase the language concept at the most aligned layer (pivot erased too)", "resid",
-                fit, settings, needs=lambda training: [Need("resid", training.every_layer)], finds="eraser",
-                profile=True)  # fmt: skip
+METHOD = Method(
+    "erase",
+    "LEACE: erase the language concept at the most aligned layer (pivot erased too)",
+    "resid",
+    fit,
+    settings,
+    needs=lambda training: [Need("resid", training.every_layer)],
+    finds="eraser",
+    profile=True,
+)

@@ -20,10 +20,15 @@ def incline_grid(sigmas: Sequence[float] = INCLINE_SIGMAS) -> list[tuple[str, fl
 
 
 def settings(
-    found: Findings, model: nn.Module | None = None, tokenizer=None, *, pivot: str = "eng",
-    incline_settings: Sequence[tuple[str, float]] = tuple(incline_grid()), tokenization: Tokenization = Tokenization(),
+    found: Findings,
+    model: nn.Module | None = None,
+    tokenizer=None,
+    *,
+    pivot: str = "eng",
+    incline_settings: Sequence[tuple[str, float]] = tuple(incline_grid()),
+    tokenization: Tokenization = Tokenization(),
     sweep: bool = False,
-) -> list[Setting]:  # fmt: skip
+) -> list[Setting]:
     """The settings of every method in ``found``, in the registry's order (``sweep``: the language-keeping
     methods over layers and strengths, :func:`steer.keeping.keeping_layers`). Every plan is gated to its
     language (LEACE's to the language and ``pivot``).
@@ -34,5 +39,8 @@ def settings(
     """
     grid = Grid(found, model, tokenizer, pivot, sweep, tuple(incline_settings), tokenization)
     order = names()
-    return [setting for name in sorted(found.by_method, key=order.index)
-            for setting in method(name).settings(found.by_method[name], grid)]  # fmt: skip
+    return [
+        setting
+        for name in sorted(found.by_method, key=order.index)
+        for setting in method(name).settings(found.by_method[name], grid)
+    ]

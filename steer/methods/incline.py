@@ -14,9 +14,16 @@ from steer.methods.record import Grid, Method, Training
 
 def fit(training: Training) -> dict:
     training.progress.set_description("fit: INCLINE pairs")
-    return fit_incline_maps(training.model, training.tokenizer, training.train, training.languages,
-                            pivot=training.pivot, style=training.option("incline_style"),
-                            tokenization=training.tokenization, progress=training.progress)  # fmt: skip
+    return fit_incline_maps(
+        training.model,
+        training.tokenizer,
+        training.train,
+        training.languages,
+        pivot=training.pivot,
+        style=training.option("incline_style"),
+        tokenization=training.tokenization,
+        progress=training.progress,
+    )
 
 
 def settings(maps: dict, grid: Grid) -> list[Setting]:
@@ -24,14 +31,28 @@ def settings(maps: dict, grid: Grid) -> list[Setting]:
         raise EvaluationError("INCLINE settings need the model and tokenizer: each plan comes from a clean pass")
 
     def plan(lang, texts, mode, sigma):
-        patch, schedule = incline(grid.model, grid.tokenizer, texts, maps[lang], sigma, mode=mode,
-                                  tokenization=grid.tokenization)  # fmt: skip
+        patch, schedule = incline(
+            grid.model, grid.tokenizer, texts, maps[lang], sigma, mode=mode, tokenization=grid.tokenization
+        )
         return [(patch, replace(schedule, only=(lang,)))]
 
-    return [Setting("incline", f"clean pass,last token,every layer,mode={mode},sigma={sigma}", 1,
-                    lambda lang, texts, mode=mode, sigma=sigma: plan(lang, texts, mode, sigma))
-            for mode, sigma in grid.incline_settings]  # fmt: skip
+    return [
+        Setting(
+            "incline",
+            f"clean pass,last token,every layer,mode={mode},sigma={sigma}",
+            1,
+            lambda lang, texts, mode=mode, sigma=sigma: plan(lang, texts, mode, sigma),
+        )
+        for mode, sigma in grid.incline_settings
+    ]
 
 
-METHOD = Method("incline", "INCLINE: least-squares maps of MLP outputs at the last prompt token of every layer",
-                "mlp_out", fit, settings, finds="map", options=("incline_style",))
+METHOD = Method(
+    "incline",
+    "INCLINE: least-squares maps of MLP outputs at the last prompt token of every layer",
+    "mlp_out",
+    fit,
+    settings,
+    finds="map",
+    options=("incline_style",),
+)

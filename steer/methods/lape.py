@@ -20,11 +20,23 @@ def fit(training: Training):
 
 
 def settings(neurons, grid: Grid) -> list[Setting]:
-    return [Setting("lape", "zero own neurons", 1, lambda lang, texts: [
-        (zero_neurons(neurons, lang), gated([lang]))] if lang in neurons.languages else [])]
+    return [
+        Setting(
+            "lape",
+            "zero own neurons",
+            1,
+            lambda lang, texts: [(zero_neurons(neurons, lang), gated([lang]))] if lang in neurons.languages else [],
+        )
+    ]
 
 
-METHOD = Method("lape", "LAPE: zero the language's own MLP neurons", "mlp_gate", fit, settings,
-                needs=lambda training: [Need("mlp_gate", training.every_layer, tokens=True,
-                                             languages=_languages(training))], finds="neurons",
-                options=("lape_languages",))  # fmt: skip
+METHOD = Method(
+    "lape",
+    "LAPE: zero the language's own MLP neurons",
+    "mlp_gate",
+    fit,
+    settings,
+    needs=lambda training: [Need("mlp_gate", training.every_layer, tokens=True, languages=_languages(training))],
+    finds="neurons",
+    options=("lape_languages",),
+)

@@ -10,14 +10,29 @@ from steer.schedule import gated
 
 
 def fit(training: Training) -> dict:
-    return {lang: fit_map(training.acts, lang, pivot=training.pivot, method="procrustes") for lang in training.languages}
+    return {
+        lang: fit_map(training.acts, lang, pivot=training.pivot, method="procrustes") for lang in training.languages
+    }
 
 
 def settings(maps: dict, grid: Grid) -> list[Setting]:
     middle = grid.middle
-    return [Setting("procrustes", f"layer={middle},interpolate,sigma=1.0", middle, lambda lang, texts: [
-        (apply_map(maps[lang], 1.0, "interpolate", [middle]), gated([lang]))])]
+    return [
+        Setting(
+            "procrustes",
+            f"layer={middle},interpolate,sigma=1.0",
+            middle,
+            lambda lang, texts: [(apply_map(maps[lang], 1.0, "interpolate", [middle]), gated([lang]))],
+        )
+    ]
 
 
-METHOD = Method("procrustes", "orthogonal map of the residual stream at the middle layer", "resid", fit, settings,
-                needs=lambda training: [Need("resid", training.every_layer)], finds="map")
+METHOD = Method(
+    "procrustes",
+    "orthogonal map of the residual stream at the middle layer",
+    "resid",
+    fit,
+    settings,
+    needs=lambda training: [Need("resid", training.every_layer)],
+    finds="map",
+)

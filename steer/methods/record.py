@@ -71,8 +71,10 @@ class Training:
         from steer.keeping import alignment_profile
 
         by_layer = dict(self.acts.by_layer("resid", self.everyone))
-        return alignment_profile({layer: rows[self.pivot] for layer, rows in by_layer.items()},
-                                 [{layer: rows[lang] for layer, rows in by_layer.items()} for lang in self.languages])
+        return alignment_profile(
+            {layer: rows[self.pivot] for layer, rows in by_layer.items()},
+            [{layer: rows[lang] for layer, rows in by_layer.items()} for lang in self.languages],
+        )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,11 @@ def names() -> list[str]:
 def canonical(name: str) -> str:
     """``name`` as the registry spells it (an earlier release's name gives a FutureWarning)."""
     if name in RENAMED and name not in _ADDED:
-        warnings.warn(f"method {name!r} is now called {RENAMED[name]!r}; the old name goes in the next release",
-                      FutureWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"method {name!r} is now called {RENAMED[name]!r}; the old name goes in the next release",
+            FutureWarning,
+            stacklevel=3,
+        )
         return RENAMED[name]
     return name
 

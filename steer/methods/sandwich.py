@@ -13,11 +13,19 @@ def fit(training: Training) -> dict:
 
 
 def settings(found: dict, grid: Grid) -> list:
-    return sandwich_settings(found["diffmean"], found["eraser"], grid.findings.profile, pivot=grid.pivot,
-                             sweep=grid.sweep)  # fmt: skip
+    return sandwich_settings(
+        found["diffmean"], found["eraser"], grid.findings.profile, pivot=grid.pivot, sweep=grid.sweep
+    )
 
 
-METHOD = Method("sandwich", "align at the most aligned layer, restore the language's direction later", "resid", fit,
-                settings, needs=lambda training: [*diffmean.needs(training), *erase.METHOD.needs(training)],
-                unsaved="a sandwich is two edits of the DiffMean vectors: `find --method diffmean` writes them, and "
-                "`xlalign steer` applies one at a time", profile=True)  # fmt: skip
+METHOD = Method(
+    "sandwich",
+    "align at the most aligned layer, restore the language's direction later",
+    "resid",
+    fit,
+    settings,
+    needs=lambda training: [*diffmean.needs(training), *erase.METHOD.needs(training)],
+    unsaved="a sandwich is two edits of the DiffMean vectors: `find --method diffmean` writes them, and "
+    "`xlalign steer` applies one at a time",
+    profile=True,
+)

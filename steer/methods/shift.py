@@ -12,15 +12,32 @@ from steer.schedule import gated
 
 def _record(name: str, summary: str, default: bool) -> Method:
     def fit(training: Training) -> dict:
-        return {lang: fit_shift(training.acts, lang, pivot=training.pivot, method="mean" if name == "shift" else name)
-                for lang in training.languages}  # fmt: skip
+        return {
+            lang: fit_shift(training.acts, lang, pivot=training.pivot, method="mean" if name == "shift" else name)
+            for lang in training.languages
+        }
 
     def settings(vectors: dict, grid: Grid) -> list[Setting]:
-        return [Setting(name, f"layer={grid.middle},alpha={alpha}", grid.middle, lambda lang, texts, alpha=alpha: [
-            (add_vector(vectors[lang], alpha, [grid.middle]), gated([lang]))]) for alpha in (0.5, 1.0)]
+        return [
+            Setting(
+                name,
+                f"layer={grid.middle},alpha={alpha}",
+                grid.middle,
+                lambda lang, texts, alpha=alpha: [(add_vector(vectors[lang], alpha, [grid.middle]), gated([lang]))],
+            )
+            for alpha in (0.5, 1.0)
+        ]
 
-    return Method(name, summary, "resid", fit, settings, needs=lambda training: [Need("resid", training.every_layer)],
-                  finds="shift", default=default)  # fmt: skip
+    return Method(
+        name,
+        summary,
+        "resid",
+        fit,
+        settings,
+        needs=lambda training: [Need("resid", training.every_layer)],
+        finds="shift",
+        default=default,
+    )
 
 
 SHIFT = _record("shift", "mean shift vector (pivot mean minus language mean) added at the middle layer", True)

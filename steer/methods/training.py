@@ -61,10 +61,19 @@ def available_methods(model: nn.Module, methods: Sequence[str] | None = None) ->
 
 
 def fit_methods(
-    model: nn.Module, tokenizer, train: ParallelCorpus, *, languages: Sequence[str], pivot: str = "eng",
-    methods: Sequence[str] | None = None, detect: bool = False, tokenization: Tokenization = Tokenization(),
-    progress: Progress = False, split: bool = False, **options,
-) -> Findings:  # fmt: skip
+    model: nn.Module,
+    tokenizer,
+    train: ParallelCorpus,
+    *,
+    languages: Sequence[str],
+    pivot: str = "eng",
+    methods: Sequence[str] | None = None,
+    detect: bool = False,
+    tokenization: Tokenization = Tokenization(),
+    progress: Progress = False,
+    split: bool = False,
+    **options,
+) -> Findings:
     """Fit ``methods`` (default: the closed loop's default set that applies) for each of ``languages`` against
     ``pivot`` on ``train``; with ``detect``, also a language detector (:func:`probes.find.earliest_detector`) at
     the first layer that tells the languages apart, below the most aligned one (for gating on the model's own
@@ -74,12 +83,15 @@ def fit_methods(
     records = [method(name) for name in chosen]
     impossible = unavailable_methods(model, chosen)
     if impossible:
-        raise EvaluationError(f"these methods cannot run on this {model_type(model)} model: "
-                              + "; ".join(f"{name}: {why}" for name, why in impossible.items()))  # fmt: skip
+        raise EvaluationError(
+            f"these methods cannot run on this {model_type(model)} model: "
+            + "; ".join(f"{name}: {why}" for name, why in impossible.items())
+        )
     known = {name for record in map(method, names()) for name in record.options}
     if set(options) - known:
-        raise EvaluationError(f"fit_methods: unknown options {sorted(set(options) - known)}; the methods read "
-                              f"{', '.join(sorted(known))}")  # fmt: skip
+        raise EvaluationError(
+            f"fit_methods: unknown options {sorted(set(options) - known)}; the methods read {', '.join(sorted(known))}"
+        )
     training = Training(model, tokenizer, train, list(languages), pivot, tokenization, options, progress)
     needs = [need for record in records for need in record.needs(training)]
     if detect or any(record.profile for record in records):
@@ -126,9 +138,16 @@ def _shared_pass(training: Training, needs: Sequence[Need], split: bool) -> None
                 if site in counted:
                     stats[site.component].add(site, lang, values.reshape(values.shape[0], -1))
 
-            rows = capture(training.model, training.tokenizer, training.train.texts(lang), sorted(sites),
-                           pooling=pooling, on_tokens=on_tokens if counted else None,
-                           tokenization=training.tokenization, progress=training.progress)  # fmt: skip
+            rows = capture(
+                training.model,
+                training.tokenizer,
+                training.train.texts(lang),
+                sorted(sites),
+                pooling=pooling,
+                on_tokens=on_tokens if counted else None,
+                tokenization=training.tokenization,
+                progress=training.progress,
+            )
             data |= {(site, lang): values for site, values in rows.items() if site in pooled.get((lang, pooling), ())}
     if group is not None and group.world > 1:  # each language was read whole by one rank: gathering is exact
         data = {key: value for part in group.gather(data) for key, value in part.items()}

@@ -1,8 +1,8 @@
 """``xlalign export control-vector`` and ``xlalign import control-vector``: argument parsing and the two jobs.
 
-    xlalign export control-vector out/shift/shift.deu.safetensors --out deu.gguf --strength 4 --layers 9
-    xlalign import control-vector repeng.gguf                        # what it holds, at which xlalign layers
-    xlalign import control-vector repeng.gguf --out cv.safetensors   # a ShiftVector for xlalign steer --artifact
+xlalign export control-vector out/shift/shift.deu.safetensors --out deu.gguf --strength 4 --layers 9
+xlalign import control-vector repeng.gguf                        # what it holds, at which xlalign layers
+xlalign import control-vector repeng.gguf --out cv.safetensors   # a ShiftVector for xlalign steer --artifact
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ def add_export_commands(subparsers) -> dict[str, argparse.ArgumentParser]:
     text = "write xlalign steering as a llama.cpp control vector (additive vectors only)"
     export = subparsers.add_parser("export", help=text, description=text)
     kinds = export.add_subparsers(dest="kind", required=True, metavar="KIND")
-    vector = kinds.add_parser("control-vector", help="a GGUF control vector for llama.cpp, its server and "
-                              "llama-cpp-python", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    vector.add_argument("artifact", nargs="+", type=Path, help="shift vector files (xlalign find shift); summed per layer")
+    vector = kinds.add_parser(
+        "control-vector",
+        help="a GGUF control vector for llama.cpp, its server and llama-cpp-python",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vector.add_argument(
+        "artifact", nargs="+", type=Path, help="shift vector files (xlalign find shift); summed per layer"
+    )
     vector.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
     vector.add_argument("--strength", type=finite, default=1.0, help="alpha, as xlalign steer (default: 1.0)")
-    vector.add_argument("--layers", type=ints,
-                        help="where to add, as xlalign steer: resid layers 2..L (default: the artifact's recommended)")
+    vector.add_argument(
+        "--layers",
+        type=ints,
+        help="where to add, as xlalign steer: resid layers 2..L (default: the artifact's recommended)",
+    )
     vector.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     text = "read a llama.cpp control vector (xlalign's, repeng's, llama.cpp's cvector-generator's, EasySteer's)"
@@ -49,26 +57,44 @@ def run_export_command(args: argparse.Namespace) -> str:
     from xlalign.export.gguf_file import read_control_vector
 
     if args.command == "export":
-        path = export_control_vector(args.artifact, args.out, strength=args.strength, layers=args.layers,
-                                     overwrite=args.overwrite)
+        path = export_control_vector(
+            args.artifact, args.out, strength=args.strength, layers=args.layers, overwrite=args.overwrite
+        )
         return f"wrote {path}: {summary(read_control_vector(path))}"
     vector = read_control_vector(args.file)
     if args.out is None:
         return f"{args.file}: {summary(vector)}"
-    path = save_as_artifact(vector, args.out, model=args.model, language=args.language, pivot=args.pivot,
-                            source=args.file, overwrite=args.overwrite)
+    path = save_as_artifact(
+        vector,
+        args.out,
+        model=args.model,
+        language=args.language,
+        pivot=args.pivot,
+        source=args.file,
+        overwrite=args.overwrite,
+    )
     return f"wrote {path}: {summary(vector)}"
 
 
 def summary(vector) -> str:
     """Where llama.cpp adds each direction, in both numberings, with its norm."""
-    parts = [f"direction.{block} -> resid.{block + 1} (norm {float(v.norm()):.4g})" for block, v in
-             sorted(vector.directions.items())]
+    parts = [
+        f"direction.{block} -> resid.{block + 1} (norm {float(v.norm()):.4g})"
+        for block, v in sorted(vector.directions.items())
+    ]
     return f"model hint {vector.model_hint or 'none'}; " + ", ".join(parts)
 
 
-def save_as_artifact(vector, out: Path, *, model="default", language: str = "unknown",
-                     pivot: str = "unknown", source: Path | str = "", overwrite: bool = False) -> Path:
+def save_as_artifact(
+    vector,
+    out: Path,
+    *,
+    model="default",
+    language: str = "unknown",
+    pivot: str = "unknown",
+    source: Path | str = "",
+    overwrite: bool = False,
+) -> Path:
     """Save ``vector`` as a ``resid`` :class:`~probes.artifacts.ShiftVector` made for ``model`` (checked to fit)."""
     from probes.artifacts import ShiftVector
     from probes.model import model_identity, resolve_model
@@ -78,6 +104,14 @@ def save_as_artifact(vector, out: Path, *, model="default", language: str = "unk
     check_fits(vector, network, where=str(source))
     plan = vector.plan()[0]
     params = {"source": str(source), "model_hint": vector.model_hint or "", "file_metadata": vector.metadata}
-    artifact = ShiftVector(dict(plan.vectors), "resid", pivot, language, "control-vector", params,
-                           model_identity(network), tuple(plan.layers))
+    artifact = ShiftVector(
+        dict(plan.vectors),
+        "resid",
+        pivot,
+        language,
+        "control-vector",
+        params,
+        model_identity(network),
+        tuple(plan.layers),
+    )
     return artifact.save(out, overwrite=overwrite)

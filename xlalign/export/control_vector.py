@@ -20,7 +20,7 @@ from xlalign.export.plan import LLAMA_ARCH, ControlVector, ControlVectorError, b
 
 
 def build_control_vector(
-    plan_or_artifacts, *, model=None, strength: float | None = None, layers: Sequence[int] | None = None,
+    plan_or_artifacts, *, model=None, strength: float | None = None, layers: Sequence[int] | None = None
 ) -> ControlVector:
     """The control vector a plan (interventions, ``(intervention, Schedule)`` pairs) or artifacts (objects or
     paths; ``strength`` and ``layers`` as ``xlalign steer``: default 1 and the recommended layers) amount to.
@@ -39,8 +39,13 @@ def build_control_vector(
 
 
 def export_control_vector(
-    plan_or_artifacts, path: str | os.PathLike, *, model=None, strength: float | None = None,
-    layers: Sequence[int] | None = None, overwrite: bool = False,
+    plan_or_artifacts,
+    path: str | os.PathLike,
+    *,
+    model=None,
+    strength: float | None = None,
+    layers: Sequence[int] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write what ``plan_or_artifacts`` adds as a llama.cpp control-vector GGUF file at ``path`` (see
     :func:`build_control_vector`); ``model`` (optional) checks the layers and widths against it and names it in
@@ -67,8 +72,11 @@ def check_fits(vector: ControlVector, model, *, where: str) -> None:
     width, n_layers = identity["hidden_size"], identity["n_layers"]
     for block, direction in sorted(vector.directions.items()):
         if block_of(block + 1, "resid", n_layers)[1] is not None:
-            raise ControlVectorError(f"{where}: direction.{block} is past the model's last block ({n_layers - 1}, "
-                                     "0-based); llama.cpp would skip it silently")
+            raise ControlVectorError(
+                f"{where}: direction.{block} is past the model's last block ({n_layers - 1}, "
+                "0-based); llama.cpp would skip it silently"
+            )
         if tuple(direction.shape) != (width,):
-            raise ControlVectorError(f"{where}: direction.{block} has {direction.numel()} values; the model's "
-                                     f"residual stream has {width}")
+            raise ControlVectorError(
+                f"{where}: direction.{block} has {direction.numel()} values; the model's residual stream has {width}"
+            )

@@ -75,10 +75,14 @@ def read_control_vector(path: str | os.PathLike) -> ControlVector:
             raise ControlVectorError(f"{path}: tensor {tensor.name!r} is not direction.N; llama.cpp refuses the file")
         block = int(match.group(1))
         if block == 0:
-            raise ControlVectorError(f"{path}: direction.0 (block 0's output) is never steered; llama.cpp refuses the file")
+            raise ControlVectorError(
+                f"{path}: direction.0 (block 0's output) is never steered; llama.cpp refuses the file"
+            )
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
-            raise ControlVectorError(f"{path}: {tensor.name} is {tensor.tensor_type.name} with shape "
-                                     f"{tuple(int(n) for n in tensor.shape)}; llama.cpp needs 1-D F32")
+            raise ControlVectorError(
+                f"{path}: {tensor.name} is {tensor.tensor_type.name} with shape "
+                f"{tuple(int(n) for n in tensor.shape)}; llama.cpp needs 1-D F32"
+            )
         directions[block] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
     widths = {tuple(vector.shape) for vector in directions.values()}
     if len(widths) > 1:
@@ -97,5 +101,9 @@ def load_metadata(vector: ControlVector, key: str):
 
 def provenance(sources: list[dict], models: list[dict]) -> dict:
     """The ``xlalign.*`` metadata an export writes: version, the convention, each item and the model."""
-    return {"xlalign.version": __version__, "xlalign.convention": CONVENTION, "xlalign.sources": sources,
-            "xlalign.model": models[0] if models else {}}
+    return {
+        "xlalign.version": __version__,
+        "xlalign.convention": CONVENTION,
+        "xlalign.sources": sources,
+        "xlalign.model": models[0] if models else {},
+    }

@@ -37,8 +37,9 @@ def _installed_version() -> str:
     try:
         return version("llama-cpp-python")
     except PackageNotFoundError:
-        raise ControlVectorError("llama-cpp-python is not installed: pip install llama-cpp-python (it builds "
-                                 "llama.cpp from source)") from None
+        raise ControlVectorError(
+            "llama-cpp-python is not installed: pip install llama-cpp-python (it builds llama.cpp from source)"
+        ) from None
 
 
 def llama_cpp_source() -> Path:
@@ -98,15 +99,27 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, out
     source = llama_cpp_source()
     out = Path(out)
     with atomic_path(out) as temporary:
-        done = subprocess.run([sys.executable, str(source / CONVERTER), str(model_dir), "--outfile", str(temporary),
-                               "--outtype", outtype], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(source / CONVERTER),
+                str(model_dir),
+                "--outfile",
+                str(temporary),
+                "--outtype",
+                outtype,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise ControlVectorError(f"{CONVERTER} {model_dir} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return out
 
 
-def apply_control_vector(llm, vector: ControlVector | str | os.PathLike, *, scale: float = 1.0,
-                         layer_range: tuple[int, int] | None = None) -> None:
+def apply_control_vector(
+    llm, vector: ControlVector | str | os.PathLike, *, scale: float = 1.0, layer_range: tuple[int, int] | None = None
+) -> None:
     """Steer ``llm`` (a ``llama_cpp.Llama``) with a control vector as ``llama-cli --control-vector-scaled FILE
     SCALE`` does: ``direction.N`` (N >= 1) goes to buffer row ``N-1``, which llama.cpp adds after block ``N``
     (0-based); any previous vector of ``llm`` is replaced.
@@ -121,8 +134,10 @@ def apply_control_vector(llm, vector: ControlVector | str | os.PathLike, *, scal
     data = np.zeros((n_layer - 1, n_embd), dtype=np.float32)
     for block, direction in vector.directions.items():
         if direction.numel() != n_embd or block >= n_layer:
-            raise ControlVectorError(f"direction.{block} ({direction.numel()} values) does not fit a model of "
-                                     f"{n_layer} blocks of width {n_embd}")
+            raise ControlVectorError(
+                f"direction.{block} ({direction.numel()} values) does not fit a model of "
+                f"{n_layer} blocks of width {n_embd}"
+            )
         data[block - 1] += scale * direction.numpy()
     start, end = layer_range or (1, n_layer)
     pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
@@ -137,4 +152,3 @@ def clear_control_vector(llm) -> None:
 
     llama_cpp.llama_set_adapter_cvec(llm.ctx, None, 0, llm.n_embd(), -1, -1)
     llm.reset()
-

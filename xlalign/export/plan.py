@@ -30,9 +30,22 @@ from steer.schedule import Schedule
 from probes.errors import XlalignError
 
 # xlalign model_type -> llama.cpp general.architecture (the model hint); others are written as they are.
-LLAMA_ARCH = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gemma2": "gemma2", "gemma": "gemma", "llama": "llama",
-              "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe",
-              "mixtral": "llama", "olmoe": "olmoe", "phi3": "phi3", "gpt2": "gpt2"}
+LLAMA_ARCH = {
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+    "gemma2": "gemma2",
+    "gemma": "gemma",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
+    "mixtral": "llama",
+    "olmoe": "olmoe",
+    "phi3": "phi3",
+    "gpt2": "gpt2",
+}
 
 
 class ControlVectorError(XlalignError):
@@ -65,8 +78,10 @@ def block_of(layer: int, component: str, n_layers: int | None) -> tuple[int | No
     if component == "hidden" and n_layers is None:
         return None, f"hidden.{layer} may be after the final norm: name the model, or steer resid.{layer}"
     if component == "hidden" and n_layers is not None and layer == n_layers:
-        return None, (f"hidden.{layer} is after the final norm; llama.cpp adds the last block's vector before it "
-                      f"(steer resid.{layer} instead)")
+        return None, (
+            f"hidden.{layer} is after the final norm; llama.cpp adds the last block's vector before it "
+            f"(steer resid.{layer} instead)"
+        )
     if layer == 0:
         return None, "layer 0 is the embeddings, which llama.cpp's control vectors never edit"
     if layer == 1:
@@ -81,8 +96,10 @@ def _why_not(intervention: object) -> str | None:
     name = type(intervention).__name__
     if isinstance(intervention, AddVector):
         if intervention.component not in ("resid", "hidden"):
-            return (f"it adds to {intervention.component!r}; llama.cpp adds control vectors only to the residual "
-                    "stream after a whole block (steer 'resid')")
+            return (
+                f"it adds to {intervention.component!r}; llama.cpp adds control vectors only to the residual "
+                "stream after a whole block (steer 'resid')"
+            )
         return None
     reasons = {
         "Ablate": "directional ablation depends on each activation (a projection), not a constant vector",
@@ -92,7 +109,8 @@ def _why_not(intervention: object) -> str | None:
         "ZeroNeurons": "it zeroes MLP neurons, not the residual stream",
         "HeadShift": "it edits attention heads before the output projection, not the residual stream",
         "Patch": "it writes recorded per-token values (activation patching, INCLINE): position-dependent",
-        "RouterBias": "it edits an MoE router's logits", "ForceExperts": "it edits an MoE router's logits",
+        "RouterBias": "it edits an MoE router's logits",
+        "ForceExperts": "it edits an MoE router's logits",
         "BanExperts": "it edits an MoE router's logits",
     }
     return reasons.get(name, f"a {name} is not a constant vector added to the residual stream")
@@ -100,17 +118,25 @@ def _why_not(intervention: object) -> str | None:
 
 def _why_not_schedule(schedule: Schedule) -> str | None:
     if schedule.only is not None:
-        return (f"it is gated on languages {list(schedule.only)}; llama.cpp steers every request whatever its "
-                "language (export it without the gate only if every request you send is in one of them)")
+        return (
+            f"it is gated on languages {list(schedule.only)}; llama.cpp steers every request whatever its "
+            "language (export it without the gate only if every request you send is in one of them)"
+        )
     if not isinstance(schedule.prefill, str) or schedule.prefill != "all" or schedule.decode != "all":
-        return (f"its schedule (prefill={schedule.prefill!r}, decode={schedule.decode!r}) is not every token; "
-                "llama.cpp adds a control vector at every prompt token and every decode step")
+        return (
+            f"its schedule (prefill={schedule.prefill!r}, decode={schedule.decode!r}) is not every token; "
+            "llama.cpp adds a control vector at every prompt token and every decode step"
+        )
     return None
 
 
 def _why_not_artifact(artifact: Artifact) -> str | None:
     if isinstance(artifact, ShiftVector):
-        return "a 'head' shift vector edits attention heads, not the residual stream" if artifact.component == "head" else None
+        return (
+            "a 'head' shift vector edits attention heads, not the residual stream"
+            if artifact.component == "head"
+            else None
+        )
     if isinstance(artifact, LinearMap):
         name = "an INCLINE map" if artifact.method == "incline" else f"a {artifact.method} map"
         return f"{name} transforms each activation linearly (and INCLINE patches the last prompt token only)"
@@ -162,7 +188,7 @@ def _add(found: Collected, where: str, item: object, n_layers: int | None) -> No
 
 
 def collect(
-    plan_or_artifacts: object, *, model=None, strength: float | None = None, layers: Sequence[int] | None = None,
+    plan_or_artifacts: object, *, model=None, strength: float | None = None, layers: Sequence[int] | None = None
 ) -> Collected:
     """Sum every exportable item of a plan, or of artifacts (objects or paths, steered as ``xlalign steer`` does:
     ``strength`` and ``layers``, default the recommended layers), by llama.cpp block; refusals are listed."""
@@ -175,8 +201,10 @@ def collect(
         if isinstance(item, (str, os.PathLike, Artifact)):
             _add_artifact(found, item, model, strength, layers)
         elif strength is not None or layers is not None:
-            found.problems.append(f"plan item {index}: strength and layers apply to artifacts; an intervention "
-                                  "carries its own alpha and layers")
+            found.problems.append(
+                f"plan item {index}: strength and layers apply to artifacts; an intervention "
+                "carries its own alpha and layers"
+            )
         else:
             _add(found, f"plan item {index}", item, n_layers)
     if not found.problems:
@@ -212,8 +240,10 @@ def _check_blocks(found: Collected) -> None:
     keys = ("model_type", "n_layers", "hidden_size")
     kinds = {tuple(model.get(key) for key in keys) for model in found.models if model}
     if len(kinds) > 1:
-        found.problems.append(f"the items were made on different models ({', '.join(map(str, sorted(kinds, key=str)))}); "
-                              "one control vector steers one model")
+        found.problems.append(
+            f"the items were made on different models ({', '.join(map(str, sorted(kinds, key=str)))}); "
+            "one control vector steers one model"
+        )
     widths = {tuple(vector.shape) for vector in found.sums.values()}
     width = next(iter(kinds))[2] if len(kinds) == 1 else None
     if len(widths) > 1 or (width is not None and widths and widths != {(width,)}):
