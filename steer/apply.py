@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from probes.capture.bundle import model_of
 from probes.artifacts import LanguageDetector
 from probes.capture import pool
 from probes.capture.context import tracking
@@ -195,5 +196,6 @@ class SteerHandle:
 def steer(model: nn.Module, plan: Plan, *, languages: Languages = None) -> SteerHandle:
     """Apply ``plan`` to ``model`` now; the returned handle removes it on :meth:`~SteerHandle.remove` or at the end
     of its ``with`` block, whatever happens. ``languages``: the language of each example (one code: all of them),
-    or a :class:`~probes.artifacts.LanguageDetector`, for items whose schedule has ``only=``."""
-    return SteerHandle(model, plan, languages=languages)
+    or a :class:`~probes.artifacts.LanguageDetector`, for items whose schedule has ``only=``. ``model`` may be a
+    :class:`~probes.capture.Bundle`."""
+    return SteerHandle(model_of(model), plan, languages=languages)

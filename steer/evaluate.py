@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis import PAIR_METRICS, OutputLanguage, bootstrap_ci
 from probes.artifacts import LanguageDetector
 from probes.capture import Tokenization, batches, capture, pooling_during
@@ -72,6 +73,7 @@ def _need_lm_head(model: nn.Module, what: str) -> None:
 LOGITS_PER_CALL = 2**26
 
 
+@takes_bundle
 def next_token_loss(
     model: nn.Module, tokenizer, texts: Sequence[str], *, tokenization: Tokenization = Tokenization()
 ) -> float:
@@ -126,6 +128,7 @@ def pooled_and_loss(
     return pooled, loss
 
 
+@takes_bundle
 def continuations(
     model: nn.Module,
     tokenizer,

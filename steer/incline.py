@@ -23,6 +23,7 @@ from typing import Sequence
 
 from torch import nn
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis import Activations
 from probes.artifacts import LinearMap, map_formula
 from probes.capture import Tokenization, capture, trace
@@ -39,6 +40,7 @@ from steer.interventions import InterventionError
 INCLINE_MODES = ("code", "interpolate")
 
 
+@takes_bundle
 def incline(
     model,
     tokenizer,
@@ -77,6 +79,7 @@ def incline(
     return Patch(values, fitted.component), Schedule(prefill="last", decode="none")
 
 
+@takes_bundle
 def fit_incline_maps(
     model: nn.Module,
     tokenizer,

@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor, nn
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis import bootstrap_ci
 from probes.capture import Batch, Tokenization, batches
 from probes.capture.context import batch_context, new_call
@@ -125,6 +126,7 @@ def on_source(plan: Sequence[PlanItem], mask: Tensor) -> list[PlanItem]:
     return out
 
 
+@takes_bundle
 def translate(
     model: nn.Module,
     tokenizer,

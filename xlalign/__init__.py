@@ -24,7 +24,7 @@ _MODULES = {
     "probes.capture.passes": "forward generate",
     "probes.capture.remote": "capture_remote",
     "steer.remote": "generate_remote",
-    "probes.capture": "Tokenization record trace watch Recording ForwardContext capture capture_corpus capture_to_store "
+    "probes.capture": "Bundle Tokenization record trace watch Recording ForwardContext capture capture_corpus capture_to_store "
     "ActivationStore NeuronStats collect_stats RouterTrace trace_router pool POOLINGS",
     "probes.analysis": "Activations measure mexa retrieval_top1 retrieval_top1_reverse retrieval_topk strong_alignment_map "
     "strong_alignment_ap matched_random_gap linear_cka neuron_overlap cosine_matrix bootstrap_ci ALL_METRICS "

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis import OutputLanguage
 from probes.capture import Tokenization
 from probes.data import ParallelCorpus
@@ -150,6 +151,7 @@ def best_setting(evaluation: pd.DataFrame, grid: Sequence[Setting]) -> Setting:
     return next(s for s in grid if (s.method, s.setting) == (best["method"], best["setting"]))
 
 
+@takes_bundle
 def evaluate_methods(
     model="default",
     tokenizer=None,

@@ -2,6 +2,7 @@
 streaming neuron statistics, MoE router traces, and the on-disk ActivationStore."""
 
 from probes.analysis.activations import NonFiniteError
+from probes.capture.bundle import Bundle, BundleError
 from probes.capture.context import ContextError, ForwardContext
 from probes.capture.pooled import capture, capture_batches, capture_corpus, pooling_during
 from probes.capture.pooling import POOLINGS, PoolingError, pool
@@ -12,6 +13,8 @@ from probes.capture.store import ActivationStore, StoreError, capture_to_store
 from probes.capture.tokenization import Batch, Tokenization, TokenizationError, batches
 
 __all__ = [
+    "Bundle",
+    "BundleError",
     "POOLINGS",
     "ActivationStore",
     "Batch",

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis.activations import Activations, NonFiniteError, non_finite
 from probes.capture.decoder import run_batches
 from probes.capture.pooling import check_pooling, pool
@@ -31,6 +32,7 @@ from probes.model.sites import Site
 TokenCallback = Callable[[Site, Float[Tensor, "n *shape"], Int[Tensor, " n"]], None]
 
 
+@takes_bundle
 def capture(
     model: nn.Module,
     tokenizer,
@@ -130,6 +132,7 @@ def naming(language: str) -> Iterator[None]:
         raise error.of(language) from None
 
 
+@takes_bundle
 def capture_corpus(
     model: nn.Module,
     tokenizer,

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from probes.capture.bundle import model_of, takes_bundle
 from probes.capture.context import ForwardContext, PassTracker, tracking
 from probes.capture.decoder import run_batches
 from probes.capture.pooling import check_pooling, pool
@@ -51,6 +52,7 @@ def watch(model: nn.Module, sites: Sequence[Site], on_activation: OnActivation) 
     ``tensor`` is ``(batch, tokens, *shape)`` (pads included: ``ctx.valid`` says which are real); the callback
     must not return anything. The hooks are removed on exit, also after an exception or KeyboardInterrupt.
     """
+    model = model_of(model)
     chosen = check_sites(sites)
     with tracking(model) as tracker, HookSet() as hooks:
         for site in chosen:
@@ -132,13 +134,16 @@ class Recording:
 
 @contextmanager
 def record(model: nn.Module, sites: Sequence[Site]) -> Iterator[Recording]:
-    """Keep every token ``model`` processes at ``sites`` while the block runs (forward passes or generate)."""
+    """Keep every token ``model`` (or a bundle's) processes at ``sites`` while the block runs (forward passes or
+    generate)."""
+    model = model_of(model)
     recording = Recording(sites)
     with tracking(model, recording._on_pass):
         with watch(model, recording.sites, lambda site, x, _ctx: recording._on_site(site, x)):
             yield recording
 
 
+@takes_bundle
 def trace(
     model: nn.Module,
     tokenizer,

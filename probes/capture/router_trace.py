@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from probes.capture.bundle import takes_bundle
 from probes.capture.context import ForwardContext, tracking
 from probes.capture.decoder import run_batches
 from probes.capture.progress import Progress
@@ -79,6 +80,7 @@ def _routed(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
     return routed if layers is None else sorted(set(layers))
 
 
+@takes_bundle
 def trace_router(
     model: nn.Module,
     tokenizer,

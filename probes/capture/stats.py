@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis.activations import NonFiniteError, non_finite
 from probes.capture.distributed import ranks
 from probes.capture.pooled import capture, naming
@@ -292,6 +293,7 @@ class NeuronStats:
         )
 
 
+@takes_bundle
 def collect_stats(
     model,
     tokenizer,

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from probes.capture.bundle import takes_bundle
 from probes import __version__
 from probes.analysis.activations import Activations, ActivationsError, NonFiniteError
 from probes.capture.distributed import ranks
@@ -203,6 +204,7 @@ def _validate(meta: dict, path: Path) -> None:
             raise bad(f"languages[{language!r}]", "has no positive sentence count n")
 
 
+@takes_bundle
 def capture_to_store(
     model,
     tokenizer,

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from probes.capture.bundle import takes_bundle
 from probes.analysis import Activations
 from probes.artifacts import LanguageDetector
 from probes.capture import NeuronStats, Tokenization, capture
@@ -60,6 +61,7 @@ def available_methods(model: nn.Module, methods: Sequence[str] | None = None) ->
     return [name for name in chosen if name not in missing]
 
 
+@takes_bundle
 def fit_methods(
     model: nn.Module,
     tokenizer,
