@@ -58,8 +58,14 @@ def test_a_bundle_gives_what_the_three_give():
         steered = xl.continuations(bundle, TEXTS[:2], max_new_tokens=3)
     with xl.steer(model, [vector]):
         assert steered == xl.continuations(model, tokenizer, TEXTS[:2], max_new_tokens=3, tokenization=TOKENIZATION)
-    with pytest.raises(ValueError, match="the bundle holds the tokenization"):
+    with pytest.raises(ValueError, match="the bundle holds the tokenizer and tokenization"):
         xl.capture_corpus(bundle, CORPUS, [SITE], tokenization=Tokenization())
+    by_keyword = xl.capture_corpus(model=bundle, corpus=CORPUS, sites=[SITE])  # the model as a keyword too
+    assert torch.equal(by_keyword.get(SITE, "deu"), expected.get(SITE, "deu"))
+    plain_keywords = xl.capture_corpus(
+        model=model, tokenizer=tokenizer, corpus=CORPUS, sites=[SITE], tokenization=TOKENIZATION
+    )
+    assert torch.equal(plain_keywords.get(SITE, "deu"), expected.get(SITE, "deu"))
 
 
 def test_a_job_takes_a_bundle_as_its_model(tmp_path):

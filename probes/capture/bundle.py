@@ -37,12 +37,18 @@ def takes_bundle(fn: Callable) -> Callable:
     """Let ``fn(model, tokenizer, ..., tokenization=)`` be called as ``fn(bundle, ...)``."""
 
     @functools.wraps(fn)
-    def call(first, *args, **kwargs):
+    def call(*args, **kwargs):
+        if args:
+            first, rest = args[0], args[1:]
+        elif "model" in kwargs:
+            first, rest = kwargs.pop("model"), ()
+        else:
+            return fn(**kwargs)
         if not isinstance(first, Bundle):
-            return fn(first, *args, **kwargs)
-        if "tokenization" in kwargs:
-            raise BundleError(f"{fn.__name__}: the bundle holds the tokenization; pass one or the other, not both")
-        return fn(first.model, first.tokenizer, *args, tokenization=first.tokenization, **kwargs)
+            return fn(first, *rest, **kwargs)
+        if "tokenization" in kwargs or "tokenizer" in kwargs:
+            raise BundleError(f"{fn.__name__}: the bundle holds the tokenizer and tokenization; pass one or the other")
+        return fn(first.model, first.tokenizer, *rest, tokenization=first.tokenization, **kwargs)
 
     return call
 
