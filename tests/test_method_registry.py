@@ -191,3 +191,10 @@ def test_a_misspelt_method_option_is_an_error_not_ignored():
     model, tokenizer = tiny("llama")
     with pytest.raises(ValueError, match=r"unknown options \['n_head'\]; the methods read .*n_heads"):
         fit_methods(model, tokenizer, CORPUS, languages=["deu"], methods=["claim"], n_head=3)
+
+
+def test_an_old_method_name_on_the_command_line_is_one_warning_line(tmp_path, capsys):
+    assert main(["find", "--method", "mean", *CLI, "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "xlalign find: warning: method 'mean' is now called 'shift'" in err and "return job(" not in err
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["shift.deu.safetensors"]

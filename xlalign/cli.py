@@ -185,12 +185,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _notes_as_lines(command: str) -> None:
-    """Show each :class:`~xlalign.errors.Notice` as one ``xlalign COMMAND: note: ...`` line on stderr."""
+    """Show each :class:`~xlalign.errors.Notice` as one ``xlalign COMMAND: note: ...`` line on stderr, and each
+    FutureWarning of xlalign (an old option or method name) as one ``... warning: ...`` line."""
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, Notice):
             print(f"xlalign {command}: note: {message}", file=sys.stderr)
+        elif issubclass(category, FutureWarning) and "xlalign" in str(filename):
+            print(f"xlalign {command}: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, filename, lineno, file, line)
 
