@@ -18,7 +18,7 @@ from probes import __version__
 _MODULES = {
     "probes.errors": "XlalignError",
     "probes.data": "ParallelCorpus CorpusError load_corpus demo_corpus read_tsv read_jsonl read_ntrex read_flores read_hf",
-    "probes.model": "load_model resolve_model random_model Site SiteError ArchTable Tap RouterTap register_architecture "
+    "probes.model": "Loading load_model resolve_model random_model Site SiteError ArchTable Tap RouterTap register_architecture "
     "validate_architecture model_identity n_layers n_heads site_shape router_layers unwrap transformer_bridge BACKENDS "
     "BackendError nnsight_model",
     "probes.capture.passes": "forward generate",
