@@ -22,6 +22,8 @@ REGISTRY = {
 RENAMED = {"heads": "claim", "mean": "shift"}
 # The kinds of artifact `xlalign find` writes, each with the method it uses when --method is not given.
 FIND_KINDS = {"neurons": "lape", "shift": "shift", "map": "incline", "eraser": "erase"}
+# CLAIM: heads kept per language (the closed loop and `xlalign find` alike).
+CLAIM_HEADS = 8
 # INCLINE's released scripts sweep sigma over -1..1 by 0.1; the closed loop runs two of them by default.
 SIGMAS = tuple(round(0.1 * step, 1) for step in range(-10, 11))
 INCLINE_SIGMAS = (-0.5, 0.5)

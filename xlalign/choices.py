@@ -1,13 +1,10 @@
-"""The names ``xlalign find`` offers, in a module that imports nothing heavy (the command line lists them
-without loading torch): each kind of finding with its methods (the first is the default), and the default
-number of units (``ap``) or heads (``claim``) kept."""
+"""Defaults of the command line, in a module that imports nothing heavy (the command line lists them without
+loading torch): the units (``ap``) or heads (``claim``) ``xlalign find`` keeps, and the closed loop's evaluation
+sizes."""
 
-FIND_METHODS = {
-    "neurons": ("lape", "ap"),
-    "shift": ("mean", "pca", "logistic", "claim"),
-    "map": ("incline", "procrustes"),
-}
-DEFAULT_K = {"ap": 1000, "claim": 8}
+from steer.choices import CLAIM_HEADS
+
+DEFAULT_K = {"ap": 1000, "claim": CLAIM_HEADS}
 # The closed loop's evaluation sizes: held-out texts per language for the loss, prompts for output fidelity.
 LOSS_SENTENCES = 32
 PROMPTS = 8

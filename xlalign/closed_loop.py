@@ -17,15 +17,15 @@ from probes.capture import Tokenization, capture_to_store
 from probes.capture.distributed import alone, ranks
 from probes.data import ParallelCorpus
 from probes.data.files import write_text
-from probes.model import Loading, Site, has_lm_head, model_identity, n_layers, router_layers
+from probes.model import Loading, Site, model_identity, n_layers, router_layers
 from probes.plots import alignment_per_layer, divergence_heatmap, langid_per_layer, usage_heatmap
 from steer.choices import INCLINE_SIGMAS
 from xlalign.choices import LOSS_SENTENCES, PROMPTS
 from xlalign.errors import JobError
 from xlalign.loading import takes_loading
-from xlalign.jobs import job_bar, open_corpus, open_model
+from xlalign.jobs import job_bar
+from xlalign.loop import open_loop
 from xlalign.loop_files import closed_loop
-from xlalign.loop_options import corpus_language, loop_options
 from xlalign.outdir import ResultDir
 from xlalign.presets import takes_preset
 from xlalign.report import alignment_section, header, language_specific_section, routing_section, save_figure
@@ -66,12 +66,7 @@ def _start(
     """Check every input (corpus, pivot, model, ``options``), then claim ``out`` (nothing is written before all
     are good). Returns ``(result directory, corpus, pivot, model, tokenizer, complete)``: ``complete`` when
     ``out`` already holds this job with the same inputs, finished."""
-    parallel = open_corpus(corpus)
-    pivot = corpus_language(pivot, parallel, "pivot")
-    network, tokenizer = open_model(model, tokenizer, loading)
-    if not has_lm_head(network):
-        raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
-    options = loop_options(network, parallel, pivot, **options)
+    parallel, pivot, network, tokenizer, options = open_loop(model, tokenizer, corpus, pivot, loading, **options)
     settings = {
         **options,
         "pivot": pivot,

@@ -14,7 +14,7 @@ from probes.capture.bundle import takes_bundle
 from probes.analysis import OutputLanguage
 from probes.capture import Tokenization
 from probes.data import ParallelCorpus
-from probes.model import has_lm_head
+from probes.model import Loading, has_lm_head
 from steer.apply import steer
 from steer.choices import INCLINE_SIGMAS
 from steer.evaluate import Setting, continuations, evaluate as evaluate_settings, gated_by_detection
@@ -49,6 +49,18 @@ class LoopResult(Fitted):
     def best(self) -> pd.DataFrame:
         """Each setting's summary: mean MEXA gain, loss change, fidelity and the goal check (best first)."""
         return best_settings(self.evaluation).sort_values("gain", ascending=False)
+
+
+def open_loop(model, tokenizer, corpus, pivot: str, loading: Loading = Loading(), **options):
+    """Every input of the closed loop checked before any work: the corpus, the pivot (in it), the model (with an
+    LM head) and ``options`` (:func:`xlalign.loop_options.loop_options`). Returns ``(corpus, pivot, model,
+    tokenizer, options)``."""
+    parallel = open_corpus(corpus)
+    pivot = corpus_language(pivot, parallel, "pivot")
+    network, tokenizer = open_model(model, tokenizer, loading)
+    if not has_lm_head(network):
+        raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
+    return parallel, pivot, network, tokenizer, loop_options(network, parallel, pivot, **options)
 
 
 def fit_loop(
@@ -175,14 +187,10 @@ def evaluate_methods(
     """The closed loop of ``xlalign evaluate`` in memory, nothing written: fit ``methods`` (default: those that
     apply) on a document split of ``corpus``, evaluate each setting for ``languages`` (default: every non-pivot
     language) on the held-out split, alignment pooled with ``pooling``; returns the tables."""
-    parallel = open_corpus(corpus)
-    pivot = corpus_language(pivot, parallel, "pivot")
-    network, tokenizer = open_model(model, tokenizer)
-    if not has_lm_head(network):
-        raise JobError(f"{type(network).__name__} has no LM head: the closed loop measures loss and generates")
-    options = loop_options(
-        network,
-        parallel,
+    parallel, pivot, network, tokenizer, options = open_loop(
+        model,
+        tokenizer,
+        corpus,
         pivot,
         methods=methods,
         test_fraction=test_fraction,

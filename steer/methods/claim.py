@@ -5,16 +5,15 @@ chooses others (``xlalign find`` probes every layer). ``n_heads``: heads kept (d
 from __future__ import annotations
 
 from probes.find import HeadProbe
+from steer.choices import CLAIM_HEADS
 from steer.convert import head_shift
 from steer.evaluate import Setting
 from steer.methods.record import Grid, Method, Need, Training
 from steer.schedule import gated
 
-N_HEADS = 8
-
 
 def fit(training: Training) -> dict:
-    k = training.option("n_heads", N_HEADS)
+    k = training.option("n_heads", CLAIM_HEADS)
     return {
         lang: HeadProbe().fit(training.acts, lang, pivot=training.pivot).shift_vector(k) for lang in training.languages
     }

@@ -96,7 +96,8 @@ def fit_methods(
         )
     training = Training(model, tokenizer, train, list(languages), pivot, tokenization, options, progress)
     needs = [need for record in records for need in record.needs(training)]
-    if detect or any(record.profile for record in records):
+    profiled = detect or any(record.profile for record in records)
+    if profiled:  # the alignment profile reads pooled resid
         needs.append(Need("resid", training.every_layer))
     found = Findings(n_layers(model))
     with progress_bar(progress, "fit") as bar:
@@ -105,7 +106,7 @@ def fit_methods(
         for record in records:
             bar.set_description(f"fit: {record.name}")
             found.by_method[record.name] = record.fit(training)
-    if detect or any(record.profile for record in records):
+    if profiled:
         found.profile = training.profile
     if detect:
         below = range(1, max(2, profile_layers(found.profile)[0]))
@@ -125,16 +126,16 @@ def _shared_pass(training: Training, needs: Sequence[Need], split: bool) -> None
     identity = model_identity(training.model)
     stats = {need.component: NeuronStats(bins=0) for need in needs if need.tokens}
     data: dict[tuple[Site, str], torch.Tensor] = {}
-    poolings = {pooling for _, pooling in pooled} or {"mean"}
+    poolings = sorted({pooling for _, pooling in pooled} or {"mean"})  # per-token sites ride on the first
     order = list(dict.fromkeys([*training.everyone, *(lang for lang, _ in pooled), *streamed]))
     group = ranks() if split else None
     for lang in group.mine(order) if group is not None else order:
-        for pooling in sorted(poolings):
-            sites = pooled.get((lang, pooling), set()) | (streamed[lang] if pooling == min(poolings) else set())
+        for pooling in poolings:
+            counted = streamed[lang] if pooling == poolings[0] else set()
+            sites = pooled.get((lang, pooling), set()) | counted
             if not sites:
                 continue
             training.progress.set_description(f"fit: capture {lang}")
-            counted = streamed[lang] if pooling == min(poolings) else set()
 
             def on_tokens(site: Site, values: torch.Tensor, _rows, lang=lang, counted=counted) -> None:
                 if site in counted:
@@ -160,5 +161,5 @@ def _shared_pass(training: Training, needs: Sequence[Need], split: bool) -> None
         part_stats.model = identity
     training.tokens = stats
     if data:
-        pooling = poolings.pop() if len(poolings) == 1 else None
+        pooling = poolings[0] if len(poolings) == 1 else None
         training.acts = Activations(data, model=identity, pooling=pooling, ids=training.train.ids)
