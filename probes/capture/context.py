@@ -14,6 +14,7 @@ marks the generate call; it is removed when the last one closes.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import itertools
 import weakref
@@ -211,6 +212,14 @@ def generating(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         _GENERATION.reset(token)
+
+
+def generation_context(model: nn.Module) -> contextvars.Context:
+    """A copy of the caller's context in which ``model``'s forward passes are one generation, as inside
+    :func:`generating` (for hooks a backend runs elsewhere, in a context it is given: nnsight's trace bodies)."""
+    context = contextvars.copy_context()
+    context.run(_GENERATION.set, _Generation(model, new_call()))
+    return context
 
 
 def _marking_generate(model: nn.Module, generate: Callable) -> Callable:

@@ -12,10 +12,9 @@ from probes.capture.context import batch_context, new_call
 from probes.capture.passes import decoder_forward
 from probes.capture.progress import Progress, add_steps, progress_bar
 from probes.capture.tokenization import Batch
-from probes.model.architectures import blocks, decoder, n_layers
+from probes.model.architectures import decoder
+from probes.model.backend import backend_of
 from probes.model.hooks import HookSet, StopForward
-from probes.model.sites import Site
-from probes.model.tl import hook_point, is_bridged
 
 
 def _stop(*_) -> None:
@@ -23,16 +22,13 @@ def _stop(*_) -> None:
 
 
 def add_early_exit(hooks: HookSet, model: nn.Module, layer: int) -> None:
-    """Stop the forward pass once block ``layer`` ran (0: before block 1), after every read there; after the
-    last block only the final norm is left (read by ``hidden`` sites), so the pass runs to the end."""
-    if layer >= n_layers(model):
-        return
-    if layer == 0 and is_bridged(model):  # layer 0 is read inside block 1, at the bridge's hook point
-        hooks.add(hook_point(model, Site(0, "resid")), "output", _stop, stage="stop", raw=True, name="early exit")
-    elif layer == 0:
-        hooks.add(blocks(model)[0], "input", _stop, stage="stop", raw=True, name="early exit")
-    else:
-        hooks.add(blocks(model)[layer - 1], "output", _stop, stage="stop", raw=True, name="early exit")
+    """Stop the forward pass once block ``layer`` ran (0: before block 1), after every read there, at the point
+    the model's backend names; after the last block only the final norm is left (read by ``hidden`` sites), so
+    the pass runs to the end."""
+    point = backend_of(model).early_exit_point(model, layer)
+    if point is not None:
+        module, side = point
+        hooks.add(module, side, _stop, stage="stop", raw=True, name="early exit")
 
 
 def run_batches(

@@ -21,10 +21,19 @@ from probes.model.architectures import (
     unwrap,
     width,
 )
+from probes.model.backend import (
+    BACKENDS,
+    BACKENDS_BY_NAME,
+    Backend,
+    backend_names,
+    backend_of,
+    register_backend,
+    unregister_backend,
+)
 from probes.model.envoys import hosted_model, is_nnsight, nnsight_model
 from probes.model.hooks import HookSet, StopForward
 from probes.model.identity import identity_mismatches, model_identity
-from probes.model.loading import BACKENDS, DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
+from probes.model.loading import DEFAULT_MODEL_NAME, cache_dir, has_lm_head, load_model, resolve_model
 from probes.model.options import Loading
 from probes.model.moe import ROUTER_CHANNELS, RULES, Routing
 from probes.model.sites import COMPONENTS, LINEAR_COMPONENTS, BackendError, Site, SiteError
@@ -36,6 +45,8 @@ __all__ = [
     "ARCHITECTURES",
     "ArchTable",
     "BACKENDS",
+    "BACKENDS_BY_NAME",
+    "Backend",
     "BRIDGE_HOOKS",
     "BackendError",
     "COMPONENTS",
@@ -56,6 +67,8 @@ __all__ = [
     "StopForward",
     "Tap",
     "arch_table",
+    "backend_names",
+    "backend_of",
     "blocks",
     "cache_dir",
     "decoder",
@@ -78,10 +91,12 @@ __all__ = [
     "random_model",
     "read_site",
     "register_architecture",
+    "register_backend",
     "resolve_model",
     "router_layers",
     "site_shape",
     "transformer_bridge",
+    "unregister_backend",
     "unwrap",
     "validate_architecture",
     "width",

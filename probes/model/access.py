@@ -4,8 +4,8 @@
 see the per-token layout of :func:`probes.model.architectures.site_shape`: ``(batch, tokens, *shape)``, so
 ``head`` sites arrive as ``(batch, tokens, heads, head_dim)``; a ``router`` site is read as the
 ``(batch, tokens, 3, experts)`` routing view and edited as ``(batch, tokens, experts)`` logits before top-k.
-In a model inside a TransformerLens bridge every site is the output of the bridge's hook point
-(:mod:`probes.model.tl`).
+Where a site is, is the model's backend's answer (:func:`probes.model.backend.backend_of`): in a model inside a
+TransformerLens bridge every site is the output of the bridge's hook point (:mod:`probes.model.tl`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Callable
 from einops import rearrange
 from torch import Tensor, nn
 
-from probes.model.architectures import RouterPoint, locate, n_heads
+from probes.model.architectures import RouterPoint, n_heads
+from probes.model.backend import backend_of
 from probes.model.hooks import HookSet
 from probes.model.moe import edit_router, observe_router
 from probes.model.sites import Site
-from probes.model.tl import bridge_router, hook_point, is_bridged
 
 
 def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tensor], Tensor | None]:
@@ -31,11 +31,10 @@ def _heads(fn: Callable[[Tensor], Tensor | None], heads: int) -> Callable[[Tenso
 
 
 def site_location(model: nn.Module, site: Site) -> tuple[nn.Module, str] | RouterPoint:
-    """Where ``site`` is read and written: :func:`probes.model.architectures.locate`, or in a bridged model the
-    bridge's hook point (its output) or, for a router, :func:`probes.model.tl.bridge_router`."""
-    if not is_bridged(model):
-        return locate(model, site)
-    return bridge_router(model, site) if site.component == "router" else (hook_point(model, site), "output")
+    """Where ``site`` is read and written, as the model's backend says (:mod:`probes.model.backend`):
+    :func:`probes.model.architectures.locate`, or in a bridged model the bridge's hook point (its output) or, for a
+    router, :func:`probes.model.tl.bridge_router`."""
+    return backend_of(model).site_location(model, site)
 
 
 def read_site(hooks: HookSet, model: nn.Module, site: Site, fn: Callable[[Tensor], None]) -> None:

@@ -17,11 +17,10 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from probes.choices import BACKENDS, DEVICE_MAPS, DEVICES, DTYPES
+from probes.choices import DEVICE_MAPS, DEVICES, DTYPES
 from probes.model.architectures import BUILTIN, arch_table, model_type, unwrap
+from probes.model.backend import BACKENDS_BY_NAME, HF, backend_names
 from probes.model.tiny import ModelError, random_model
-from probes.model.envoys import is_nnsight, nnsight_model
-from probes.model.tl import is_bridged, transformer_bridge
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +102,7 @@ def load_model(
     torch_dtype = pick_dtype(dtype, device)
     spec = str(spec)
     if spec == "default":
-        model, tokenizer = _load_pretrained(_default_model_dir(), torch_dtype)
+        model, tokenizer = _load_pretrained(default_model_dir(), torch_dtype)
         model.config.name_or_path = DEFAULT_MODEL_NAME
     elif spec.startswith("random:"):
         model, tokenizer = random_model(spec.removeprefix("random:"), dtype=torch_dtype)
@@ -152,10 +151,11 @@ def resolve_model(
     one; a registered family is checked against the model's own hidden states once per object.
     ``backend="tl"`` runs the model inside a TransformerBridge (:mod:`probes.model.tl`), ``backend="nnsight"``
     inside nnsight's TransformersModel (:mod:`probes.model.envoys`); a model object the user holds is copied
-    first. A bridge or an nnsight model the user passes is always run through its own backend.
+    first. A bridge or an nnsight model the user passes is always run through its own backend. Each name is a
+    :class:`probes.model.backend.Backend` whose ``wrap`` does this (``register_backend`` adds one).
     """
-    if backend not in BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in backend_names():
+        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(backend_names())}")
     if isinstance(model, (str, os.PathLike)):
         loaded = load_model(model, dtype=dtype, device=device, device_map=device_map)
         return _through(backend, *loaded, copy_model=False)
@@ -176,11 +176,9 @@ def resolve_model(
 
 
 def _through(backend: str, model, tokenizer, *, copy_model: bool):
-    if backend == "tl" and not is_bridged(model):
-        return transformer_bridge(model, tokenizer, copy_model=copy_model), tokenizer
-    if backend == "nnsight" and not is_nnsight(model):
-        return nnsight_model(model, tokenizer, copy_model=copy_model), tokenizer
-    return model, tokenizer
+    # A name probes.choices.BACKENDS lists without a Backend here (an engine that runs the model elsewhere, not as
+    # torch modules) gets the model as it is, as hf does: that engine takes it from there.
+    return BACKENDS_BY_NAME.get(backend, HF).wrap(model, tokenizer, copy_model=copy_model), tokenizer
 
 
 def has_lm_head(model) -> bool:
@@ -212,7 +210,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def _default_model_dir() -> Path:
+def default_model_dir() -> Path:
     """The embedded Gemma 3 270M as a safetensors directory, converted once and cached."""
     target = cache_dir() / "gemma-3-270m"
     _remove_abandoned_conversions(target.parent)

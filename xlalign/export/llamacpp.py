@@ -93,9 +93,9 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *, out
     """Convert a transformers checkpoint directory (``"default"``: the embedded model's dequantised cache) to GGUF
     with llama.cpp's converter, atomically."""
     if str(model_dir) == "default":
-        from probes.model.loading import _default_model_dir
+        from probes.model.loading import default_model_dir
 
-        model_dir = _default_model_dir()
+        model_dir = default_model_dir()
     source = llama_cpp_source()
     out = Path(out)
     with atomic_path(out) as temporary:
