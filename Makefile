@@ -13,6 +13,12 @@ LLAMA_CPP := llama_cpp_python-0.3.36
 LLAMA_CACHE := $(or $(XLALIGN_CACHE),$(HOME)/.cache/xlalign)
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
+# vLLM's CPU build (the vLLM engine's tests) needs transformers < 5.20 while TransformerLens needs 5.23 here: it gets
+# its own environment, from its own lock (torchvision, torchaudio and torchcodec left out: their wheels do not match
+# the CPU torch). xlalign is installed into it without dependencies, as in the main one.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
 .PHONY: demo test lint bench notebooks figures clean
 
 $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt pyproject.toml
@@ -35,6 +41,18 @@ $(STAMP): Makefile requirements.lock requirements-nodeps.lock constraints.txt py
 	$(BIN)/pip install -q --no-deps $(LLAMA_CACHE)/wheels/$(LLAMA_CPP)-*.whl
 	touch $(STAMP)
 
+$(VLLM_STAMP): Makefile requirements-vllm.lock pyproject.toml $(STAMP)
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	if [ -x $(BIN)/uv ]; then \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(VLLM_VENV)/bin/python $(FIND_LINKS) --no-deps -r requirements-vllm.lock && \
+		$(BIN)/uv pip install -q --python $(VLLM_VENV)/bin/python --no-deps -e . ; \
+	else \
+		$(VLLM_VENV)/bin/pip install -q $(FIND_LINKS) --no-deps -r requirements-vllm.lock && \
+		$(VLLM_VENV)/bin/pip install -q --no-deps -e . ; \
+	fi
+	touch $(VLLM_STAMP)
+
 # The demo's evaluation is reduced to fit about 3 minutes on a 2-core CPU (bfloat16 where the CPU computes it
 # natively; the report says how to run the full one).
 demo: $(STAMP)
@@ -51,8 +69,9 @@ figures: $(STAMP)
 	$(BIN)/python -m scripts.figures.lape_ablation
 	$(BIN)/python -m scripts.figures.moe_routing
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
+	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
 
 # ruff, configured in pyproject.toml (CI runs it before the tests).
 lint: $(STAMP)
@@ -70,4 +89,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.capture_memory
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(VLLM_VENV) out

@@ -44,6 +44,8 @@ _MODULES = {
     "xlalign.loop": "evaluate_methods LoopResult",
     "xlalign.finding": "find",
     "steer.methods": "Method Need register fit_methods",
+    "steer.vllm": "vllm_engine VLLMEngine",
+    "steer.errors": "EngineError",
     "xlalign.export": "export_control_vector import_control_vector read_control_vector ControlVectorError",
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}

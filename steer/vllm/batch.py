@@ -1,0 +1,92 @@
+"""The requests of vLLM's running batch, as xlalign sees a forward pass: each request's slice of the flattened
+``(num_tokens, ...)`` tensors and its :class:`~probes.capture.context.ForwardContext` (one row: that request).
+
+vLLM runs every scheduled request in one pass with their tokens concatenated; the attention metadata's
+``query_start_loc`` gives each request's slice in the model runner's request order. A request's token ``j``
+of this pass sits at position ``num_computed_tokens + j`` of its own sequence (prompt, then generated tokens),
+so positions, decode steps and the prompt length mean exactly what they mean for one unpadded example in the
+``hf`` backend, whatever was batched beside it, chunked or served from the prefix cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from probes.capture.context import ForwardContext
+
+# SamplingParams.extra_args[KEY] = {"plan": name or None, "language": code or None, "capture": tag or None,
+# "index": the request's index in its capture}
+KEY = "xlalign"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the pass: its slice ``[start, stop)`` of the flattened tokens and what it asked for."""
+
+    start: int
+    stop: int
+    plan: str | None
+    language: str | None
+    capture: str | None
+    index: int
+    context: ForwardContext
+
+
+def request_context(computed: int, tokens: int, prompt_length: int) -> ForwardContext:
+    """The context of ``tokens`` new tokens of one request after ``computed`` already in its KV cache."""
+    position = torch.arange(computed, computed + tokens)[None]
+    valid = torch.ones(1, tokens, dtype=torch.bool)
+    return ForwardContext(
+        valid=valid,
+        position=position,
+        prompt_length=torch.tensor([prompt_length]),
+        decode_step=(position - prompt_length + 1).clamp(min=0),
+        prompt_mask=torch.ones(1, prompt_length, dtype=torch.bool),
+        columns=position[0],
+        example=torch.zeros(1, dtype=torch.long),
+        counted=valid,
+        input_ids=None,
+        call=0,
+        first_new=computed,
+    )
+
+
+def xlalign_requests(runner: Any) -> list[Request]:
+    """The requests of the current forward pass that name an xlalign plan or capture (empty outside a model pass)."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return []
+    metadata = get_forward_context().attn_metadata
+    if isinstance(metadata, list):
+        metadata = metadata[0] if metadata else None
+    if not metadata:
+        return []
+    starts = next((m.query_start_loc for m in metadata.values() if hasattr(m, "query_start_loc")), None)
+    if starts is None:
+        return []
+    starts = starts.tolist()
+    batch = runner.input_batch
+    found = []
+    for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
+        state = runner.requests.get(request_id)
+        asked = (state.sampling_params.extra_args or {}).get(KEY) if state and state.sampling_params else None
+        if not asked:
+            continue
+        start, stop = starts[row], starts[row + 1]
+        context = request_context(state.num_computed_tokens, stop - start, len(state.prompt_token_ids))
+        found.append(
+            Request(
+                start,
+                stop,
+                asked.get("plan"),
+                asked.get("language"),
+                asked.get("capture"),
+                asked.get("index", 0),
+                context,
+            )
+        )
+    return found

@@ -1,0 +1,172 @@
+"""Steered generation inside vLLM equals the ``hf`` backend's, request by request, in mixed continuous batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import hf_tokens
+from steer.errors import EngineError
+from steer.interventions import Ablate, AddVector, ApplyMap, HeadShift, SetNeurons, ZeroNeurons
+from steer.patch import Patch
+from steer.router import BanExperts, ForceExperts, RouterBias
+from steer.schedule import Schedule
+
+TEXTS = ["Hello world, this is", "Das ist ein Test von", "xyz abc", "La maison est"]
+STEPS = 8
+
+
+def plans_for(family: str) -> dict:
+    """Every intervention the engine runs, at sites this family has, under several schedules."""
+    g = torch.Generator().manual_seed(1)
+    d = 128
+    plans = {
+        "add": AddVector({2: torch.randn(d, generator=g) * 4}),
+        "add_prefill_only": (
+            AddVector({1: torch.randn(d, generator=g) * 4, 3: torch.randn(d, generator=g) * 4}),
+            Schedule(decode="none"),
+        ),
+        "add_decode_only": (AddVector({2: torch.randn(d, generator=g) * 4}), Schedule(prefill="none", decode=(2, 5))),
+        "add_last_token": (AddVector({2: torch.randn(d, generator=g) * 6}), Schedule(prefill="last", decode=2)),
+        "add_span": (AddVector({3: torch.randn(d, generator=g) * 6}), Schedule(prefill=(-2, None))),
+        "embeddings": AddVector({0: torch.randn(d, generator=g) * 4}),
+        "ablate": Ablate({2: torch.randn(3, d, generator=g)}, means={2: torch.randn(d, generator=g)}),
+        "map": ApplyMap({2: torch.randn(d, d, generator=g) * 0.2}, sigma=0.7, target_mean={2: torch.randn(d)}),
+        "two_edits_one_site": [
+            AddVector({2: torch.randn(d, generator=g) * 3}),
+            Ablate({2: torch.randn(d, generator=g)}),
+        ],
+        "heads": HeadShift({2: torch.tensor([0, 3])}, {2: torch.randn(2, 32, generator=g) * 5}),
+    }
+    if family == "mixtral":
+        plans["router_bias"] = RouterBias({1: [2, 5], 3: [0]}, delta=3.0)
+        plans["force_ban"] = [ForceExperts({2: [1, 6]}), (BanExperts({1: [0, 1, 2, 3]}), Schedule(prefill="last"))]
+    else:
+        plans["set_neurons"] = SetNeurons({2: torch.tensor([1, 5, 9])}, {2: torch.tensor([3.0, -4.0, 5.0])})
+        plans["zero_gate"] = ZeroNeurons({2: torch.arange(0, 128, 2)})  # LAPE's deactivation, on mlp_gate
+    return plans
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral"])
+def test_steered_tokens_equal_hf_for_every_intervention_and_schedule(family, checkpoints, engines):
+    _, model, tokenizer = checkpoints[family]
+    engine = engines(family)
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+    plans = plans_for(family)
+    for name, plan in plans.items():
+        engine.install(plan, name)
+    plain = engine.generate(prompts, max_tokens=STEPS)
+    assert plain == [hf_tokens(model, ids, None, STEPS) for ids in prompts]
+    for name, plan in plans.items():
+        got = engine.generate(prompts, plans=name, max_tokens=STEPS)
+        assert got == [hf_tokens(model, ids, plan, STEPS) for ids in prompts], name
+        assert got != plain, f"{name} changed nothing: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_a_mixed_batch_gives_each_request_what_it_gets_alone(family, checkpoints, engines):
+    _, model, tokenizer = checkpoints[family]
+    engine = engines(family)
+    plans = plans_for(family)
+    engine.install(plans["add"], "add")
+    engine.install(plans["ablate"], "ablate")
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+    chosen = ["add", None, "ablate", "add"]
+    together = engine.generate(prompts, plans=chosen, max_tokens=STEPS)
+    alone = [engine.generate([ids], plans=name, max_tokens=STEPS)[0] for ids, name in zip(prompts, chosen)]
+    assert together == alone
+    assert together == [hf_tokens(model, ids, plans.get(name), STEPS) for ids, name in zip(prompts, chosen)]
+    assert len({tuple(tokens) for tokens in together[:3]}) == 3
+
+
+def test_language_gating_reads_each_requests_language(checkpoints, engines):
+    _, model, tokenizer = checkpoints["llama"]
+    engine = engines("llama")
+    vector = AddVector({2: torch.randn(128, generator=torch.Generator().manual_seed(3)) * 5})
+    gated = (vector, Schedule(only=("deu",)))
+    engine.install(gated, "deu_only")
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS[:2]]
+    got = engine.generate(prompts, plans="deu_only", languages=["fra", "deu"], max_tokens=STEPS)
+    assert got[0] == hf_tokens(model, prompts[0], None, STEPS)
+    assert got[1] == hf_tokens(model, prompts[1], gated, STEPS, languages="deu")
+    assert got[1] != hf_tokens(model, prompts[1], None, STEPS)
+    with pytest.raises(EngineError, match="gated by language"):
+        engine.generate(prompts, plans="deu_only", max_tokens=STEPS)
+
+
+def test_prefix_cache_never_serves_a_steered_request_unsteered_kv(checkpoints):
+    from steer.vllm import vllm_engine
+    from conftest import ENGINE_ARGS
+
+    path, model, tokenizer = checkpoints["llama"]
+    engine = vllm_engine(path, enable_prefix_caching=True, **ENGINE_ARGS)
+    try:
+        long_prompt = tokenizer(" ".join(TEXTS * 40))["input_ids"][:400]  # several KV blocks
+        plan = AddVector({1: torch.randn(128, generator=torch.Generator().manual_seed(4)) * 5})
+        engine.install(plan, "add")
+        first = engine.generate([long_prompt], max_tokens=STEPS)  # fills the cache, unsteered
+        requests, params = engine.requests([long_prompt, long_prompt], plans=[None, "add"], max_tokens=STEPS)
+        outputs = engine.llm.generate(requests, params, use_tqdm=False)
+        assert outputs[0].num_cached_tokens > 0  # the cache is on and serves the unsteered prompt
+        assert outputs[1].num_cached_tokens == 0  # but not the steered one
+        assert list(outputs[0].outputs[0].token_ids) == first[0]
+        assert list(outputs[1].outputs[0].token_ids) == hf_tokens(model, long_prompt, plan, STEPS)
+    finally:
+        engine.shutdown()
+
+
+def test_what_the_engine_cannot_run_is_refused_before_generating(checkpoints, engines):
+    engine = engines("llama")
+    with pytest.raises(EngineError, match="Patch cannot run inside vLLM"):
+        engine.install(Patch({2: [torch.zeros(3, 128)]}), "patch")
+    with pytest.raises(EngineError, match="prefill token mask"):
+        engine.install((AddVector({2: torch.zeros(128)}), Schedule(prefill=torch.ones(1, 3, dtype=torch.bool))))
+    with pytest.raises(EngineError, match="attn_out"):
+        engine.install(AddVector({2: torch.zeros(128)}, component="attn_out"), "attn")
+    with pytest.raises(EngineError, match="shape"):
+        engine.install(AddVector({2: torch.zeros(64)}), "narrow")
+    with pytest.raises(EngineError, match="only as ZeroNeurons"):
+        engine.install(SetNeurons({2: torch.tensor([1])}, {2: torch.tensor([1.0])}, component="mlp_gate"), "gate")
+    with pytest.raises(EngineError, match="not installed"):
+        engine.generate([[1, 2, 3]], plans="attn", max_tokens=2)  # a refused plan leaves nothing behind
+
+
+def test_modes_hooks_cannot_see_are_refused(checkpoints):
+    from steer.vllm import vllm_engine
+    from steer.vllm.engine import _refuse_blind_modes
+
+    with pytest.raises(EngineError, match="enforce_eager=False"):
+        vllm_engine(checkpoints["llama"][0], enforce_eager=False)
+    worker = {"v2_runner": False, "eager": True, "pp_size": 1}
+    with pytest.raises(EngineError, match="V2 model runner"):
+        _refuse_blind_modes([{**worker, "v2_runner": True}])
+    with pytest.raises(EngineError, match="CUDA graphs"):
+        _refuse_blind_modes([{**worker, "eager": False}])
+
+
+def test_the_embedded_gemma_steers_as_under_hf():
+    """Gemma 3 270M (its own norms around every sublayer, scaled embeddings): a shift at a middle layer, on every
+    token and prefill-only, gives the hf backend's greedy tokens through vLLM."""
+    from conftest import ENGINE_ARGS
+    from probes.model import load_model
+    from steer.vllm import vllm_engine
+
+    model, tokenizer = load_model("default", dtype="float32")
+    prompts = [tokenizer(text)["input_ids"] for text in ("The capital of France is", "Der Himmel ist heute")]
+    with torch.inference_mode():
+        stream = model(torch.tensor([prompts[0]]), output_hidden_states=True).hidden_states[6][0]
+    direction = torch.randn(stream.shape[-1], generator=torch.Generator().manual_seed(5))
+    shift = AddVector({6: direction / direction.norm() * stream.norm(dim=-1).median()})
+    plans = {"shift": shift, "shift_prefill": (shift, Schedule(decode="none"))}
+    engine = vllm_engine("default", **ENGINE_ARGS)
+    try:
+        for name, plan in plans.items():
+            engine.install(plan, name)
+        plain = engine.generate(prompts, max_tokens=STEPS)
+        assert plain == [hf_tokens(model, ids, None, STEPS) for ids in prompts]
+        for name, plan in plans.items():
+            got = engine.generate(prompts, plans=name, max_tokens=STEPS)
+            assert got == [hf_tokens(model, ids, plan, STEPS) for ids in prompts], name
+            assert got != plain, name
+    finally:
+        engine.shutdown()
