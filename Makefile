@@ -78,7 +78,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)
+bench: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m benchmarks.cli
 	$(BIN)/python -m benchmarks.capture
 	$(BIN)/python -m benchmarks.steer
@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.peers
 	$(BIN)/python -m benchmarks.dtypes
 	$(BIN)/python -m benchmarks.capture_memory
+	$(VLLM_VENV)/bin/python -m benchmarks.vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) out

@@ -7,7 +7,7 @@ import torch
 
 from conftest import hf_tokens
 from steer.errors import EngineError
-from steer.interventions import Ablate, AddVector, ApplyMap, HeadShift, SetNeurons, ZeroNeurons
+from steer.interventions import Ablate, AddVector, ApplyMap, Erase, HeadShift, SetNeurons, ZeroNeurons
 from steer.patch import Patch
 from steer.router import BanExperts, ForceExperts, RouterBias
 from steer.schedule import Schedule
@@ -37,6 +37,7 @@ def plans_for(family: str) -> dict:
             Ablate({2: torch.randn(d, generator=g)}),
         ],
         "heads": HeadShift({2: torch.tensor([0, 3])}, {2: torch.randn(2, 32, generator=g) * 5}),
+        "erase": Erase({2: torch.randn(d, 2, generator=g)}, {2: torch.randn(2, d, generator=g)}, {2: torch.randn(d)}),
     }
     if family == "mixtral":
         plans["router_bias"] = RouterBias({1: [2, 5], 3: [0]}, delta=3.0)
@@ -168,5 +169,38 @@ def test_the_embedded_gemma_steers_as_under_hf():
             got = engine.generate(prompts, plans=name, max_tokens=STEPS)
             assert got == [hf_tokens(model, ids, plan, STEPS) for ids in prompts], name
             assert got != plain, name
+    finally:
+        engine.shutdown()
+
+
+def test_tensor_parallel_two_ranks_steer_and_read_as_one(checkpoints, monkeypatch):
+    """Two CPU ranks (one core each): neuron and head edits apply per rank slice, captures are put together,
+    tokens and activations equal the hf backend's."""
+    from conftest import ENGINE_ARGS
+    from probes.capture import trace
+    from probes.model import Site
+    from steer.vllm import vllm_engine
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # vLLM binds each CPU rank to its own cores
+    path, model, tokenizer = checkpoints["qwen2"]
+    plan = [
+        SetNeurons({2: torch.tensor([1, 70, 100])}, {2: torch.tensor([3.0, -4.0, 5.0])}),  # on both ranks' halves
+        HeadShift({3: torch.tensor([0, 3])}, {3: torch.randn(2, 32, generator=torch.Generator().manual_seed(6)) * 5}),
+        AddVector({1: torch.randn(128, generator=torch.Generator().manual_seed(8)) * 3}),
+    ]
+    engine = vllm_engine(path, tensor_parallel_size=2, **ENGINE_ARGS)
+    try:
+        assert [worker["tp_size"] for worker in engine.workers] == [2, 2]
+        engine.install(plan, "mixed")
+        prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+        got = engine.generate(prompts, plans="mixed", max_tokens=STEPS)
+        assert got == [hf_tokens(model, ids, plan, STEPS) for ids in prompts]
+        assert got != engine.generate(prompts, max_tokens=STEPS)
+        sites = [Site(2, "mlp_act"), Site(3, "head"), Site(4, "resid")]
+        recorded = engine.record(TEXTS, sites)
+        expected = trace(model, tokenizer, TEXTS, sites)
+        for site in sites:
+            for tokens, want in zip(recorded[site], expected.tokens(site)):
+                torch.testing.assert_close(tokens, want, atol=1e-4, rtol=1e-4)
     finally:
         engine.shutdown()

@@ -18,7 +18,8 @@ import torch
 from probes.capture.context import ForwardContext
 
 # SamplingParams.extra_args[KEY] = {"plan": name or None, "language": code or None, "capture": tag or None,
-# "index": the request's index in its capture}
+# "index": the request's index in its capture}; a server request's vllm_xargs hold flat "xlalign_plan" and
+# "xlalign_language" (vLLM's request fields allow no nesting).
 KEY = "xlalign"
 
 
@@ -73,7 +74,7 @@ def xlalign_requests(runner: Any) -> list[Request]:
     found = []
     for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
         state = runner.requests.get(request_id)
-        asked = (state.sampling_params.extra_args or {}).get(KEY) if state and state.sampling_params else None
+        asked = _asked(state.sampling_params.extra_args or {}) if state and state.sampling_params else None
         if not asked:
             continue
         start, stop = starts[row], starts[row + 1]
@@ -90,3 +91,11 @@ def xlalign_requests(runner: Any) -> list[Request]:
             )
         )
     return found
+
+
+def _asked(extra: dict) -> dict | None:
+    if KEY in extra:
+        return extra[KEY]
+    if "xlalign_plan" in extra:
+        return {"plan": extra["xlalign_plan"], "language": extra.get("xlalign_language")}
+    return None
