@@ -1,6 +1,6 @@
 """The vLLM engine against plain vLLM and against the hf backend, interleaved in one run (in ``.venv-vllm``).
 
-Three paired ratios on the same prompts (NTREX German sentences when ``XLALIGN_NTREX`` or ``../shared`` has them,
+Three paired ratios on the same prompts (NTREX German sentences where ``XLALIGN_NTREX`` or the tests find them,
 else the demo corpus), each from rounds that alternate which run goes first (:func:`benchmarks.timing.interleaved`):
 
 - ``RATIO vllm_steered_vs_plain_throughput``: plain time / steered time of greedy generation with one

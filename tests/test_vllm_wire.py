@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from probes.artifacts import LanguageDetector
 from probes.model import Site
 from steer.errors import EngineError
 from steer.interventions import Ablate, AddVector, ApplyMap, EditContext, Erase, HeadShift, SetNeurons, ZeroNeurons
@@ -38,8 +39,8 @@ def every_wired_item():
 
 def test_a_plan_arrives_as_it_was_sent():
     items = every_wired_item()
-    decoded = decode_plan(encode_plan(items))
-    assert len(decoded) == len(items)
+    decoded, detector = decode_plan(encode_plan(items))
+    assert len(decoded) == len(items) and detector is None
     for (sent, schedule), (got, got_schedule) in zip(items, decoded):
         assert type(got) is type(sent) and got_schedule == schedule
         site = Site(sent.layers[0], sent.component)
@@ -89,3 +90,29 @@ def test_each_tensor_parallel_rank_applies_its_slice_of_a_neuron_or_head_edit(ra
         assert torch.equal(torch.cat(parts, dim=2), whole.edit(x, ctx))
     with pytest.raises(EngineError, match="only SetNeurons, ZeroNeurons and HeadShift apply per slice"):
         _local(Ablate({1: torch.randn(width)}, component="mlp_act"), Site(1, "mlp_act"), width, 0, 2)
+
+
+def a_detector(d: int = D) -> LanguageDetector:
+    k = 3
+    return LanguageDetector(
+        layer=1,
+        component="hidden",
+        pooling="mean",
+        languages=("deu", "eng", "fra"),
+        mean=torch.randn(d, generator=g),
+        scale=torch.rand(d, generator=g) + 0.5,
+        weight=torch.randn(k, d, generator=g),
+        bias=torch.randn(k, generator=g),
+        params={"C": 1.0},
+        model={"name": "random:llama"},
+    )
+
+
+def test_a_detector_travels_with_its_plan():
+    sent = a_detector()
+    items, detector = decode_plan(encode_plan(every_wired_item()[:2], sent))
+    assert len(items) == 2
+    assert (detector.site, detector.pooling, detector.languages) == (sent.site, sent.pooling, sent.languages)
+    pooled = torch.randn(6, D, generator=g)
+    assert detector.predict(pooled) == sent.predict(pooled)
+    assert torch.equal(detector.logits(pooled), sent.logits(pooled))

@@ -1,4 +1,4 @@
-"""Engines shared by the vLLM tests (each starts in seconds for a tiny model, about a minute for Gemma 3 270M).
+"""Engines shared by the vLLM tests (vLLM's defaults otherwise: prefix caching on) (each starts in seconds for a tiny model, about a minute for Gemma 3 270M).
 
 These tests run in the second environment (``.venv-vllm``: vLLM's CPU build needs transformers < 5.20, the main
 environment pins 5.23); ``make test`` runs them after the main suite. The ``hf`` references run in the same
@@ -47,7 +47,9 @@ def engines(checkpoints):
 
     def get(family: str):
         if family not in started:
-            started[family] = vllm_engine(checkpoints[family][0], **ENGINE_ARGS)
+            # The Llama engine prefills every prompt in one pass, as detector gating needs; the others chunk.
+            chunked = {"enable_chunked_prefill": False} if family == "llama" else {}
+            started[family] = vllm_engine(checkpoints[family][0], **ENGINE_ARGS, **chunked)
         return started[family]
 
     yield get

@@ -54,3 +54,20 @@ def test_a_capture_under_a_plan_reads_the_steered_stream(checkpoints, engines):
 def test_a_site_the_engine_cannot_read_is_refused(engines):
     with pytest.raises(EngineError, match="attn_out"):
         engines("llama").record(TEXTS, [Site(2, "attn_out")])
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_the_next_token_loss_from_prompt_logprobs_equals_hf(family, checkpoints, engines):
+    from steer.evaluate import next_token_loss
+
+    _, model, tokenizer = checkpoints[family]
+    engine = engines(family)
+    plan = AddVector({2: torch.randn(128, generator=torch.Generator().manual_seed(10)) * 4})
+    engine.install(plan, "loss_shift")
+    plain = engine.loss(TEXTS)
+    assert plain == pytest.approx(next_token_loss(model, tokenizer, TEXTS), abs=1e-5)
+    steered = engine.loss(TEXTS, plans="loss_shift")
+    with steer(model, plan):
+        assert steered == pytest.approx(next_token_loss(model, tokenizer, TEXTS), abs=1e-5)
+    # A random model predicts near-uniformly (loss about ln 1024), so a shift moves its loss by thousandths.
+    assert abs(steered - plain) > 1e-4

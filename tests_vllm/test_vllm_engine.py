@@ -95,25 +95,19 @@ def test_language_gating_reads_each_requests_language(checkpoints, engines):
         engine.generate(prompts, plans="deu_only", max_tokens=STEPS)
 
 
-def test_prefix_cache_never_serves_a_steered_request_unsteered_kv(checkpoints):
-    from steer.vllm import vllm_engine
-    from conftest import ENGINE_ARGS
-
+def test_prefix_cache_never_serves_a_steered_request_unsteered_kv(checkpoints, engines):
     path, model, tokenizer = checkpoints["llama"]
-    engine = vllm_engine(path, enable_prefix_caching=True, **ENGINE_ARGS)
-    try:
-        long_prompt = tokenizer(" ".join(TEXTS * 40))["input_ids"][:400]  # several KV blocks
-        plan = AddVector({1: torch.randn(128, generator=torch.Generator().manual_seed(4)) * 5})
-        engine.install(plan, "add")
-        first = engine.generate([long_prompt], max_tokens=STEPS)  # fills the cache, unsteered
-        requests, params = engine.requests([long_prompt, long_prompt], plans=[None, "add"], max_tokens=STEPS)
-        outputs = engine.llm.generate(requests, params, use_tqdm=False)
-        assert outputs[0].num_cached_tokens > 0  # the cache is on and serves the unsteered prompt
-        assert outputs[1].num_cached_tokens == 0  # but not the steered one
-        assert list(outputs[0].outputs[0].token_ids) == first[0]
-        assert list(outputs[1].outputs[0].token_ids) == hf_tokens(model, long_prompt, plan, STEPS)
-    finally:
-        engine.shutdown()
+    engine = engines("llama")
+    long_prompt = tokenizer(" ".join(TEXTS * 40))["input_ids"][:400]  # several KV blocks
+    plan = AddVector({1: torch.randn(128, generator=torch.Generator().manual_seed(4)) * 5})
+    engine.install(plan, "add_cached")
+    first = engine.generate([long_prompt], max_tokens=STEPS)  # fills the cache, unsteered
+    requests, params = engine.requests([long_prompt, long_prompt], plans=[None, "add_cached"], max_tokens=STEPS)
+    outputs = engine.llm.generate(requests, params, use_tqdm=False)
+    assert outputs[0].num_cached_tokens > 0  # the cache is on and serves the unsteered prompt
+    assert outputs[1].num_cached_tokens == 0  # but not the steered one
+    assert list(outputs[0].outputs[0].token_ids) == first[0]
+    assert list(outputs[1].outputs[0].token_ids) == hf_tokens(model, long_prompt, plan, STEPS)
 
 
 def test_what_the_engine_cannot_run_is_refused_before_generating(checkpoints, engines):
@@ -204,3 +198,50 @@ def test_tensor_parallel_two_ranks_steer_and_read_as_one(checkpoints, monkeypatc
                 torch.testing.assert_close(tokens, want, atol=1e-4, rtol=1e-4)
     finally:
         engine.shutdown()
+
+
+def test_gating_by_a_detector_reads_each_prompts_language_in_the_same_pass(checkpoints, engines):
+    """A plan gated on the language a detector reads at layer 1 of each prompt: the same requests are steered,
+    and steered alike, as under steer(model, plan, languages=detector)."""
+    from probes.artifacts import LanguageDetector
+    from probes.capture import capture
+    from probes.model import Site
+    from steer import steer
+
+    path, model, tokenizer = checkpoints["llama"]
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+    pooled = capture(model, tokenizer, TEXTS, [Site(1, "hidden")])[Site(1, "hidden")]
+    split = pooled[:2].mean(0) - pooled[2:].mean(0)  # reads the first two prompts as German, the others not
+    weight = torch.stack([split, -split])
+    detector = LanguageDetector(
+        1, "hidden", "mean", ("deu", "eng"), pooled.mean(0), torch.ones(128), weight, torch.zeros(2), {}, {}
+    )
+    assert detector.predict(pooled) == ["deu", "deu", "eng", "eng"]
+    plan = (AddVector({2: torch.randn(128, generator=torch.Generator().manual_seed(11)) * 5}), Schedule(only=("deu",)))
+    engine = engines("llama")
+    engine.install(plan, "detected", detector=detector)
+    got = engine.generate(prompts, plans="detected", max_tokens=STEPS)
+    want = []
+    for ids in prompts:
+        with steer(model, plan, languages=detector):
+            want.append(
+                model.generate(torch.tensor([ids]), max_new_tokens=STEPS, do_sample=False)[0, len(ids) :].tolist()
+            )
+    assert got == want
+    assert [a != b for a, b in zip(got, engine.generate(prompts, max_tokens=STEPS))] == [True, True, False, False]
+
+
+def test_a_detector_plan_needs_each_prompt_in_one_pass(engines):
+    from probes.artifacts import LanguageDetector
+
+    detector = LanguageDetector(
+        1, "hidden", "mean", ("deu", "eng"), torch.zeros(128), torch.ones(128), torch.zeros(2, 128), torch.zeros(2),
+        {}, {},
+    )  # fmt: skip
+    plan = (AddVector({2: torch.zeros(128)}), Schedule(only=("deu",)))
+    with pytest.raises(EngineError, match="enable_chunked_prefill=False"):
+        engines("qwen2").install(plan, "chunked", detector=detector)
+    with pytest.raises(EngineError, match="may only edit later layers"):
+        engines("llama").install(
+            (AddVector({1: torch.zeros(128)}), Schedule(only=("deu",))), "early", detector=detector
+        )

@@ -44,7 +44,7 @@ _MODULES = {
     "xlalign.loop": "evaluate_methods LoopResult",
     "xlalign.finding": "find",
     "steer.methods": "Method Need register fit_methods",
-    "steer.vllm": "vllm_engine VLLMEngine",
+    "steer.vllm": "vllm_engine VLLMEngine save_vllm_plan",
     "steer.errors": "EngineError",
     "xlalign.export": "export_control_vector import_control_vector read_control_vector ControlVectorError",
 }

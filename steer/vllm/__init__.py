@@ -2,5 +2,6 @@
 request (:mod:`steer.vllm.engine`). Importing this package does not import vLLM."""
 
 from steer.vllm.engine import WORKER_EXTENSION, VLLMEngine, vllm_engine
+from steer.vllm.plugin import save_plan as save_vllm_plan
 
-__all__ = ["WORKER_EXTENSION", "VLLMEngine", "vllm_engine"]
+__all__ = ["WORKER_EXTENSION", "VLLMEngine", "save_vllm_plan", "vllm_engine"]

@@ -27,6 +27,7 @@ KEY = "xlalign"
 class Request:
     """One request of the pass: its slice ``[start, stop)`` of the flattened tokens and what it asked for."""
 
+    key: str  # vLLM's request id
     start: int
     stop: int
     plan: str | None
@@ -81,6 +82,7 @@ def xlalign_requests(runner: Any) -> list[Request]:
         context = request_context(state.num_computed_tokens, stop - start, len(state.prompt_token_ids))
         found.append(
             Request(
+                request_id,
                 start,
                 stop,
                 asked.get("plan"),

@@ -82,6 +82,32 @@ class Capturing:
             for site, per_text in recorded.items()
         }
 
+    def loss(
+        self,
+        texts: Sequence[str],
+        *,
+        tokenization: Tokenization = Tokenization(),
+        plans: str | Sequence[str | None] | None = None,
+        languages: str | Sequence[str | None] | None = None,
+    ) -> float:
+        """Mean next-token cross-entropy over every prediction of ``texts`` (token-weighted), from vLLM's prompt
+        log-probabilities: :func:`steer.evaluate.next_token_loss` as the ``hf`` backend computes it."""
+        from vllm import SamplingParams
+
+        ids = tokenization.encode(self.tokenizer, texts)
+        scoring = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        requests, params = self.requests(ids, plans=plans, languages=languages, sampling=scoring)
+        for index, request in enumerate(requests):
+            request["cache_salt"] = f"xlalign-loss/{uuid.uuid4().hex}/{index}"  # every prompt token is computed
+        total, count = 0.0, 0
+        for row, output in zip(ids, self.llm.generate(requests, params, use_tqdm=False)):
+            for token, logprobs in zip(row[1:], output.prompt_logprobs[1:]):
+                total -= logprobs[token].logprob
+                count += 1
+        if not count:
+            raise EngineError("next-token loss: the texts have no token with a successor (each is one token long)")
+        return total / count
+
     def _tokens(self, ranks: list[dict[str, Tensor]], key: str, site: Site) -> Tensor:
         """One text's tokens at ``site``: every rank's slice of a sharded site put together, else the first rank's."""
         tokens = torch.cat([rank[key] for rank in ranks] if site.component in SHARDED else [ranks[0][key]], dim=-1)

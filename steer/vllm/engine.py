@@ -13,9 +13,11 @@ parallelism): a silently unsteered generation is never returned.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from probes.artifacts import LanguageDetector
 from probes.model import Site
 from steer.apply import Plan
 from steer.errors import EngineError
@@ -32,7 +34,8 @@ Prompt = str | Sequence[int]
 @dataclass(frozen=True)
 class _Installed:
     digest: str
-    gated: bool
+    gated: bool  # some item is gated by language: requests must say theirs
+    detected: bool  # a detector reads each request's language in its prompt
 
 
 def vllm_engine(spec: str = "default", **engine_args: Any) -> VLLMEngine:
@@ -82,16 +85,19 @@ class VLLMEngine(Capturing):
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
-    def install(self, plan: Plan, name: str = "plan") -> str:
+    def install(self, plan: Plan, name: str = "plan", *, detector: LanguageDetector | None = None) -> str:
         """Install ``plan`` on every worker under ``name`` (replacing a plan of that name); returns ``name``.
-        A plan the engine cannot run exactly as ``steer(model, plan)`` would is an :class:`EngineError`."""
+        ``detector``: gate its items on the language the detector reads in each request's prompt, as
+        ``steer(model, plan, languages=detector)`` (the engine must run without chunked prefill). A plan the
+        engine cannot run exactly as ``steer`` would is an :class:`EngineError`."""
         items = plan_items(plan)
-        payload = encode_plan(items)
+        payload = encode_plan(items, detector)
         problems = {problem for problem in self.llm.collective_rpc("xlalign_install", args=(name, payload)) if problem}
         if problems:
             self.remove(name)
             raise EngineError(f"plan {name!r}: " + "; ".join(sorted(problems)))
-        self.plans[name] = _Installed(plan_digest(payload), any(s.only is not None for _, s in items))
+        gated = detector is None and any(s.only is not None for _, s in items)
+        self.plans[name] = _Installed(plan_digest(payload), gated, detector is not None)
         return name
 
     def remove(self, name: str) -> None:
@@ -141,7 +147,9 @@ class VLLMEngine(Capturing):
             if name is not None:
                 installed = self._installed(name, language, index)
                 chosen.extra_args = {**(base.extra_args or {}), KEY: {"plan": name, "language": language}}
-                request["cache_salt"] = f"xlalign/{name}/{installed.digest}/{language}"
+                # A detected language is known only once the prompt ran: such requests never share cached KV.
+                salt = uuid.uuid4().hex if installed.detected else language
+                request["cache_salt"] = f"xlalign/{name}/{installed.digest}/{salt}"
             requests.append(request)
             params.append(chosen)
         return requests, params

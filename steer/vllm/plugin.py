@@ -24,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from probes.artifacts import LanguageDetector
 from probes.data.files import atomic_path
 from steer.apply import Plan
 from steer.errors import EngineError
@@ -34,14 +35,17 @@ ENV = "XLALIGN_VLLM_PLANS"
 PLAN_SUFFIX = ".xlplan"
 
 
-def save_plan(plan: Plan, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``plan`` (anything the vLLM engine runs) to ``path`` (ending in ``.xlplan``) for a server to load."""
+def save_plan(
+    plan: Plan, path: str | os.PathLike, *, detector: LanguageDetector | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``plan`` (anything the vLLM engine runs; ``detector``: gated on the language it detects) to ``path``
+    (ending in ``.xlplan``) for a server to load."""
     path = Path(path)
     if path.suffix != PLAN_SUFFIX:
         raise EngineError(f"{path}: a plan file ends in {PLAN_SUFFIX}")
     if path.exists() and not overwrite:
         raise EngineError(f"{path} exists; pass overwrite=True to replace it")
-    payload = encode_plan(plan_items(plan))
+    payload = encode_plan(plan_items(plan), detector)
     with atomic_path(path) as temporary:
         Path(temporary).write_bytes(payload)
     return path
@@ -83,7 +87,7 @@ def register() -> None:
     if getattr(Worker.load_model, "_xlalign", False):
         return
     load_model, verify = Worker.load_model, SamplingParams._verify_extra_args
-    gated = {name for name, payload in plans.items() if any(s.only for _, s in decode_plan(payload))}
+    gated = {name for name, payload in plans.items() if _needs_language(decode_plan(payload))}
 
     def load_and_install(self, *args, **kwargs):
         loaded = load_model(self, *args, **kwargs)
@@ -96,6 +100,10 @@ def register() -> None:
 
     load_and_install._xlalign = True
     Worker.load_model, SamplingParams._verify_extra_args = load_and_install, verify_choice
+
+
+def _needs_language(plan) -> bool:
+    return plan.detector is None and any(schedule.only for _, schedule in plan.items)
 
 
 def install(worker, plans: dict[str, bytes]) -> None:

@@ -4,7 +4,8 @@ vLLM's decoder layers take and return ``(hidden_states, residual)``, both ``(num
 after block ``N`` is their sum, the add deferred into the next layer's fused norm (and the final norm). A
 ``resid.N`` edit therefore returns ``(edited sum, zeros)``: the fused add then yields the edited stream exactly,
 and an unedited pass is left untouched (the hook returns nothing). ``resid.0`` is the first layer's input.
-``mlp_act`` is the input of the MLP's down projection, ``head`` the input of the attention output projection
+``hidden.N`` is ``resid.N`` below the last layer and the final norm's output at it. ``mlp_act`` is the input of
+the MLP's down projection, ``head`` the input of the attention output projection
 (heads concatenated), ``router`` the logits the MoE gate returns (vLLM's experts then take the top-k by the
 family's own rule). Under tensor parallelism the residual stream and the router logits are whole on every rank;
 ``mlp_act`` and ``head`` are each rank's contiguous slice (:func:`local_slice`).
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from probes.model import Site
 from steer.errors import EngineError
 
-SUPPORTED = ("resid", "mlp_act", "mlp_gate", "head", "router")
+SUPPORTED = ("resid", "hidden", "mlp_act", "mlp_gate", "head", "router")
 SHARDED = ("mlp_act", "mlp_gate", "head")
 
 
@@ -43,6 +44,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise EngineError(f"{type(model).__name__}: xlalign cannot find this vLLM model's decoder layers")
 
 
+def _final_norm(model: nn.Module) -> nn.Module:
+    for path in ("model.norm", "language_model.model.norm", "model.decoder.final_layernorm"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise EngineError(f"{type(model).__name__}: xlalign cannot find this vLLM model's final norm")
+
+
 def locate(model: nn.Module, site: Site) -> Point:
     """The :class:`Point` of ``site`` in the vLLM model ``model``; an error naming what is missing."""
     layers = decoder_layers(model)
@@ -53,7 +63,9 @@ def locate(model: nn.Module, site: Site) -> Point:
         )
     if not 0 <= site.layer <= len(layers) or (site.layer == 0 and site.component != "resid"):
         raise EngineError(f"{site}: this model has layers 1..{len(layers)} (resid.0: the embeddings)")
-    if site.component == "resid":
+    if site.component == "hidden" and site.layer == len(layers):  # the final norm's output
+        return Point(_final_norm(model), "output", "first")
+    if site.component in ("resid", "hidden"):  # hidden.i is resid.i below the last layer
         if site.layer == 0:
             return Point(layers[0], "input", "first")
         return Point(layers[site.layer - 1], "output", "residual")
@@ -123,7 +135,7 @@ Hook = Callable[..., Any]
 def site_shape(config: Any, site: Site) -> tuple[int, ...]:
     """The full per-token shape of ``site`` (as the ``hf`` backend gives it) from the model's text config."""
     heads = config.num_attention_heads
-    if site.component == "resid":
+    if site.component in ("resid", "hidden"):
         return (config.hidden_size,)
     if site.component == "head":
         return (heads, getattr(config, "head_dim", None) or config.hidden_size // heads)

@@ -13,10 +13,13 @@ import dataclasses
 import hashlib
 import json
 
+from typing import NamedTuple
+
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from probes.artifacts import LanguageDetector
 from steer.errors import EngineError
 from steer.interventions import AddVector, Ablate, ApplyMap, Erase, HeadShift, Intervention, SetNeurons, ZeroNeurons
 from steer.router import BanExperts, ForceExperts, RouterBias
@@ -40,8 +43,16 @@ WIRED: dict[str, type] = {
 _SEPARATOR = b"\n"
 
 
-def encode_plan(items: list[tuple[Intervention, Schedule]]) -> bytes:
-    """``items`` as one byte string: a JSON header line, then a safetensors blob of every tensor."""
+class Decoded(NamedTuple):
+    """A plan as the workers receive it: its items and the detector that gates it (None: given languages)."""
+
+    items: list[tuple[Intervention, Schedule]]
+    detector: LanguageDetector | None
+
+
+def encode_plan(items: list[tuple[Intervention, Schedule]], detector: LanguageDetector | None = None) -> bytes:
+    """``items`` (gated by ``detector`` when given) as one byte string: a JSON header line, then a safetensors blob
+    of every tensor."""
     header, tensors = [], {}
     for index, (intervention, schedule) in enumerate(items):
         name = type(intervention).__name__
@@ -60,15 +71,21 @@ def encode_plan(items: list[tuple[Intervention, Schedule]]) -> bytes:
             else:
                 fields[spec.name] = value
         header.append({"type": name, "fields": fields, "maps": maps, "schedule": _schedule_fields(schedule, index)})
-    return json.dumps(header).encode() + _SEPARATOR + save_tensors(tensors)
+    gate = None
+    if detector is not None:
+        gate = {**detector.metadata(), "model": detector.model}
+        tensors |= {f"detector.{key}": value.detach().cpu().contiguous() for key, value in detector.tensors().items()}
+    document = {"items": header, "detector": gate}
+    return json.dumps(document).encode() + _SEPARATOR + save_tensors(tensors)
 
 
-def decode_plan(payload: bytes) -> list[tuple[Intervention, Schedule]]:
-    """The (intervention, schedule) items :func:`encode_plan` wrote."""
+def decode_plan(payload: bytes) -> Decoded:
+    """The (intervention, schedule) items and the detector :func:`encode_plan` wrote."""
     head, _, blob = payload.partition(_SEPARATOR)
     tensors = load_tensors(blob) if blob else {}
+    document = json.loads(head)
     items = []
-    for index, entry in enumerate(json.loads(head)):
+    for index, entry in enumerate(document["items"]):
         cls = WIRED[entry["type"]]
         intervention = object.__new__(cls)
         for name, value in entry["fields"].items():
@@ -77,7 +94,11 @@ def decode_plan(payload: bytes) -> list[tuple[Intervention, Schedule]]:
             object.__setattr__(intervention, name, {layer: tensors[f"{index}.{name}.{layer}"] for layer in layers})
         schedule = entry["schedule"]
         items.append((intervention, Schedule(**{key: _tuple(value) for key, value in schedule.items()})))
-    return items
+    gate = document["detector"]
+    if gate is None:
+        return Decoded(items, None)
+    parts = {key.removeprefix("detector."): value for key, value in tensors.items() if key.startswith("detector.")}
+    return Decoded(items, LanguageDetector.from_parts(parts, gate, "the plan's detector"))
 
 
 def _schedule_fields(schedule: Schedule, index: int) -> dict:

@@ -4,26 +4,30 @@ The engine (:mod:`steer.vllm.engine`) calls these methods by name through ``coll
 plans arrive as bytes (:mod:`steer.vllm.wire`). One torch hook per site any installed plan edits; in each forward
 pass it slices every request that names a plan (``SamplingParams.extra_args["xlalign"]``) out of the flattened
 batch and applies that plan's items at the site exactly as ``steer(model, plan)`` applies them to one example:
-each schedule selects from the request's own positions and decode steps, gating reads the request's language,
+each schedule selects from the request's own positions and decode steps, gating reads the request's language (or
+the language the plan's ``LanguageDetector`` read in the request's prompt, at its layer, in the same pass),
 ``ctx.original`` is the value before the plan's first edit at the site. Requests without a plan, and passes
 without such requests, run untouched.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from probes.artifacts import LanguageDetector
+from probes.capture import pool
 from probes.errors import XlalignError
 from probes.model import Site
 from steer.errors import EngineError
-from steer.interventions import EditContext, HeadShift, Intervention, SetNeurons, ZeroNeurons
+from steer.interventions import EditContext, HeadShift, Intervention, SetNeurons, ZeroNeurons, expect
 from steer.schedule import Schedule
 from steer.vllm.batch import Request, xlalign_requests
-from steer.vllm.points import SHARDED, Point, local_slice, locate, read, site_shape, write
+from steer.vllm.points import SHARDED, Point, decoder_layers, local_slice, locate, read, site_shape, write
 from steer.vllm.wire import decode_plan
 
 Items = list[tuple[Intervention, Schedule, Site]]
@@ -45,20 +49,21 @@ class XlalignWorker:
             "tp_rank": _tp()[0],
             "tp_size": _tp()[1],
             "pp_size": config.parallel_config.pipeline_parallel_size,
-            "layers": len(_layers(runner.model)),
+            "layers": len(decoder_layers(runner.model)),
         }
 
     def xlalign_install(self, name: str, payload: bytes) -> str | None:
         """Install the encoded plan under ``name`` (replacing one of that name); None, or why it cannot run."""
-        config = self.vllm_config.model_config.hf_text_config
+        state = _state(self)
         try:
-            items = _check(decode_plan(payload), config, runner_model(self))
+            items, detector = decode_plan(payload)
+            plan = _Plan(_check(items, state), detector)
+            if detector is not None:
+                _check_detector(self, state, plan, detector)
         except XlalignError as error:
             return str(error)
-        state = _state(self)
-        state.plans[name] = items
-        state.head_dim = site_shape(config, Site(1, "head"))[1]
-        for _, _, site in items:
+        state.plans[name] = plan
+        for site in plan.sites():
             state.hook(site)
         return None
 
@@ -69,35 +74,27 @@ class XlalignWorker:
         """Record ``sites`` (after any plan's edits) of every token of the requests that name capture ``tag``."""
         state = _state(self)
         try:
-            chosen = [Site.parse(site) for site in sites]
-            for site in chosen:
+            named = {state.canonical(Site.parse(site)): site for site in sites}
+            for site in named:
                 state.hook(site)
         except XlalignError as error:
             return str(error)
-        state.captures[tag] = {site: {} for site in chosen}
+        state.captures[tag] = {site: {} for site in named}
+        state.names[tag] = named
         return None
 
     def xlalign_take(self, tag: str) -> bytes:
         """What capture ``tag`` recorded, as safetensors bytes (``"{index}.{site}"``: that request's tokens at
         the site, this rank's slice of a sharded site), and forget it."""
-        recorded = _state(self).captures.pop(tag, {})
+        state = _state(self)
+        recorded, named = state.captures.pop(tag, {}), state.names.pop(tag, {})
         return save_tensors(
             {
-                f"{index}.{site}": torch.cat(chunks).contiguous()
+                f"{index}.{named[site]}": torch.cat(chunks).contiguous()
                 for site, requests in recorded.items()
                 for index, chunks in requests.items()
             }
         )
-
-
-def runner_model(worker: Any) -> torch.nn.Module:
-    return worker.model_runner.model
-
-
-def _layers(model: torch.nn.Module):
-    from steer.vllm.points import decoder_layers
-
-    return decoder_layers(model)
 
 
 def _tp() -> tuple[int, int]:
@@ -106,27 +103,56 @@ def _tp() -> tuple[int, int]:
     return get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
 
 
-def _check(items: list[tuple[Intervention, Schedule]], config: Any, model) -> Items:
+@dataclass
+class _Plan:
+    """An installed plan: its items per site (sliced to this rank) and the detector that gates it, if any."""
+
+    items: Items
+    detector: LanguageDetector | None = None
+
+    def sites(self) -> set[Site]:
+        return {site for _, _, site in self.items}
+
+
+def _check(items: list[tuple[Intervention, Schedule]], state: _State) -> Items:
     """Each item at each of its sites, checked against the full site shape and sliced to this rank's part."""
     rank, ranks = _tp()
     checked = []
     for intervention, schedule in items:
         for layer in intervention.layers:
-            site = Site(layer, intervention.component)
-            locate(model, site)
+            site = state.canonical(Site(layer, intervention.component))
+            locate(state.model, site)
             if site.component == "mlp_gate" and not isinstance(intervention, ZeroNeurons):
                 raise EngineError(
                     f"{site}: vLLM fuses act(gate) * up into one kernel, so mlp_gate is reachable only as ZeroNeurons "
                     f"(a zero gate activation zeroes the same units of mlp_act); {type(intervention).__name__} needs "
                     "backend='hf'"
                 )
-            shape = site_shape(config, site)
+            shape = site_shape(state.config, site)
             intervention.check(site, shape)
             sliced = (
                 _local(intervention, site, shape[0], rank, ranks) if site.component in SHARDED and ranks > 1 else None
             )
             checked.append((sliced or intervention, schedule, site))
     return checked
+
+
+def _check_detector(worker: Any, state: _State, plan: _Plan, detector: LanguageDetector) -> None:
+    """A detector-gated plan: edits after the detector's layer only, and every prompt in one pass."""
+    site = state.canonical(detector.site)
+    locate(state.model, site)
+    expect(site, "the detector's mean", tuple(detector.mean.shape), site_shape(state.config, site))
+    early = sorted(str(s) for s in plan.sites() if s.layer <= detector.layer)
+    if early:
+        raise EngineError(
+            f"the detector reads {detector.site}, so the plan may only edit later layers; it edits {', '.join(early)}"
+        )
+    if worker.vllm_config.scheduler_config.enable_chunked_prefill:
+        raise EngineError(
+            "gating by a language detector needs each prompt in one forward pass, as the hf backend runs it: start "
+            "the engine with enable_chunked_prefill=False"
+        )
+    state.hook(site)
 
 
 def _local(intervention: Intervention, site: Site, width: int, rank: int, ranks: int) -> Intervention:
@@ -151,19 +177,28 @@ def _local(intervention: Intervention, site: Site, width: int, rank: int, ranks:
 
 
 class _State:
-    """The installed plans of one worker and the hooks that apply them."""
+    """The installed plans of one worker, the captures under way, and the hooks that serve both."""
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self.plans: dict[str, Items] = {}
+        self.model = worker.model_runner.model
+        self.config = worker.vllm_config.model_config.hf_text_config
+        self.layers = len(decoder_layers(self.model))
+        self.head_dim = site_shape(self.config, Site(1, "head"))[1]
+        self.plans: dict[str, _Plan] = {}
         self.points: dict[Site, Point] = {}
         self.captures: dict[str, dict[Site, dict[int, list[Tensor]]]] = {}  # tag -> site -> request -> chunks
-        self.head_dim = 0
+        self.names: dict[str, dict[Site, str]] = {}  # tag -> site -> the name it was asked for
+        self.detected: dict[str, str] = {}  # request id -> the language its plan's detector read in its prompt
+
+    def canonical(self, site: Site) -> Site:
+        """``hidden.i`` below the last layer is ``resid.i``: one hook, so reads follow edits at that tensor."""
+        return Site(site.layer, "resid") if site.component == "hidden" and site.layer < self.layers else site
 
     def hook(self, site: Site) -> None:
         if site in self.points:
             return
-        point = self.points[site] = locate(runner_model(self.worker), site)
+        point = self.points[site] = locate(self.model, site)
         if point.side == "input":
             point.module.register_forward_pre_hook(
                 lambda _m, args, kwargs: self.apply(site, point, args, kwargs, None), with_kwargs=True
@@ -175,28 +210,58 @@ class _State:
 
     def apply(self, site: Site, point: Point, args: tuple, kwargs: dict, output: Any) -> Any:
         requests = xlalign_requests(self.worker.model_runner) if self.plans or self.captures else []
-        steered = [r for r in requests if self._at(r.plan, site)]
+        detecting = [r for r in requests if self._detects(r.plan, site)]
+        steered = [r for r in requests if site in self._plan(r.plan).sites()]
         recorded = [r for r in requests if site in self.captures.get(r.capture, {})]
-        if not steered and not recorded:
+        if not (detecting or steered or recorded):
             return None
         value = read(point, args, kwargs, output)
+        for request in detecting:
+            self._detect(request, value[request.start : request.stop])
         if steered:
             value = value.clone()
             for request in steered:
+                plan = self._plan(request.plan)
+                language = request.language if plan.detector is None else self._language(request)
                 part = value[request.start : request.stop]
-                value[request.start : request.stop] = _edit(
-                    self.plans[request.plan], site, part, request, self.head_dim
-                )
+                value[request.start : request.stop] = _edit(plan.items, site, part, request, language, self.head_dim)
         for request in recorded:
             chunks = self.captures[request.capture][site].setdefault(request.index, [])
             chunks.append(value[request.start : request.stop].detach().to("cpu", copy=True))
         return write(point, args, kwargs, output, value) if steered else None
 
-    def _at(self, plan: str | None, site: Site) -> bool:
-        return any(item_site == site for _, _, item_site in self.plans.get(plan, ()))
+    def _plan(self, name: str | None) -> _Plan:
+        return self.plans.get(name) or _NO_PLAN
+
+    def _detects(self, name: str | None, site: Site) -> bool:
+        detector = self._plan(name).detector
+        return detector is not None and self.canonical(detector.site) == site
+
+    def _detect(self, request: Request, tokens: Tensor) -> None:
+        """The language of ``request`` from its whole prompt at the detector's site (its pass holds all of it)."""
+        ctx = request.context
+        prompt = ctx.decode_step[0] == 0
+        if request.key in self.detected or not prompt.any():
+            return
+        if ctx.first_new != 0 or int(prompt.sum()) != int(ctx.prompt_length[0]):
+            raise EngineError(f"request {request.key}: its prompt did not run in one pass; the detector cannot read it")
+        detector = self._plan(request.plan).detector
+        (self.detected[request.key],) = detector.predict(pool(tokens[None], prompt[None], detector.pooling))
+        if len(self.detected) > 4096:  # forget the finished requests
+            alive = self.worker.model_runner.requests
+            self.detected = {key: code for key, code in self.detected.items() if key in alive}
+
+    def _language(self, request: Request) -> str:
+        language = self.detected.get(request.key)
+        if language is None:
+            raise EngineError(f"request {request.key}: no language was detected in its prompt before its edits")
+        return language
 
 
-def _edit(items: Items, site: Site, flat: Tensor, request: Request, head_dim: int) -> Tensor:
+_NO_PLAN = _Plan([])
+
+
+def _edit(items: Items, site: Site, flat: Tensor, request: Request, language: str | None, head_dim: int) -> Tensor:
     """The plan's items at ``site`` applied to one request's ``(tokens, width)`` slice, as ``steer`` applies them."""
     heads = site.component == "head"
     x = flat[None] if not heads else flat[None].unflatten(-1, (-1, head_dim))
@@ -205,7 +270,7 @@ def _edit(items: Items, site: Site, flat: Tensor, request: Request, head_dim: in
     for intervention, schedule, item_site in items:
         if item_site != site:
             continue
-        chosen = schedule.select(ctx, request.language)
+        chosen = schedule.select(ctx, language)
         if not chosen.any():
             continue
         edited = intervention.edit(x, EditContext(site, ctx, chosen, original))
