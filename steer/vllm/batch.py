@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from probes.capture.context import ForwardContext
+from steer.errors import EngineError
 
 # SamplingParams.extra_args[KEY] = {"plan": name or None, "language": code or None, "capture": tag or None,
 # "index": the request's index in its capture}; a server request's vllm_xargs hold flat "xlalign_plan" and
@@ -60,38 +61,31 @@ def xlalign_requests(runner: Any) -> list[Request]:
     """The requests of the current forward pass that name an xlalign plan or capture (empty outside a model pass)."""
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
-    if not is_forward_context_available():
+    if not is_forward_context_available():  # vLLM's own dummy passes (profiling, warm-up): no request runs
         return []
-    metadata = get_forward_context().attn_metadata
-    if isinstance(metadata, list):
-        metadata = metadata[0] if metadata else None
-    if not metadata:
-        return []
-    starts = next((m.query_start_loc for m in metadata.values() if hasattr(m, "query_start_loc")), None)
-    if starts is None:
-        return []
-    starts = starts.tolist()
     batch = runner.input_batch
-    found = []
+    asking = []
     for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
         state = runner.requests.get(request_id)
         asked = _asked(state.sampling_params.extra_args or {}) if state and state.sampling_params else None
-        if not asked:
-            continue
+        if asked:
+            asking.append((row, request_id, state, asked))
+    if not asking:
+        return []
+    metadata = get_forward_context().attn_metadata
+    metadata = (metadata[0] if metadata else None) if isinstance(metadata, list) else metadata
+    starts = next((m.query_start_loc for m in (metadata or {}).values() if hasattr(m, "query_start_loc")), None)
+    if starts is None:  # never run a plan's request unsteered: stop loudly instead
+        raise EngineError(
+            "this vLLM attention backend gives no query_start_loc, so xlalign cannot find each request's tokens"
+        )
+    starts = starts.tolist()
+    found = []
+    for row, request_id, state, asked in asking:
         start, stop = starts[row], starts[row + 1]
         context = request_context(state.num_computed_tokens, stop - start, len(state.prompt_token_ids))
-        found.append(
-            Request(
-                request_id,
-                start,
-                stop,
-                asked.get("plan"),
-                asked.get("language"),
-                asked.get("capture"),
-                asked.get("index", 0),
-                context,
-            )
-        )
+        plan, language, capture = asked.get("plan"), asked.get("language"), asked.get("capture")
+        found.append(Request(request_id, start, stop, plan, language, capture, asked.get("index", 0), context))
     return found
 
 

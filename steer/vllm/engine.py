@@ -61,6 +61,10 @@ def vllm_engine(spec: str = "default", **engine_args: Any) -> VLLMEngine:
         from probes.model.loading import default_model_dir
 
         spec = str(default_model_dir())
+    elif spec.startswith("random:"):
+        raise EngineError(
+            f"{spec!r}: vLLM loads checkpoints; save the model (model.save_pretrained(DIR), tokenizer too) and pass DIR"
+        )
     llm = LLM(model=spec, worker_extension_cls=WORKER_EXTENSION, enforce_eager=True, **engine_args)
     return VLLMEngine(llm)
 
@@ -117,7 +121,7 @@ class VLLMEngine(Capturing):
         """The generated token ids of each prompt (a text, or token ids), in one continuous batch. ``plans``: one
         installed plan name for every prompt, or one name or None per prompt; ``languages``: the language of each
         prompt (one code: all), for plans gated with ``Schedule(only=...)``. ``sampling``: vLLM
-        ``SamplingParams`` (default: greedy, ``max_tokens``)."""
+        ``SamplingParams`` for every prompt (default: greedy, ``max_tokens`` new tokens)."""
         requests, params = self.requests(
             prompts, plans=plans, languages=languages, max_tokens=max_tokens, sampling=sampling
         )
@@ -142,7 +146,7 @@ class VLLMEngine(Capturing):
         codes = _per_prompt(languages, len(prompts), "languages")
         requests, params = [], []
         for index, (prompt, name, language) in enumerate(zip(prompts, names, codes)):
-            request = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+            request = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": [int(t) for t in prompt]}
             chosen = base.clone()
             if name is not None:
                 installed = self._installed(name, language, index)
