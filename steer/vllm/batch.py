@@ -63,6 +63,18 @@ def xlalign_requests(runner: Any) -> list[Request]:
 
     if not is_forward_context_available():  # vLLM's own dummy passes (profiling, warm-up): no request runs
         return []
+    current = get_forward_context()  # a new object for every forward pass: the requests are found once per pass
+    if _LAST_PASS[0] is current:
+        return _LAST_PASS[1]
+    found = _requests(runner, current)
+    _LAST_PASS[:] = [current, found]
+    return found
+
+
+_LAST_PASS: list = [None, []]  # (the forward context of the last pass, its requests)
+
+
+def _requests(runner: Any, current: Any) -> list[Request]:
     batch = runner.input_batch
     asking = []
     for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
@@ -72,7 +84,7 @@ def xlalign_requests(runner: Any) -> list[Request]:
             asking.append((row, request_id, state, asked))
     if not asking:
         return []
-    metadata = get_forward_context().attn_metadata
+    metadata = current.attn_metadata
     metadata = (metadata[0] if metadata else None) if isinstance(metadata, list) else metadata
     starts = next((m.query_start_loc for m in (metadata or {}).values() if hasattr(m, "query_start_loc")), None)
     if starts is None:  # never run a plan's request unsteered: stop loudly instead
