@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from probes.capture.bundle import takes_bundle
 from probes.analysis import Activations
@@ -57,25 +57,38 @@ def incline(
     ``layers``); example ``e`` of a steered batch is ``prompts[e]``. ``mode="code"`` is the released rule
     ``c + sign * sigma * (c W)``; ``"interpolate"`` writes ``(1 - sigma) c + sigma (c W)`` (docs/methods.md's
     variant), both from the clean ``c``."""
+    sites = incline_sites(fitted, sigma, sign, mode, layers)
+    clean = trace(model, tokenizer, list(prompts), sites, tokenization=tokenization)
+    return incline_patch({site.layer: clean.tokens(site) for site in sites}, fitted, sigma, sign=sign, mode=mode)
+
+
+def incline_sites(fitted: LinearMap, sigma: float, sign: float, mode: str, layers: Sequence[int] | None) -> list[Site]:
+    """The sites INCLINE reads its clean values at and writes its targets to (after checking its parameters)."""
     if mode not in INCLINE_MODES:
         raise InterventionError(f"INCLINE mode {mode!r}: choose from {', '.join(INCLINE_MODES)}")
     finite(sigma, "sigma", "incline", " (xlalign steer: --strength; xlalign evaluate: --incline-sigmas)")
     finite(sign, "sign", "incline")
     chosen = sorted(fitted.matrices) if layers is None else default_layers(fitted, layers)
-    sites = {layer: Site(layer, fitted.component) for layer in chosen}
-    clean = trace(model, tokenizer, list(prompts), list(sites.values()), tokenization=tokenization)
+    return [Site(layer, fitted.component) for layer in chosen]
+
+
+def incline_patch(
+    clean: dict[int, Sequence[Tensor]], fitted: LinearMap, sigma: float, *, sign: float = 1.0, mode: str = "code"
+) -> tuple[Patch, Schedule]:
+    """INCLINE's plan item from the clean pass's values (``clean[layer][e]``: prompt ``e``'s ``(tokens, d)``): each
+    prompt's last token replaced by its target, written in the prefill only."""
     values = {}
-    for layer, site in sites.items():
-        per_prompt = []
-        for tokens in clean.tokens(site):
+    for layer, per_prompt in clean.items():
+        targets = []
+        for tokens in per_prompt:
             last = tokens[-1]
             moved = map_formula(
                 last, fitted.matrices[layer], fitted.mean_source.get(layer), fitted.mean_pivot.get(layer)
             )
             target = tokens.clone()
             target[-1] = last + sign * sigma * moved if mode == "code" else (1 - sigma) * last + sigma * moved
-            per_prompt.append(target)
-        values[layer] = per_prompt
+            targets.append(target)
+        values[layer] = targets
     return Patch(values, fitted.component), Schedule(prefill="last", decode="none")
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -34,6 +36,7 @@ def every_wired_item():
         (RouterBias({1: [2, 5]}, delta={1: torch.tensor([1.0, -2.0])}), Schedule()),
         (ForceExperts({1: [0]}, eps=0.5), Schedule()),
         (BanExperts({2: [1, 3]}), Schedule(prefill="none")),
+        (Patch({1: [torch.randn(5, D, generator=g), torch.randn(3, D, generator=g)]}), Schedule(decode="none")),
     ]
 
 
@@ -50,9 +53,23 @@ def test_a_plan_arrives_as_it_was_sent():
         assert torch.equal(got.edit(x, ctx), sent.edit(x, ctx))
 
 
+@dataclass(frozen=True)
+class Scale:
+    """A user's own intervention: runs under steer(), not inside vLLM."""
+
+    component: str = "resid"
+    layers: tuple[int, ...] = (1,)
+
+    def check(self, site, shape) -> None:
+        pass
+
+    def edit(self, x, ctx):
+        return 2 * x
+
+
 def test_what_cannot_travel_is_refused_with_the_reason():
-    with pytest.raises(EngineError, match="Patch cannot run inside vLLM; supported there: AddVector"):
-        encode_plan([(Patch({1: [torch.zeros(2, D)]}), Schedule())])
+    with pytest.raises(EngineError, match="Scale cannot run inside vLLM; supported there: AddVector"):
+        encode_plan([(Scale(), Schedule())])
     mask = torch.ones(1, 3, dtype=torch.bool)
     with pytest.raises(EngineError, match="plan item 0: a prefill token mask"):
         encode_plan([(AddVector({1: torch.zeros(D)}), Schedule(prefill=mask))])

@@ -18,7 +18,8 @@ TEXTS = ["Hello world, this is a test.", "Das ist ein Test.", "xyz", "La maison 
 def test_per_token_and_pooled_captures_equal_hf(family, checkpoints, engines):
     _, model, tokenizer = checkpoints[family]
     engine = engines(family)
-    sites = [Site(0, "resid"), Site(2, "resid"), Site(4, "resid"), Site(3, "head")]
+    sites = [Site(0, "resid"), Site(2, "resid"), Site(4, "hidden"), Site(3, "head"), Site(1, "attn_out")]
+    sites += [Site(2, "mlp_out")]
     sites += [Site(2, "router")] if family == "mixtral" else [Site(2, "mlp_act")]
     recorded = engine.record(TEXTS, sites)
     expected = trace(model, tokenizer, TEXTS, sites)
@@ -52,8 +53,8 @@ def test_a_capture_under_a_plan_reads_the_steered_stream(checkpoints, engines):
 
 
 def test_a_site_the_engine_cannot_read_is_refused(engines):
-    with pytest.raises(EngineError, match="attn_out"):
-        engines("llama").record(TEXTS, [Site(2, "attn_out")])
+    with pytest.raises(EngineError, match="q_proj"):
+        engines("llama").record(TEXTS, [Site(2, "q_proj")])
 
 
 @pytest.mark.parametrize("family", ["llama", "mixtral"])

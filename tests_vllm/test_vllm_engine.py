@@ -8,7 +8,6 @@ import torch
 from conftest import hf_tokens
 from steer.errors import EngineError
 from steer.interventions import Ablate, AddVector, ApplyMap, Erase, HeadShift, SetNeurons, ZeroNeurons
-from steer.patch import Patch
 from steer.router import BanExperts, ForceExperts, RouterBias
 from steer.schedule import Schedule
 
@@ -112,12 +111,10 @@ def test_prefix_cache_never_serves_a_steered_request_unsteered_kv(checkpoints, e
 
 def test_what_the_engine_cannot_run_is_refused_before_generating(checkpoints, engines):
     engine = engines("llama")
-    with pytest.raises(EngineError, match="Patch cannot run inside vLLM"):
-        engine.install(Patch({2: [torch.zeros(3, 128)]}), "patch")
     with pytest.raises(EngineError, match="prefill token mask"):
         engine.install((AddVector({2: torch.zeros(128)}), Schedule(prefill=torch.ones(1, 3, dtype=torch.bool))))
-    with pytest.raises(EngineError, match="attn_out"):
-        engine.install(AddVector({2: torch.zeros(128)}, component="attn_out"), "attn")
+    with pytest.raises(EngineError, match="o_proj"):
+        engine.install(AddVector({2: torch.zeros(128)}, component="o_proj"), "attn")
     with pytest.raises(EngineError, match="shape"):
         engine.install(AddVector({2: torch.zeros(64)}), "narrow")
     with pytest.raises(EngineError, match="only as ZeroNeurons"):
@@ -143,7 +140,8 @@ def test_the_embedded_gemma_steers_as_under_hf():
     """Gemma 3 270M (its own norms around every sublayer, scaled embeddings): a shift at a middle layer, on every
     token and prefill-only, gives the hf backend's greedy tokens through vLLM."""
     from conftest import ENGINE_ARGS
-    from probes.model import load_model
+    from probes.capture import trace
+    from probes.model import Site, load_model
     from steer.vllm import vllm_engine
 
     model, tokenizer = load_model("default", dtype="float32")
@@ -163,6 +161,12 @@ def test_the_embedded_gemma_steers_as_under_hf():
             got = engine.generate(prompts, plans=name, max_tokens=STEPS)
             assert got == [hf_tokens(model, ids, plan, STEPS) for ids in prompts], name
             assert got != plain, name
+        texts = ["The capital of France is", "Der Himmel ist heute"]
+        sites = [Site(6, "attn_out"), Site(6, "mlp_out"), Site(18, "hidden")]  # Gemma's post-norms; the final norm
+        recorded, expected = engine.record(texts, sites), trace(model, tokenizer, texts, sites)
+        for site in sites:
+            for got_tokens, want in zip(recorded[site], expected.tokens(site)):
+                torch.testing.assert_close(got_tokens, want, atol=1e-3, rtol=1e-4)
     finally:
         engine.shutdown()
 
@@ -245,3 +249,28 @@ def test_a_detector_plan_needs_each_prompt_in_one_pass(engines):
         engines("llama").install(
             (AddVector({1: torch.zeros(128)}), Schedule(only=("deu",))), "early", detector=detector
         )
+
+
+def test_incline_through_the_engine_equals_incline_under_hf(checkpoints, engines):
+    """INCLINE's targets from a clean pass through vLLM, written at each prompt's last token of every mapped
+    layer (mlp_out): each prompt's tokens equal hf's INCLINE applied to that prompt alone."""
+    from probes.data import demo_corpus
+    from steer.incline import fit_incline_maps, incline
+
+    _, model, tokenizer = checkpoints["llama"]
+    engine = engines("llama")
+    corpus = demo_corpus().subset(["eng", "deu"], n=16)
+    fitted = fit_incline_maps(model, tokenizer, corpus, ["deu"])["deu"]
+    texts = TEXTS[:3]
+    item = engine.incline(texts, fitted, 2.0)
+    engine.install(item, "incline")
+    got = engine.generate(texts, plans="incline", max_tokens=STEPS)
+    want = [
+        hf_tokens(model, tokenizer(t)["input_ids"], incline(model, tokenizer, [t], fitted, 2.0), STEPS) for t in texts
+    ]
+    assert got == want
+    assert got != engine.generate(texts, max_tokens=STEPS)
+    with pytest.raises(EngineError, match="holds 3 prompts"):
+        engine.generate(TEXTS, plans="incline", max_tokens=STEPS)  # a fourth prompt has no recorded values
+    with pytest.raises(EngineError, match="decode='none'"):
+        engine.install((item[0], Schedule(prefill="last")), "incline_decoding")

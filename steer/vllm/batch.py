@@ -19,7 +19,7 @@ from probes.capture.context import ForwardContext
 from steer.errors import EngineError
 
 # SamplingParams.extra_args[KEY] = {"plan": name or None, "language": code or None, "capture": tag or None,
-# "index": the request's index in its capture}; a server request's vllm_xargs hold flat "xlalign_plan" and
+# "index": the prompt's index in its generate call or capture}; a server request's vllm_xargs hold flat "xlalign_plan" and
 # "xlalign_language" (vLLM's request fields allow no nesting).
 KEY = "xlalign"
 
@@ -38,8 +38,9 @@ class Request:
     context: ForwardContext
 
 
-def request_context(computed: int, tokens: int, prompt_length: int) -> ForwardContext:
-    """The context of ``tokens`` new tokens of one request after ``computed`` already in its KV cache."""
+def request_context(computed: int, tokens: int, prompt_length: int, example: int = 0) -> ForwardContext:
+    """The context of ``tokens`` new tokens of one request after ``computed`` already in its KV cache (``example``:
+    the prompt's index in its ``generate`` call, which a ``Patch`` reads its values by)."""
     position = torch.arange(computed, computed + tokens)[None]
     valid = torch.ones(1, tokens, dtype=torch.bool)
     return ForwardContext(
@@ -49,7 +50,7 @@ def request_context(computed: int, tokens: int, prompt_length: int) -> ForwardCo
         decode_step=(position - prompt_length + 1).clamp(min=0),
         prompt_mask=torch.ones(1, prompt_length, dtype=torch.bool),
         columns=position[0],
-        example=torch.zeros(1, dtype=torch.long),
+        example=torch.tensor([example]),
         counted=valid,
         input_ids=None,
         call=0,
@@ -95,9 +96,10 @@ def _requests(runner: Any, current: Any) -> list[Request]:
     found = []
     for row, request_id, state, asked in asking:
         start, stop = starts[row], starts[row + 1]
-        context = request_context(state.num_computed_tokens, stop - start, len(state.prompt_token_ids))
+        index = asked.get("index", 0)
+        context = request_context(state.num_computed_tokens, stop - start, len(state.prompt_token_ids), index)
         plan, language, capture = asked.get("plan"), asked.get("language"), asked.get("capture")
-        found.append(Request(request_id, start, stop, plan, language, capture, asked.get("index", 0), context))
+        found.append(Request(request_id, start, stop, plan, language, capture, index, context))
     return found
 
 

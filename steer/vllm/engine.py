@@ -17,11 +17,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from probes.artifacts import LanguageDetector
+from probes.artifacts import LanguageDetector, LinearMap
+from probes.capture import Tokenization
 from probes.model import Site
 from steer.apply import Plan
 from steer.errors import EngineError
+from steer.patch import Patch
 from steer.plan import plan_items
+from steer.schedule import Schedule
 from steer.vllm.capture import Capturing
 from steer.vllm.batch import KEY
 from steer.vllm.points import site_shape
@@ -36,6 +39,7 @@ class _Installed:
     digest: str
     gated: bool  # some item is gated by language: requests must say theirs
     detected: bool  # a detector reads each request's language in its prompt
+    recorded: tuple[int, ...] | None  # a Patch's recorded tokens per example (a prompt may be no longer)
 
 
 def vllm_engine(spec: str = "default", **engine_args: Any) -> VLLMEngine:
@@ -95,13 +99,14 @@ class VLLMEngine(Capturing):
         ``steer(model, plan, languages=detector)`` (the engine must run without chunked prefill). A plan the
         engine cannot run exactly as ``steer`` would is an :class:`EngineError`."""
         items = plan_items(plan)
+        recorded = _recorded_lengths(items)
         payload = encode_plan(items, detector)
         problems = {problem for problem in self.llm.collective_rpc("xlalign_install", args=(name, payload)) if problem}
         if problems:
             self.remove(name)
             raise EngineError(f"plan {name!r}: " + "; ".join(sorted(problems)))
         gated = detector is None and any(s.only is not None for _, s in items)
-        self.plans[name] = _Installed(plan_digest(payload), gated, detector is not None)
+        self.plans[name] = _Installed(plan_digest(payload), gated, detector is not None, recorded)
         return name
 
     def remove(self, name: str) -> None:
@@ -150,7 +155,10 @@ class VLLMEngine(Capturing):
             chosen = base.clone()
             if name is not None:
                 installed = self._installed(name, language, index)
-                chosen.extra_args = {**(base.extra_args or {}), KEY: {"plan": name, "language": language}}
+                if installed.recorded is not None:
+                    self._check_recorded(name, installed.recorded, prompt, index)
+                asked = {"plan": name, "language": language, "index": index}
+                chosen.extra_args = {**(base.extra_args or {}), KEY: asked}
                 # A detected language is known only once the prompt ran: such requests never share cached KV.
                 salt = uuid.uuid4().hex if installed.detected else language
                 request["cache_salt"] = f"xlalign/{name}/{installed.digest}/{salt}"
@@ -169,6 +177,35 @@ class VLLMEngine(Capturing):
             )
         return installed
 
+    def incline(
+        self,
+        prompts: Sequence[str],
+        fitted: LinearMap,
+        sigma: float,
+        *,
+        sign: float = 1.0,
+        mode: str = "code",
+        layers: Sequence[int] | None = None,
+        tokenization: Tokenization = Tokenization(),
+    ) -> tuple[Patch, Schedule]:
+        """INCLINE's plan item for ``prompts`` (:func:`steer.incline.incline`), its clean pass run by this engine:
+        install it and generate ``prompts`` in the same order (request ``e`` is ``prompts[e]``)."""
+        from steer.incline import incline_patch, incline_sites
+
+        sites = incline_sites(fitted, sigma, sign, mode, layers)
+        clean = self.record(prompts, sites, tokenization=tokenization)
+        return incline_patch({site.layer: clean[site] for site in sites}, fitted, sigma, sign=sign, mode=mode)
+
+    def _check_recorded(self, name: str, recorded: tuple[int, ...], prompt: Prompt, index: int) -> None:
+        """A Patch writes prompt ``index``'s recorded tokens: that prompt must exist in it and be no longer."""
+        length = len(self.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else len(prompt)
+        if index >= len(recorded) or length > recorded[index]:
+            held = f"{recorded[index]} tokens for it" if index < len(recorded) else f"{len(recorded)} prompts"
+            raise EngineError(
+                f"prompt {index} ({length} tokens): plan {name!r} patches recorded values and holds {held}; give "
+                "the prompts it was recorded on, in that order"
+            )
+
     def site_shape(self, site: Site) -> tuple[int, ...]:
         """The full per-token shape of ``site`` in this engine's model (``head``: (heads, head_dim))."""
         return site_shape(self.llm.llm_engine.model_config.hf_text_config, site)
@@ -179,6 +216,21 @@ class VLLMEngine(Capturing):
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+
+
+def _recorded_lengths(items) -> tuple[int, ...] | None:
+    """The recorded tokens per example a plan's Patch items hold (the shortest over items and layers); a Patch
+    that could write a generated token, which no recording holds, is an error."""
+    lengths = None
+    for intervention, schedule in items:
+        if not isinstance(intervention, Patch):
+            continue
+        if schedule.decode not in ("none", 0):
+            raise EngineError("a Patch writes recorded prompt tokens; give it Schedule(decode='none')")
+        for layer_lengths in intervention._lengths.values():
+            mine = tuple(int(n) for n in layer_lengths)
+            lengths = mine if lengths is None else tuple(map(min, zip(lengths, mine)))
+    return lengths
 
 
 def _per_prompt(value, count: int, name: str) -> list:

@@ -28,6 +28,7 @@ from probes.artifacts import LanguageDetector
 from probes.data.files import atomic_path
 from steer.apply import Plan
 from steer.errors import EngineError
+from steer.patch import Patch
 from steer.plan import plan_items
 from steer.vllm.wire import decode_plan, encode_plan
 
@@ -122,6 +123,8 @@ def install(worker, plans: dict[str, bytes]) -> None:
             "--no-enable-prefix-caching"
         )
     for name, payload in plans.items():
+        if any(isinstance(item, Patch) for item, _ in decode_plan(payload).items):
+            raise EngineError(f"{ENV}: plan {name!r} patches values recorded for given prompts; it cannot be served")
         problem = XlalignWorker.xlalign_install(worker, name, payload)
         if problem:
             raise EngineError(f"{ENV}: plan {name!r}: {problem}")

@@ -4,7 +4,8 @@ vLLM's decoder layers take and return ``(hidden_states, residual)``, both ``(num
 after block ``N`` is their sum, the add deferred into the next layer's fused norm (and the final norm). A
 ``resid.N`` edit therefore returns ``(edited sum, zeros)``: the fused add then yields the edited stream exactly,
 and an unedited pass is left untouched (the hook returns nothing). ``resid.0`` is the first layer's input.
-``hidden.N`` is ``resid.N`` below the last layer and the final norm's output at it. ``mlp_act`` is the input of
+``hidden.N`` is ``resid.N`` below the last layer and the final norm's output at it; ``attn_out`` and ``mlp_out``
+are what a block adds to the stream (the sublayer's output, or its post-norm's in Gemma). ``mlp_act`` is the input of
 the MLP's down projection, ``head`` the input of the attention output projection
 (heads concatenated), ``router`` the logits the MoE gate returns (vLLM's experts then take the top-k by the
 family's own rule). Under tensor parallelism the residual stream and the router logits are whole on every rank;
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from probes.model import Site
 from steer.errors import EngineError
 
-SUPPORTED = ("resid", "hidden", "mlp_act", "mlp_gate", "head", "router")
+SUPPORTED = ("resid", "hidden", "attn_out", "mlp_out", "mlp_act", "mlp_gate", "head", "router")
 SHARDED = ("mlp_act", "mlp_gate", "head")
 
 
@@ -53,6 +54,18 @@ def _final_norm(model: nn.Module) -> nn.Module:
     raise EngineError(f"{type(model).__name__}: xlalign cannot find this vLLM model's final norm")
 
 
+def _sublayer_output(block: nn.Module, site: Site) -> nn.Module:
+    """What a block adds to the stream: the sublayer's output, or in families that normalise it before the add
+    (Gemma: a ``pre_feedforward_layernorm`` beside ``post_attention_layernorm``) the norm's output."""
+    sandwich = hasattr(block, "pre_feedforward_layernorm")
+    if site.component == "attn_out":
+        return block.post_attention_layernorm if sandwich else block.self_attn
+    for name in ("post_feedforward_layernorm", "mlp", "block_sparse_moe"):
+        if hasattr(block, name):
+            return getattr(block, name)
+    raise EngineError(f"{site}: layer {site.layer} of this vLLM model has no MLP xlalign knows")
+
+
 def locate(model: nn.Module, site: Site) -> Point:
     """The :class:`Point` of ``site`` in the vLLM model ``model``; an error naming what is missing."""
     layers = decoder_layers(model)
@@ -70,6 +83,8 @@ def locate(model: nn.Module, site: Site) -> Point:
             return Point(layers[0], "input", "first")
         return Point(layers[site.layer - 1], "output", "residual")
     block = layers[site.layer - 1]
+    if site.component in ("attn_out", "mlp_out"):
+        return Point(_sublayer_output(block, site), "output", "first")
     paths = {
         "mlp_act": ("mlp.down_proj",),
         "mlp_gate": ("mlp.down_proj",),
@@ -135,7 +150,7 @@ Hook = Callable[..., Any]
 def site_shape(config: Any, site: Site) -> tuple[int, ...]:
     """The full per-token shape of ``site`` (as the ``hf`` backend gives it) from the model's text config."""
     heads = config.num_attention_heads
-    if site.component in ("resid", "hidden"):
+    if site.component in ("resid", "hidden", "attn_out", "mlp_out"):
         return (config.hidden_size,)
     if site.component == "head":
         return (heads, getattr(config, "head_dim", None) or config.hidden_size // heads)

@@ -9,7 +9,6 @@ intervention field by field without running its ``__post_init__`` again: the val
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
@@ -22,6 +21,7 @@ from torch import Tensor
 from probes.artifacts import LanguageDetector
 from steer.errors import EngineError
 from steer.interventions import AddVector, Ablate, ApplyMap, Erase, HeadShift, Intervention, SetNeurons, ZeroNeurons
+from steer.patch import Patch
 from steer.router import BanExperts, ForceExperts, RouterBias
 from steer.schedule import Schedule
 
@@ -38,8 +38,11 @@ WIRED: dict[str, type] = {
         RouterBias,
         ForceExperts,
         BanExperts,
+        Patch,
     )
 }
+# Fields not sent: a Patch's per-example lists, which its padded tensors and lengths (sent) hold as well.
+_DERIVED = {"Patch": ("values",)}
 _SEPARATOR = b"\n"
 
 
@@ -62,14 +65,15 @@ def encode_plan(items: list[tuple[Intervention, Schedule]], detector: LanguageDe
                 "(use backend='hf' for the others)"
             )
         fields, maps = {}, {}
-        for spec in dataclasses.fields(intervention):
-            value = getattr(intervention, spec.name)
+        for field_name, value in vars(intervention).items():
+            if field_name in _DERIVED.get(name, ()):
+                continue
             if isinstance(value, dict):
-                maps[spec.name] = sorted(value)
+                maps[field_name] = sorted(value)
                 for layer, tensor in value.items():
-                    tensors[f"{index}.{spec.name}.{layer}"] = tensor.detach().cpu().contiguous()
+                    tensors[f"{index}.{field_name}.{layer}"] = tensor.detach().cpu().contiguous()
             else:
-                fields[spec.name] = value
+                fields[field_name] = value
         header.append({"type": name, "fields": fields, "maps": maps, "schedule": _schedule_fields(schedule, index)})
     gate = None
     if detector is not None:
@@ -92,6 +96,8 @@ def decode_plan(payload: bytes) -> Decoded:
             object.__setattr__(intervention, name, value)
         for name, layers in entry["maps"].items():
             object.__setattr__(intervention, name, {layer: tensors[f"{index}.{name}.{layer}"] for layer in layers})
+        for name in _DERIVED.get(entry["type"], ()):
+            object.__setattr__(intervention, name, {})
         schedule = entry["schedule"]
         items.append((intervention, Schedule(**{key: _tuple(value) for key, value in schedule.items()})))
     gate = document["detector"]
