@@ -274,3 +274,21 @@ def test_incline_through_the_engine_equals_incline_under_hf(checkpoints, engines
         engine.generate(TEXTS, plans="incline", max_tokens=STEPS)  # a fourth prompt has no recorded values
     with pytest.raises(EngineError, match="decode='none'"):
         engine.install((item[0], Schedule(prefill="last")), "incline_decoding")
+
+
+def test_the_steer_command_with_backend_vllm_writes_what_hf_writes(checkpoints, tmp_path):
+    """`xlalign steer --backend vllm`: the off/on table of a saved shift vector equals the hf backend's."""
+    from probes.data import demo_corpus
+    from xlalign.finding import find
+    from xlalign.steering import steer as steer_job
+
+    path = checkpoints["llama"][0]
+    corpus = demo_corpus().subset(["eng", "deu"], n=24)
+    (artifact,) = find("shift", out=tmp_path / "shift", model=path, corpus=corpus, method="shift", progress=False)
+    prompts = ["Guten Morgen, ich", "Das Wetter ist"]
+    options = dict(model=path, strength=8.0, layers=[2], max_new_tokens=STEPS)
+    with pytest.warns(UserWarning, match="family and sizes"):
+        in_vllm = steer_job(artifact, prompts, backend="vllm", **options)
+    under_hf = steer_job(artifact, prompts, **options)
+    assert in_vllm.to_dict() == under_hf.to_dict()
+    assert (in_vllm["off"] != in_vllm["on"]).any()

@@ -51,7 +51,7 @@ PIVOT = "the language every other one is compared with (ISO 639-3)"
 POOLING = "how each sentence's tokens become one vector (weighted: MEXA's position weights)"
 
 
-def _model(command: argparse.ArgumentParser) -> None:
+def _model(command: argparse.ArgumentParser, engines: tuple[str, ...] = ()) -> None:
     command.add_argument(
         "--model", default="default", help="default, random:FAMILY, a .gguf file, a directory or a hub id"
     )
@@ -70,8 +70,9 @@ def _model(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--backend",
         default="hf",
-        choices=BACKENDS,
-        help="hf: xlalign's hooks; tl: a TransformerLens bridge's hook points; nnsight: nnsight traces",
+        choices=(*BACKENDS, *engines),
+        help="hf: xlalign's hooks; tl: a TransformerLens bridge's hook points; nnsight: nnsight traces"
+        + ("; vllm: generation in a vLLM engine (docs/vllm.md)" if "vllm" in engines else ""),
     )
     command.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="texts per forward pass")
     command.add_argument("--max-length", type=int, default=MAX_LENGTH, help="tokens per text (longer: cut)")
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a shift vector, map or NeuronSet file; repeat to apply several at once",
     )
-    _model(steer)
+    _model(steer, engines=("vllm",))
     steer.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     steer.add_argument(
         "--language",

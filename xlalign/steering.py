@@ -17,6 +17,7 @@ from steer.apply import steer as steering
 from steer.convert import to_intervention
 from steer.evaluate import continuations
 from steer.incline import incline
+from probes.errors import notice
 from xlalign.errors import JobError
 from xlalign.loading import takes_loading
 from xlalign.jobs import open_model
@@ -53,9 +54,25 @@ def steer(
     language = None if language is None else normalize_language(language)
     if strength is not None and not math.isfinite(strength):
         raise JobError(f"--strength must be a finite number, got {strength}")
+    if loading.backend == "vllm":
+        return _steer_in_vllm(paths, prompts, model, language, strength, layers, max_new_tokens, tokenization, loading)
     network, tokenizer = open_model(model, tokenizer, loading)
+
+    def apply_incline(found: LinearMap, alpha: float):
+        return incline(network, tokenizer, prompts, found, alpha, layers=layers, tokenization=tokenization)
+
+    found = [(path, load_artifact(path, model=network)) for path in paths]
+    plan = plan_of(found, language, strength, layers, apply_incline)
+    off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    with steering(network, plan):
+        on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
+
+
+def plan_of(found, language: str | None, strength: float | None, layers, apply_incline) -> list:
+    """The plan of loaded artifacts (``found``: (path, artifact) pairs); an INCLINE map through ``apply_incline``."""
     plan = []
-    for path, found in ((path, load_artifact(path, model=network)) for path in paths):
+    for path, found in found:
         if isinstance(found, NeuronSet):
             if layers is not None or strength is not None:
                 raise JobError(
@@ -70,13 +87,46 @@ def steer(
             )
         alpha = 1.0 if strength is None else strength
         if isinstance(found, LinearMap) and found.method == "incline":
-            plan.append(incline(network, tokenizer, prompts, found, alpha, layers=layers, tokenization=tokenization))
+            plan.append(apply_incline(found, alpha))
         else:
             plan.append(to_intervention(found, strength=alpha, language=language, layers=layers))
-    off = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
-    with steering(network, plan):
-        on = continuations(network, tokenizer, prompts, max_new_tokens=max_new_tokens, tokenization=tokenization)
+    return plan
+
+
+def _steer_in_vllm(paths, prompts, model, language, strength, layers, max_new_tokens, tokenization, loading):
+    """``steer`` with generation in a vLLM engine (``--backend vllm``): the same plan, the same greedy tokens."""
+    from steer.vllm import vllm_engine
+
+    if not isinstance(model, (str, os.PathLike)) or loading.device_map is not None:
+        raise JobError("--backend vllm loads the model itself: give --model a spec (a directory, a hub id, default)")
+    loaded = [(path, load_artifact(path)) for path in paths]  # a bad file fails before the engine starts
+    engine = vllm_engine(str(model), dtype=loading.dtype)
+    try:
+        found = [(path, _fits_engine(path, artifact, engine)) for path, artifact in loaded]
+        plan = plan_of(found, language, strength, layers, lambda fitted, alpha: engine.incline(
+            prompts, fitted, alpha, layers=layers, tokenization=tokenization))  # fmt: skip
+        engine.install(plan, "steer")
+        ids = tokenization.encode(engine.tokenizer, prompts)
+        decode = engine.tokenizer.batch_decode
+        off = decode(engine.generate(ids, max_tokens=max_new_tokens), skip_special_tokens=True)
+        on = decode(engine.generate(ids, plans="steer", max_tokens=max_new_tokens), skip_special_tokens=True)
+    finally:
+        engine.shutdown()
     return pd.DataFrame({"prompt": list(prompts), "off": off, "on": on})
+
+
+def _fits_engine(path, artifact, engine):
+    """``artifact`` if it was made on this engine's model family and sizes (vLLM holds no transformers model whose
+    weights xlalign could fingerprint: that part of the identity check is left out, and said so)."""
+    config = engine.llm.llm_engine.model_config.hf_text_config
+    recorded = getattr(artifact, "model", {}) or {}
+    actual = {"model_type": config.model_type, "n_layers": config.num_hidden_layers, "hidden_size": config.hidden_size}
+    wrong = [f"{key}: recorded {recorded.get(key)!r}, model has {value!r}" for key, value in actual.items()
+             if recorded.get(key) != value]  # fmt: skip
+    if wrong:
+        raise JobError(f"{path} was made on another model ({'; '.join(wrong)})")
+    notice(f"{path}: checked against the vLLM model's family and sizes; its weights cannot be fingerprinted there")
+    return artifact
 
 
 def describe_artifact(path: str | os.PathLike) -> str:
