@@ -12,7 +12,7 @@ without such requests, run untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,7 +63,7 @@ class XlalignWorker:
         except XlalignError as error:
             return str(error)
         state.plans[name] = plan
-        for site in plan.sites():
+        for site in plan.sites:
             state.hook(site)
         return None
 
@@ -109,9 +109,10 @@ class _Plan:
 
     items: Items
     detector: LanguageDetector | None = None
+    sites: frozenset[Site] = field(init=False)  # asked at every hooked site of every pass: computed once
 
-    def sites(self) -> set[Site]:
-        return {site for _, _, site in self.items}
+    def __post_init__(self) -> None:
+        self.sites = frozenset(site for _, _, site in self.items)
 
 
 def _check(items: list[tuple[Intervention, Schedule]], state: _State) -> Items:
@@ -142,7 +143,7 @@ def _check_detector(worker: Any, state: _State, plan: _Plan, detector: LanguageD
     site = state.canonical(detector.site)
     locate(state.model, site)
     expect(site, "the detector's mean", tuple(detector.mean.shape), site_shape(state.config, site))
-    early = sorted(str(s) for s in plan.sites() if s.layer <= detector.layer)
+    early = sorted(str(s) for s in plan.sites if s.layer <= detector.layer)
     if early:
         raise EngineError(
             f"the detector reads {detector.site}, so the plan may only edit later layers; it edits {', '.join(early)}"
@@ -211,7 +212,7 @@ class _State:
     def apply(self, site: Site, point: Point, args: tuple, kwargs: dict, output: Any) -> Any:
         requests = xlalign_requests(self.worker.model_runner) if self.plans or self.captures else []
         detecting = [r for r in requests if self._detects(r.plan, site)]
-        steered = [r for r in requests if site in self._plan(r.plan).sites()]
+        steered = [r for r in requests if site in self._plan(r.plan).sites]
         recorded = [r for r in requests if site in self.captures.get(r.capture, {})]
         if not (detecting or steered or recorded):
             return None
