@@ -25,8 +25,8 @@ from steering_vectors import SteeringVector
 
 from benchmarks.capture import methods as capture_benchmark
 from benchmarks.capture import random_llama
-from benchmarks.timing import describe, interleaved, make_batches, non_pad_tokens, paired_ratio
-from probes.capture import Tokenization, batches, capture_batches
+from benchmarks.timing import describe, greedy_options, interleaved, make_batches, non_pad_tokens, paired_ratio
+from probes.capture import capture_batches
 from probes.capture.passes import generate
 from probes.data import demo_corpus
 from probes.model import Site, load_model, n_layers, nnsight_model, transformer_bridge
@@ -84,15 +84,7 @@ def capture_methods(model, bridge, lm, work) -> dict:
 
 def generate_methods(model, bridge, lm, tokenizer, new_tokens: int) -> dict:
     texts = demo_corpus().texts("deu")[:8]
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    options = dict(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    options = greedy_options(tokenizer, texts, new_tokens)
     vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.1
     plan = [AddVector({n_layers(model) // 2: vector})]
 

@@ -12,8 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.timing import interleaved, paired_ratio
-from probes.capture import Tokenization, batches
+from benchmarks.timing import greedy_options, interleaved, paired_ratio
 from probes.data import demo_corpus
 from probes.model import load_model, n_layers
 from steer.apply import steer
@@ -34,15 +33,7 @@ def plan_for(model) -> list:
 
 def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
     texts = demo_corpus().texts("deu")[:8]
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    options = dict(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    options = greedy_options(tokenizer, texts, new_tokens)
     plan = plan_for(model)
 
     def plain():
@@ -52,7 +43,7 @@ def bench(name: str, model, tokenizer, rounds: int, new_tokens: int) -> float:
         with steer(model, plan):
             return model.generate(**options)
 
-    name = f"{name}: batch {tuple(batch.input_ids.shape)}, {new_tokens} new tokens"
+    name = f"{name}: batch {tuple(options['input_ids'].shape)}, {new_tokens} new tokens"
     times = interleaved(name, {"plain": plain, "steered": steered}, rounds)
     return paired_ratio(times, "steered", "plain")
 

@@ -59,6 +59,22 @@ def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str
     return statistics.median(n / d for n, d in zip(times[numerator], times[denominator]))
 
 
+def greedy_options(tokenizer, texts: Sequence[str], new_tokens: int, device: str = "cpu") -> dict:
+    """``generate`` keyword arguments for ``texts`` as one left-padded batch: greedy, exactly ``new_tokens`` new
+    tokens per text (no early end at EOS, so every run does the same work)."""
+    from probes.capture import Tokenization, batches
+
+    (batch,) = batches(tokenizer, list(texts), Tokenization(batch_size=len(texts)), padding_side="left", device=device)
+    return dict(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def non_pad_tokens(work: list[Batch]) -> int:
     return sum(int(batch.attention_mask.sum()) for batch in work)
 

@@ -22,8 +22,7 @@ import os
 
 import torch
 
-from benchmarks.timing import interleaved, paired_ratio
-from probes.capture import Tokenization, batches
+from benchmarks.timing import greedy_options, interleaved, paired_ratio
 from probes.data import demo_corpus
 from probes.model import Site, load_model, n_layers
 from steer.apply import steer
@@ -42,21 +41,13 @@ def prompts(n: int) -> list[str]:
 
 
 def hf_generate(model, tokenizer, texts: list[str], plan, new_tokens: int) -> list[list[int]]:
-    (batch,) = batches(tokenizer, texts, Tokenization(batch_size=len(texts)), padding_side="left")
-    options = dict(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    options = greedy_options(tokenizer, texts, new_tokens)
     if plan is None:
         out = model.generate(**options)
     else:
         with steer(model, plan):
             out = model.generate(**options)
-    width = batch.input_ids.shape[1]
+    width = options["input_ids"].shape[1]
     return [row[width:].tolist() for row in out]
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM  # noqa: E402
 
 from benchmarks.capture import methods as capture_methods  # noqa: E402
-from benchmarks.timing import interleaved, paired_ratio  # noqa: E402
+from benchmarks.timing import greedy_options, interleaved, paired_ratio  # noqa: E402
 from probes.capture import Tokenization, batches, capture  # noqa: E402
 from probes.data import demo_corpus  # noqa: E402
 from probes.model import Site, n_layers, random_model  # noqa: E402
@@ -113,15 +113,7 @@ def check(name: str, model, tokenizer, device: str, rounds: int, batch_size: int
     relative = max(float((together[s] - alone[s]).abs().max() / together[s].abs().max()) for s in sites)
     print(f"RATIO batched_vs_one_by_one_max_diff[{name}] {relative:.2e}")
 
-    (prompts,) = batches(tokenizer, texts[:8], Tokenization(batch_size=8), padding_side="left", device=device)
-    options = dict(
-        input_ids=prompts.input_ids,
-        attention_mask=prompts.attention_mask,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    options = greedy_options(tokenizer, texts[:8], new_tokens, device)
     vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 4.0
     plan = [AddVector({n_layers(model) // 2: vector})]
 

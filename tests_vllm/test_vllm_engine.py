@@ -204,10 +204,16 @@ def test_tensor_parallel_two_ranks_steer_and_read_as_one(checkpoints, monkeypatc
         engine.shutdown()
 
 
+def deu_or_eng_at_layer_1(mean, weight):
+    """A German/English detector on mean-pooled hidden.1 (standardised by ``mean`` only)."""
+    from probes.artifacts import LanguageDetector
+
+    return LanguageDetector(1, "hidden", "mean", ("deu", "eng"), mean, torch.ones(128), weight, torch.zeros(2), {}, {})
+
+
 def test_gating_by_a_detector_reads_each_prompts_language_in_the_same_pass(checkpoints, engines):
     """A plan gated on the language a detector reads at layer 1 of each prompt: the same requests are steered,
     and steered alike, as under steer(model, plan, languages=detector)."""
-    from probes.artifacts import LanguageDetector
     from probes.capture import capture
     from probes.model import Site
     from steer import steer
@@ -217,9 +223,7 @@ def test_gating_by_a_detector_reads_each_prompts_language_in_the_same_pass(check
     pooled = capture(model, tokenizer, TEXTS, [Site(1, "hidden")])[Site(1, "hidden")]
     split = pooled[:2].mean(0) - pooled[2:].mean(0)  # reads the first two prompts as German, the others not
     weight = torch.stack([split, -split])
-    detector = LanguageDetector(
-        1, "hidden", "mean", ("deu", "eng"), pooled.mean(0), torch.ones(128), weight, torch.zeros(2), {}, {}
-    )
+    detector = deu_or_eng_at_layer_1(pooled.mean(0), weight)
     assert detector.predict(pooled) == ["deu", "deu", "eng", "eng"]
     plan = (AddVector({2: torch.randn(128, generator=torch.Generator().manual_seed(11)) * 5}), Schedule(only=("deu",)))
     engine = engines("llama")
@@ -236,12 +240,8 @@ def test_gating_by_a_detector_reads_each_prompts_language_in_the_same_pass(check
 
 
 def test_a_detector_plan_needs_each_prompt_in_one_pass(engines):
-    from probes.artifacts import LanguageDetector
 
-    detector = LanguageDetector(
-        1, "hidden", "mean", ("deu", "eng"), torch.zeros(128), torch.ones(128), torch.zeros(2, 128), torch.zeros(2),
-        {}, {},
-    )  # fmt: skip
+    detector = deu_or_eng_at_layer_1(torch.zeros(128), torch.zeros(2, 128))
     plan = (AddVector({2: torch.zeros(128)}), Schedule(only=("deu",)))
     with pytest.raises(EngineError, match="enable_chunked_prefill=False"):
         engines("qwen2").install(plan, "chunked", detector=detector)

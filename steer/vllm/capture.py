@@ -44,7 +44,9 @@ class Capturing:
     ) -> dict[Site, list[Float[Tensor, "tokens *shape"]]]:
         """Per site, one tensor per text: the activation of each of its tokens (float32, on the CPU); ``plans`` and
         ``languages`` as in :meth:`~steer.vllm.engine.VLLMEngine.generate`."""
-        ids = tokenization.encode(self.tokenizer, texts)
+        return self._record_ids(tokenization.encode(self.tokenizer, texts), sites, plans, languages)
+
+    def _record_ids(self, ids: list[list[int]], sites: Sequence[Site], plans, languages) -> dict[Site, list[Tensor]]:
         tag = uuid.uuid4().hex
         problems = {p for p in self.llm.collective_rpc("xlalign_capture", args=(tag, [str(s) for s in sites])) if p}
         if problems:
@@ -74,9 +76,10 @@ class Capturing:
     ) -> dict[Site, Float[Tensor, "n *shape"]]:
         """Per site, one pooled vector per text (``pooling`` as :func:`probes.capture.pool`; BOS left out of it with
         ``tokenization.exclude_bos``), in the order of ``texts``."""
-        recorded = self.record(texts, sites, tokenization=tokenization, plans=plans, languages=languages)
+        ids = tokenization.encode(self.tokenizer, texts)
+        recorded = self._record_ids(ids, sites, plans, languages)
         bos = self.tokenizer.bos_token_id if tokenization.exclude_bos else None
-        masks = [torch.tensor([token != bos for token in row]) for row in tokenization.encode(self.tokenizer, texts)]
+        masks = [torch.tensor([token != bos for token in row]) for row in ids]
         return {
             site: torch.stack([pool(tokens[None], mask[None], pooling)[0] for tokens, mask in zip(per_text, masks)])
             for site, per_text in recorded.items()

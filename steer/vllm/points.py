@@ -35,23 +35,19 @@ class Point:
     kind: str  # "residual" (a decoder layer's output pair), "first" (a tuple's first tensor or the tensor)
 
 
+def _first(module: nn.Module, paths: tuple[str, ...], what: str) -> nn.Module:
+    """The first of ``paths`` that ``module`` has; an error naming ``what`` is missing."""
+    for path in paths:
+        try:
+            return module.get_submodule(path)
+        except AttributeError:
+            continue
+    raise EngineError(f"{what}: xlalign finds none of {', '.join(paths)} in this vLLM model")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a vLLM model (``model.model.layers``, or inside a multimodal wrapper)."""
-    for path in ("model.layers", "language_model.model.layers", "model.decoder.layers"):
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    raise EngineError(f"{type(model).__name__}: xlalign cannot find this vLLM model's decoder layers")
-
-
-def _final_norm(model: nn.Module) -> nn.Module:
-    for path in ("model.norm", "language_model.model.norm", "model.decoder.final_layernorm"):
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    raise EngineError(f"{type(model).__name__}: xlalign cannot find this vLLM model's final norm")
+    return _first(model, ("model.layers", "language_model.model.layers", "model.decoder.layers"), "decoder layers")
 
 
 def _sublayer_output(block: nn.Module, site: Site) -> nn.Module:
@@ -60,10 +56,7 @@ def _sublayer_output(block: nn.Module, site: Site) -> nn.Module:
     sandwich = hasattr(block, "pre_feedforward_layernorm")
     if site.component == "attn_out":
         return block.post_attention_layernorm if sandwich else block.self_attn
-    for name in ("post_feedforward_layernorm", "mlp", "block_sparse_moe"):
-        if hasattr(block, name):
-            return getattr(block, name)
-    raise EngineError(f"{site}: layer {site.layer} of this vLLM model has no MLP xlalign knows")
+    return _first(block, ("post_feedforward_layernorm", "mlp", "block_sparse_moe"), str(site))
 
 
 def locate(model: nn.Module, site: Site) -> Point:
@@ -77,7 +70,8 @@ def locate(model: nn.Module, site: Site) -> Point:
     if not 0 <= site.layer <= len(layers) or (site.layer == 0 and site.component != "resid"):
         raise EngineError(f"{site}: this model has layers 1..{len(layers)} (resid.0: the embeddings)")
     if site.component == "hidden" and site.layer == len(layers):  # the final norm's output
-        return Point(_final_norm(model), "output", "first")
+        final_norm = ("model.norm", "language_model.model.norm", "model.decoder.final_layernorm")
+        return Point(_first(model, final_norm, str(site)), "output", "first")
     if site.component in ("resid", "hidden"):  # hidden.i is resid.i below the last layer
         if site.layer == 0:
             return Point(layers[0], "input", "first")
@@ -91,12 +85,7 @@ def locate(model: nn.Module, site: Site) -> Point:
         "head": ("self_attn.o_proj",),
         "router": ("block_sparse_moe.gate", "mlp.gate"),
     }[site.component]
-    for path in paths:
-        try:
-            return Point(block.get_submodule(path), "input" if site.component != "router" else "output", "first")
-        except AttributeError:
-            continue
-    raise EngineError(f"{site}: layer {site.layer} of this vLLM model has no {' or '.join(paths)}")
+    return Point(_first(block, paths, str(site)), "input" if site.component != "router" else "output", "first")
 
 
 def read(point: Point, args: tuple, kwargs: dict, output: Any) -> Tensor:
